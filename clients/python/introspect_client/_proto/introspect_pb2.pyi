@@ -1,0 +1,515 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    DTYPE_FLOAT32: _ClassVar[DType]
+    DTYPE_FLOAT16: _ClassVar[DType]
+    DTYPE_BFLOAT16: _ClassVar[DType]
+    DTYPE_INT32: _ClassVar[DType]
+
+class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
+    MODEL_KIND_ENCODER: _ClassVar[ModelKind]
+    MODEL_KIND_CAUSAL_LM: _ClassVar[ModelKind]
+    MODEL_KIND_SEQUENCE_CLASSIFIER: _ClassVar[ModelKind]
+
+class CachePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_POLICY_USE: _ClassVar[CachePolicy]
+    CACHE_POLICY_BYPASS: _ClassVar[CachePolicy]
+    CACHE_POLICY_REFRESH: _ClassVar[CachePolicy]
+
+class AttentionView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTENTION_VIEW_UNSPECIFIED: _ClassVar[AttentionView]
+    ATTENTION_VIEW_HEADS: _ClassVar[AttentionView]
+    ATTENTION_VIEW_HEAD_MEAN: _ClassVar[AttentionView]
+    ATTENTION_VIEW_HEAD_MAX: _ClassVar[AttentionView]
+    ATTENTION_VIEW_ROLLOUT: _ClassVar[AttentionView]
+
+class SaliencyMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SALIENCY_METHOD_UNSPECIFIED: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_GRADIENT: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_GRADIENT_X_INPUT: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_INTEGRATED_GRADIENTS: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_SMOOTHGRAD: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_OCCLUSION: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_ATTENTION_ROLLOUT: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_ATTENTION_FLOW: _ClassVar[SaliencyMethod]
+
+class Baseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BASELINE_UNSPECIFIED: _ClassVar[Baseline]
+    BASELINE_PAD: _ClassVar[Baseline]
+    BASELINE_ZERO: _ClassVar[Baseline]
+    BASELINE_MASK: _ClassVar[Baseline]
+    BASELINE_TOKENS: _ClassVar[Baseline]
+
+class IntegrationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTEGRATION_RULE_UNSPECIFIED: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_GAUSS_LEGENDRE: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_LEFT: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_RIGHT: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_MIDDLE: _ClassVar[IntegrationRule]
+    INTEGRATION_RULE_RIEMANN_TRAPEZOID: _ClassVar[IntegrationRule]
+
+class AblationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ABLATION_MODE_UNSPECIFIED: _ClassVar[AblationMode]
+    ABLATION_MODE_PER_HEAD: _ClassVar[AblationMode]
+    ABLATION_MODE_JOINT: _ClassVar[AblationMode]
+    ABLATION_MODE_IMPORTANCE: _ClassVar[AblationMode]
+
+class AblationValue(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ABLATION_VALUE_UNSPECIFIED: _ClassVar[AblationValue]
+    ABLATION_VALUE_ZERO: _ClassVar[AblationValue]
+    ABLATION_VALUE_MEAN: _ClassVar[AblationValue]
+DTYPE_UNSPECIFIED: DType
+DTYPE_FLOAT32: DType
+DTYPE_FLOAT16: DType
+DTYPE_BFLOAT16: DType
+DTYPE_INT32: DType
+MODEL_KIND_UNSPECIFIED: ModelKind
+MODEL_KIND_ENCODER: ModelKind
+MODEL_KIND_CAUSAL_LM: ModelKind
+MODEL_KIND_SEQUENCE_CLASSIFIER: ModelKind
+CACHE_POLICY_USE: CachePolicy
+CACHE_POLICY_BYPASS: CachePolicy
+CACHE_POLICY_REFRESH: CachePolicy
+ATTENTION_VIEW_UNSPECIFIED: AttentionView
+ATTENTION_VIEW_HEADS: AttentionView
+ATTENTION_VIEW_HEAD_MEAN: AttentionView
+ATTENTION_VIEW_HEAD_MAX: AttentionView
+ATTENTION_VIEW_ROLLOUT: AttentionView
+SALIENCY_METHOD_UNSPECIFIED: SaliencyMethod
+SALIENCY_METHOD_GRADIENT: SaliencyMethod
+SALIENCY_METHOD_GRADIENT_X_INPUT: SaliencyMethod
+SALIENCY_METHOD_INTEGRATED_GRADIENTS: SaliencyMethod
+SALIENCY_METHOD_SMOOTHGRAD: SaliencyMethod
+SALIENCY_METHOD_OCCLUSION: SaliencyMethod
+SALIENCY_METHOD_ATTENTION_ROLLOUT: SaliencyMethod
+SALIENCY_METHOD_ATTENTION_FLOW: SaliencyMethod
+BASELINE_UNSPECIFIED: Baseline
+BASELINE_PAD: Baseline
+BASELINE_ZERO: Baseline
+BASELINE_MASK: Baseline
+BASELINE_TOKENS: Baseline
+INTEGRATION_RULE_UNSPECIFIED: IntegrationRule
+INTEGRATION_RULE_GAUSS_LEGENDRE: IntegrationRule
+INTEGRATION_RULE_RIEMANN_LEFT: IntegrationRule
+INTEGRATION_RULE_RIEMANN_RIGHT: IntegrationRule
+INTEGRATION_RULE_RIEMANN_MIDDLE: IntegrationRule
+INTEGRATION_RULE_RIEMANN_TRAPEZOID: IntegrationRule
+ABLATION_MODE_UNSPECIFIED: AblationMode
+ABLATION_MODE_PER_HEAD: AblationMode
+ABLATION_MODE_JOINT: AblationMode
+ABLATION_MODE_IMPORTANCE: AblationMode
+ABLATION_VALUE_UNSPECIFIED: AblationValue
+ABLATION_VALUE_ZERO: AblationValue
+ABLATION_VALUE_MEAN: AblationValue
+
+class Tensor(_message.Message):
+    __slots__ = ("shape", "dtype", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "architecture", "model_type", "num_layers", "num_heads", "num_key_value_heads", "max_tokens", "dtype", "device", "fingerprint", "kind", "hidden_size", "vocab_size", "num_labels", "supported_targets")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    NUM_KEY_VALUE_HEADS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    architecture: str
+    model_type: str
+    num_layers: int
+    num_heads: int
+    num_key_value_heads: int
+    max_tokens: int
+    dtype: str
+    device: str
+    fingerprint: str
+    kind: ModelKind
+    hidden_size: int
+    vocab_size: int
+    num_labels: int
+    supported_targets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ..., num_key_value_heads: _Optional[int] = ..., max_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., num_labels: _Optional[int] = ..., supported_targets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TextInput(_message.Message):
+    __slots__ = ("text", "text_pair")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_PAIR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    text_pair: str
+    def __init__(self, text: _Optional[str] = ..., text_pair: _Optional[str] = ...) -> None: ...
+
+class TokenIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Input(_message.Message):
+    __slots__ = ("text", "token_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: TextInput
+    token_ids: TokenIds
+    def __init__(self, text: _Optional[_Union[TextInput, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
+class TokenizedInput(_message.Message):
+    __slots__ = ("input_index", "token_ids", "tokens", "truncated", "original_length")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    truncated: bool
+    original_length: int
+    def __init__(self, input_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., original_length: _Optional[int] = ...) -> None: ...
+
+class StreamHeader(_message.Message):
+    __slots__ = ("model", "fingerprint", "inputs", "cached")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    fingerprint: str
+    inputs: _containers.RepeatedCompositeFieldContainer[TokenizedInput]
+    cached: bool
+    def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TokenizedInput, _Mapping]]] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class AttentionRequest(_message.Message):
+    __slots__ = ("model", "inputs", "truncate", "layers", "heads", "view", "top_k", "dtype", "rollout_residual_weight", "cache")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_RESIDUAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    truncate: bool
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    view: AttentionView
+    top_k: int
+    dtype: DType
+    rollout_residual_weight: float
+    cache: CachePolicy
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+
+class AttentionChunk(_message.Message):
+    __slots__ = ("input_index", "layer", "heads", "query_start", "query_end", "view", "values", "key_indices", "layer_complete")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_START_FIELD_NUMBER: _ClassVar[int]
+    QUERY_END_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    KEY_INDICES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    layer: int
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    query_start: int
+    query_end: int
+    view: AttentionView
+    values: Tensor
+    key_indices: Tensor
+    layer_complete: bool
+    def __init__(self, input_index: _Optional[int] = ..., layer: _Optional[int] = ..., heads: _Optional[_Iterable[int]] = ..., query_start: _Optional[int] = ..., query_end: _Optional[int] = ..., view: _Optional[_Union[AttentionView, str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., key_indices: _Optional[_Union[Tensor, _Mapping]] = ..., layer_complete: _Optional[bool] = ...) -> None: ...
+
+class AttentionResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    chunk: AttentionChunk
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., chunk: _Optional[_Union[AttentionChunk, _Mapping]] = ...) -> None: ...
+
+class NextTokenTarget(_message.Message):
+    __slots__ = ("position", "token_id")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    token_id: int
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ...) -> None: ...
+
+class LogitDifferenceTarget(_message.Message):
+    __slots__ = ("position", "token_id", "contrast_token_id")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    token_id: int
+    contrast_token_id: int
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., contrast_token_id: _Optional[int] = ...) -> None: ...
+
+class ClassTarget(_message.Message):
+    __slots__ = ("class_index", "probability")
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    class_index: int
+    probability: bool
+    def __init__(self, class_index: _Optional[int] = ..., probability: _Optional[bool] = ...) -> None: ...
+
+class EmbeddingSimilarityTarget(_message.Message):
+    __slots__ = ("reference",)
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    reference: Input
+    def __init__(self, reference: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
+
+class EmbeddingNormTarget(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Target(_message.Message):
+    __slots__ = ("next_token", "logit_difference", "class_score", "embedding_similarity", "embedding_norm")
+    NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_NORM_FIELD_NUMBER: _ClassVar[int]
+    next_token: NextTokenTarget
+    logit_difference: LogitDifferenceTarget
+    class_score: ClassTarget
+    embedding_similarity: EmbeddingSimilarityTarget
+    embedding_norm: EmbeddingNormTarget
+    def __init__(self, next_token: _Optional[_Union[NextTokenTarget, _Mapping]] = ..., logit_difference: _Optional[_Union[LogitDifferenceTarget, _Mapping]] = ..., class_score: _Optional[_Union[ClassTarget, _Mapping]] = ..., embedding_similarity: _Optional[_Union[EmbeddingSimilarityTarget, _Mapping]] = ..., embedding_norm: _Optional[_Union[EmbeddingNormTarget, _Mapping]] = ...) -> None: ...
+
+class IntegratedGradientsOptions(_message.Message):
+    __slots__ = ("baseline", "baseline_token_ids", "rule", "steps", "batch_size", "tolerance")
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    baseline: Baseline
+    baseline_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    rule: IntegrationRule
+    steps: int
+    batch_size: int
+    tolerance: float
+    def __init__(self, baseline: _Optional[_Union[Baseline, str]] = ..., baseline_token_ids: _Optional[_Iterable[int]] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
+
+class SmoothGradOptions(_message.Message):
+    __slots__ = ("noise_level", "samples", "seed")
+    NOISE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    noise_level: float
+    samples: int
+    seed: int
+    def __init__(self, noise_level: _Optional[float] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class OcclusionOptions(_message.Message):
+    __slots__ = ("span", "stride", "replacement")
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    span: int
+    stride: int
+    replacement: Baseline
+    def __init__(self, span: _Optional[int] = ..., stride: _Optional[int] = ..., replacement: _Optional[_Union[Baseline, str]] = ...) -> None: ...
+
+class SaliencyRequest(_message.Message):
+    __slots__ = ("model", "input", "truncate", "target", "method", "integrated_gradients", "smoothgrad", "occlusion", "per_dimension", "cache")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHGRAD_FIELD_NUMBER: _ClassVar[int]
+    OCCLUSION_FIELD_NUMBER: _ClassVar[int]
+    PER_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: Input
+    truncate: bool
+    target: Target
+    method: SaliencyMethod
+    integrated_gradients: IntegratedGradientsOptions
+    smoothgrad: SmoothGradOptions
+    occlusion: OcclusionOptions
+    per_dimension: bool
+    cache: CachePolicy
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., per_dimension: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+
+class SaliencyChunk(_message.Message):
+    __slots__ = ("scores", "per_dimension", "target_score", "baseline_score", "steps", "convergence_delta", "final", "token_start", "token_end")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    PER_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SCORE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    CONVERGENCE_DELTA_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_START_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_END_FIELD_NUMBER: _ClassVar[int]
+    scores: Tensor
+    per_dimension: Tensor
+    target_score: float
+    baseline_score: float
+    steps: int
+    convergence_delta: float
+    final: bool
+    token_start: int
+    token_end: int
+    def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ...) -> None: ...
+
+class SaliencyResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    chunk: SaliencyChunk
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., chunk: _Optional[_Union[SaliencyChunk, _Mapping]] = ...) -> None: ...
+
+class HeadRef(_message.Message):
+    __slots__ = ("layer", "head")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    head: int
+    def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
+
+class HeadAblationRequest(_message.Message):
+    __slots__ = ("model", "input", "truncate", "target", "mode", "value", "heads", "mean_references", "continuation_tokens", "batch_size", "cache")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: Input
+    truncate: bool
+    target: Target
+    mode: AblationMode
+    value: AblationValue
+    heads: _containers.RepeatedCompositeFieldContainer[HeadRef]
+    mean_references: _containers.RepeatedCompositeFieldContainer[Input]
+    continuation_tokens: int
+    batch_size: int
+    cache: CachePolicy
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., mode: _Optional[_Union[AblationMode, str]] = ..., value: _Optional[_Union[AblationValue, str]] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., mean_references: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., continuation_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+
+class LayerAblation(_message.Message):
+    __slots__ = ("layer", "heads", "target_delta", "output_change")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DELTA_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    target_delta: Tensor
+    output_change: Tensor
+    def __init__(self, layer: _Optional[int] = ..., heads: _Optional[_Iterable[int]] = ..., target_delta: _Optional[_Union[Tensor, _Mapping]] = ..., output_change: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class JointAblation(_message.Message):
+    __slots__ = ("heads", "ablated_score", "output_change", "base_continuation", "ablated_continuation", "base_continuation_tokens", "ablated_continuation_tokens")
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    ABLATED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    BASE_CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    ABLATED_CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    BASE_CONTINUATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ABLATED_CONTINUATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    heads: _containers.RepeatedCompositeFieldContainer[HeadRef]
+    ablated_score: float
+    output_change: float
+    base_continuation: _containers.RepeatedScalarFieldContainer[int]
+    ablated_continuation: _containers.RepeatedScalarFieldContainer[int]
+    base_continuation_tokens: _containers.RepeatedScalarFieldContainer[str]
+    ablated_continuation_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., ablated_score: _Optional[float] = ..., output_change: _Optional[float] = ..., base_continuation: _Optional[_Iterable[int]] = ..., ablated_continuation: _Optional[_Iterable[int]] = ..., base_continuation_tokens: _Optional[_Iterable[str]] = ..., ablated_continuation_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeadImportance(_message.Message):
+    __slots__ = ("importance",)
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    importance: Tensor
+    def __init__(self, importance: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class AblationBaseline(_message.Message):
+    __slots__ = ("target_score", "output_change_metric")
+    TARGET_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CHANGE_METRIC_FIELD_NUMBER: _ClassVar[int]
+    target_score: float
+    output_change_metric: str
+    def __init__(self, target_score: _Optional[float] = ..., output_change_metric: _Optional[str] = ...) -> None: ...
+
+class HeadAblationResponse(_message.Message):
+    __slots__ = ("header", "baseline", "layer", "joint", "importance")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    JOINT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    baseline: AblationBaseline
+    layer: LayerAblation
+    joint: JointAblation
+    importance: HeadImportance
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., baseline: _Optional[_Union[AblationBaseline, _Mapping]] = ..., layer: _Optional[_Union[LayerAblation, _Mapping]] = ..., joint: _Optional[_Union[JointAblation, _Mapping]] = ..., importance: _Optional[_Union[HeadImportance, _Mapping]] = ...) -> None: ...

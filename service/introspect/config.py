@@ -1,0 +1,157 @@
+"""Settings: one typed object built at start-up from flags, environment and a config file.
+
+Precedence: command-line flag > environment variable (INTROSPECT_<NAME>) > config file
+(TOML, `--config`) > default. Nothing reads the environment after start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL_NAME = "minilm"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve: the name callers use and a local Hugging Face directory."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    models: tuple[ModelSpec, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    max_message_bytes: int = 4 * MIB
+    max_queue: int = 32
+    grace_seconds: float = 10.0
+    max_connection_age_seconds: float = 0.0
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    redis_url: str = ""
+    cache_bytes: int = 256 * MIB
+    cache_ttl_seconds: int = 3600
+    cache_max_value_bytes: int = 64 * MIB
+    cache_prefix: str = "introspect:"
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_model(self) -> str:
+        """The model an empty `model` field selects: the first configured one."""
+        return self.models[0].name if self.models else DEFAULT_MODEL_NAME
+
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parses NAME=PATH into a ModelSpec."""
+    name, separator, path = text.partition("=")
+    if not separator or not name.strip() or not path.strip():
+        raise ValueError(f"model must be NAME=PATH, got {text!r}")
+    return ModelSpec(name=name.strip(), path=Path(path.strip()).expanduser())
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `serve` flags; every default is None so unset flags fall through."""
+    parser.add_argument("--config", type=Path, help="TOML config file (keys as the flags, with _)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="NAME=PATH",
+        help="serve the local Hugging Face directory PATH as NAME (repeatable; "
+        "default: the packaged all-MiniLM-L6-v2 as 'minilm')",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    parser.add_argument("--dtype", choices=_DTYPES, help="weight dtype (auto: float32 on cpu, model's on cuda)")
+    parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 4 MiB)")
+    parser.add_argument("--max-queue", type=int, help="requests waiting per device before RESOURCE_EXHAUSTED")
+    parser.add_argument("--grace-seconds", type=float, help="graceful stop window on SIGTERM")
+    parser.add_argument(
+        "--max-connection-age-seconds",
+        type=float,
+        help="close client connections after this long so they re-resolve (0: never)",
+    )
+    parser.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0: off)")
+    parser.add_argument("--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)")
+    parser.add_argument("--redis-url", help="redis://host:port/db for the shared result cache")
+    parser.add_argument("--cache-bytes", type=int, help="in-process result cache budget in bytes (0: off)")
+    parser.add_argument("--cache-ttl-seconds", type=int, help="time to live of cached results")
+    parser.add_argument("--cache-max-value-bytes", type=int, help="larger results are not cached")
+    parser.add_argument("--cache-prefix", help="Redis key prefix")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "models":
+        if isinstance(value, str):
+            value = [item for item in value.split(",") if item.strip()]
+        if isinstance(value, Mapping):
+            return tuple(ModelSpec(str(k), Path(str(v)).expanduser()) for k, v in value.items())
+        return tuple(item if isinstance(item, ModelSpec) else parse_model_spec(str(item)) for item in value)
+    default = getattr(Settings(), name)
+    if isinstance(default, bool):
+        return str(value).lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return str(value)
+
+
+def build_settings(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Builds Settings from parsed flags (None = unset), the environment and --config."""
+    environ = os.environ if environ is None else environ
+    names = [f.name for f in fields(Settings) if f.name != "extra"]
+    values: dict[str, Any] = {}
+    config_path = flags.get("config") or environ.get("INTROSPECT_CONFIG")
+    if config_path:
+        with open(config_path, "rb") as handle:
+            from_file = tomllib.load(handle)
+        unknown = set(from_file) - set(names)
+        if unknown:
+            raise ValueError(f"unknown keys in {config_path}: {sorted(unknown)}")
+        values.update(from_file)
+    for name in names:
+        env_value = environ.get(f"INTROSPECT_{name.upper()}")
+        if env_value is not None and env_value != "":
+            values[name] = env_value
+    for name in names:
+        if flags.get(name) is not None:
+            values[name] = flags[name]
+    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    if settings.dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {settings.dtype!r}")
+    if settings.max_message_bytes < 64 * 1024:
+        raise ValueError("max_message_bytes must be at least 65536")
+    names_seen = [spec.name for spec in settings.models]
+    if len(set(names_seen)) != len(names_seen):
+        raise ValueError(f"model names must be unique, got {names_seen}")
+    return settings
+
+
+def parse_serve_arguments(argv: Sequence[str] | None = None) -> Settings:
+    """Parses `introspect serve` arguments into Settings."""
+    parser = argparse.ArgumentParser(prog="introspect serve")
+    add_serve_arguments(parser)
+    return build_settings(vars(parser.parse_args(argv)))

@@ -1,0 +1,137 @@
+"""Attention maps: probabilities of chosen layers and heads, or reductions of them
+(mean / max over heads, attention rollout, top-k keys), streamed layer by layer while the
+forward pass runs.
+
+Rollout: Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import probe
+from ..engine import Sink
+from ..errors import require
+from ..inputs import encode_batch
+from ..models import LoadedModel, ModelDescription
+from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
+from ..results import AttentionLayerResult, StreamStart
+from ..wire import to_wire
+from . import Method
+from .reductions import head_max, head_mean, residual_attention, rollout_step
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """A validated attention query."""
+
+    layers: tuple[int, ...]  # sorted, unique
+    heads: tuple[int, ...]  # in request order, unique
+    view: str
+    top_k: int
+    dtype: str
+    rollout_residual_weight: float
+
+    @property
+    def layers_computed(self) -> frozenset[int]:
+        """Layers whose probabilities are needed: rollout needs every layer up to the last."""
+        if self.view == "rollout":
+            return frozenset(range(self.layers[-1] + 1))
+        return frozenset(self.layers)
+
+
+def _unique_in_range(values: tuple[int, ...], limit: int, field: str, what: str) -> tuple[int, ...]:
+    out_of_range = [value for value in values if not 0 <= value < limit]
+    require(not out_of_range, field, f"{what} {out_of_range} out of range: the model has {limit} {what}s (0..{limit - 1})")
+    return tuple(dict.fromkeys(values))
+
+
+def prepare(description: ModelDescription, query: AttentionQuery) -> AttentionOptions:
+    """Validates an attention query against the model."""
+    layers = _unique_in_range(query.layers, description.num_layers, "layers", "layer") or tuple(
+        range(description.num_layers)
+    )
+    heads = _unique_in_range(query.heads, description.num_heads, "heads", "head") or tuple(
+        range(description.num_heads)
+    )
+    require(query.view in ATTENTION_VIEWS, "view", f"unknown view {query.view!r}; use one of {ATTENTION_VIEWS}")
+    require(query.dtype in VALUE_DTYPES, "dtype", f"values can be {VALUE_DTYPES}, not {query.dtype!r}")
+    require(query.top_k >= 0, "top_k", "must be >= 0")
+    require(
+        0.0 <= query.rollout_residual_weight <= 1.0,
+        "rollout_residual_weight",
+        f"must be in [0, 1], got {query.rollout_residual_weight}",
+    )
+    return AttentionOptions(
+        layers=tuple(sorted(layers)),
+        heads=heads,
+        view=query.view,
+        top_k=query.top_k,
+        dtype=query.dtype,
+        rollout_residual_weight=query.rollout_residual_weight,
+    )
+
+
+def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, sink: Sink) -> None:
+    """Encodes the inputs, then streams each requested layer as the forward pass reaches it."""
+    batch = encode_batch(model, query.inputs, query.truncate)
+    shortest = min(item.length for item in batch.inputs)
+    require(options.top_k <= shortest, "top_k", f"{options.top_k} exceeds the shortest input ({shortest} tokens)")
+    description = model.description
+    sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
+
+    requested = frozenset(options.layers)
+    all_heads = options.heads == tuple(range(description.num_heads))
+    head_index = torch.tensor(options.heads, device=model.device)
+    rollouts: list[torch.Tensor | None] = [None] * len(batch.inputs)
+
+    def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
+        # probabilities: [batch, heads, query, key] float32
+        sink.check()
+        selected = probabilities if all_heads else probabilities.index_select(1, head_index)
+        for row, encoded in enumerate(batch.inputs):
+            length = encoded.length
+            maps = selected[row, :, :length, :length]  # [heads, query, key]
+            if options.view == "rollout":
+                layer_attention = residual_attention(head_mean(maps)[0], options.rollout_residual_weight)
+                rollouts[row] = rollout_step(rollouts[row], layer_attention)
+            if layer not in requested:
+                continue
+            view_values = {
+                "heads": lambda: maps,
+                "head_mean": lambda: head_mean(maps),
+                "head_max": lambda: head_max(maps),
+                "rollout": lambda: rollouts[row][None],  # type: ignore[index]
+            }[options.view]()
+            sink.emit(_layer_result(row, layer, view_values, options))
+
+    session = model.probe_session(
+        capture_layers=options.layers_computed,
+        on_probabilities=on_probabilities,
+        stop_after_layer=max(options.layers_computed),
+    )
+    with probe.probing(session), torch.inference_mode():
+        try:
+            model.model.base_model(**batch.model_inputs())
+        except probe.StopForward:
+            pass
+
+
+def _layer_result(row: int, layer: int, values: torch.Tensor, options: AttentionOptions) -> AttentionLayerResult:
+    indices = None
+    if options.top_k:
+        values, top_indices = torch.topk(values, options.top_k, dim=-1)
+        indices = to_wire(top_indices, "int32")
+    return AttentionLayerResult(
+        input_index=row,
+        layer=layer,
+        heads=options.heads if options.view == "heads" else (),
+        view=options.view,
+        values=to_wire(values, options.dtype),
+        key_indices=indices,
+    )
+
+
+METHOD = Method(name="attention", query_type=AttentionQuery, prepare=prepare, run=run)

@@ -1,0 +1,1 @@
+"""The gRPC layer: decode requests, map errors to status codes, encode results."""

@@ -1,0 +1,66 @@
+"""Protobuf requests -> plain request dataclasses. Structural checks only; what depends on
+the model is validated by the methods."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from introspect_client._proto import introspect_pb2 as pb
+
+from ..errors import InvalidInput
+from ..requests import DEFAULT_ROLLOUT_RESIDUAL_WEIGHT, AttentionQuery, InputSpec
+
+_VIEWS = {
+    pb.ATTENTION_VIEW_UNSPECIFIED: "heads",
+    pb.ATTENTION_VIEW_HEADS: "heads",
+    pb.ATTENTION_VIEW_HEAD_MEAN: "head_mean",
+    pb.ATTENTION_VIEW_HEAD_MAX: "head_max",
+    pb.ATTENTION_VIEW_ROLLOUT: "rollout",
+}
+_DTYPES = {
+    pb.DTYPE_UNSPECIFIED: "float32",
+    pb.DTYPE_FLOAT32: "float32",
+    pb.DTYPE_FLOAT16: "float16",
+    pb.DTYPE_BFLOAT16: "bfloat16",
+    pb.DTYPE_INT32: "int32",
+}
+
+
+def enum_name(mapping: dict[int, str], value: int) -> str:
+    """The plain name of an enum value; unknown numbers pass as 'unknown(N)' for the
+    method's validation to reject with the list of valid names."""
+    return mapping.get(value, f"unknown({value})")
+
+
+def input_spec(message: pb.Input, field: str) -> InputSpec:
+    """Decodes one Input."""
+    source = message.WhichOneof("source")
+    if source == "text":
+        return InputSpec(text=message.text.text, text_pair=message.text.text_pair or None)
+    if source == "token_ids":
+        return InputSpec(token_ids=tuple(int(token) for token in message.token_ids.ids))
+    raise InvalidInput(field, "set either text or token_ids")
+
+
+def input_specs(messages: Iterable[pb.Input], field: str = "inputs") -> tuple[InputSpec, ...]:
+    """Decodes repeated Input."""
+    return tuple(input_spec(message, f"{field}[{i}]") for i, message in enumerate(messages))
+
+
+def attention_query(request: pb.AttentionRequest) -> AttentionQuery:
+    """Decodes an AttentionRequest."""
+    return AttentionQuery(
+        model=request.model,
+        inputs=input_specs(request.inputs),
+        truncate=request.truncate,
+        layers=tuple(request.layers),
+        heads=tuple(request.heads),
+        view=enum_name(_VIEWS, request.view),
+        top_k=request.top_k,
+        dtype=enum_name(_DTYPES, request.dtype),
+        rollout_residual_weight=(
+            request.rollout_residual_weight
+            if request.HasField("rollout_residual_weight")
+            else DEFAULT_ROLLOUT_RESIDUAL_WEIGHT
+        ),
+    )

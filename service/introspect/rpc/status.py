@@ -1,0 +1,95 @@
+"""Domain errors -> gRPC status, in one place, for every RPC.
+
+Callers get the code and a message that says what to fix; INVALID_ARGUMENT carries a
+google.rpc.BadRequest naming the field. Anything unexpected is logged here and becomes
+INTERNAL with a generic message: no stack traces or internals reach callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from ..errors import Cancelled, IntrospectError, InvalidInput, ModelNotFound, Overloaded, Unimplemented
+
+log = logging.getLogger(__name__)
+
+_CODES: dict[type[IntrospectError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    """(code, message, trailing metadata) a caller should see for `error`."""
+    for error_type, code in _CODES.items():
+        if isinstance(error, error_type):
+            message = str(error)
+            detail = status_pb2.Status(code=code.value[0], message=message)
+            if isinstance(error, InvalidInput):
+                packed = any_pb2.Any()
+                packed.Pack(
+                    error_details_pb2.BadRequest(
+                        field_violations=[
+                            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+                        ]
+                    )
+                )
+                detail.details.append(packed)
+            return code, message, ((_STATUS_DETAILS_KEY, detail.SerializeToString()),)
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error (incident %s)", incident, exc_info=error)
+    message = f"internal error (incident {incident}); the server log has the details"
+    detail = status_pb2.Status(code=code_pb2.INTERNAL, message=message)
+    return grpc.StatusCode.INTERNAL, message, ((_STATUS_DETAILS_KEY, detail.SerializeToString()),)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    if isinstance(error, (asyncio.CancelledError, Cancelled)):
+        raise error
+    code, message, trailers = status_of(error)
+    await context.abort(code, message, trailing_metadata=trailers)
+
+
+def translate_errors(handler: Handler) -> Handler:
+    """Wraps a unary or server-streaming servicer method so errors become statuses."""
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for message in handler(self, request, context):
+                    yield message
+            except grpc.aio.AbortError:
+                raise
+            except BaseException as error:
+                await _abort(context, error)
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(handler)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except BaseException as error:
+            await _abort(context, error)
+
+    return unary  # type: ignore[return-value]
+
+
