@@ -35,3 +35,19 @@ class AttentionQuery:
     top_k: int = 0
     dtype: str = "float32"
     rollout_residual_weight: float = DEFAULT_ROLLOUT_RESIDUAL_WEIGHT
+
+
+TARGET_KINDS = ("next_token", "logit_difference", "class_score", "embedding_similarity", "embedding_norm")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The scalar that saliency attributes and ablation measures (see Target in the proto)."""
+
+    kind: str
+    position: int = -1
+    token_id: int | None = None
+    contrast_token_id: int | None = None
+    class_index: int | None = None
+    probability: bool = False
+    reference: InputSpec | None = None

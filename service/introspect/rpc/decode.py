@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from introspect_client._proto import introspect_pb2 as pb
 
 from ..errors import InvalidInput
-from ..requests import DEFAULT_ROLLOUT_RESIDUAL_WEIGHT, AttentionQuery, InputSpec
+from ..requests import DEFAULT_ROLLOUT_RESIDUAL_WEIGHT, AttentionQuery, InputSpec, TargetSpec
 
 _VIEWS = {
     pb.ATTENTION_VIEW_UNSPECIFIED: "heads",
@@ -64,3 +64,36 @@ def attention_query(request: pb.AttentionRequest) -> AttentionQuery:
             else DEFAULT_ROLLOUT_RESIDUAL_WEIGHT
         ),
     )
+
+
+def target_spec(message: pb.Target, field: str = "target") -> TargetSpec | None:
+    """Decodes a Target; None when no kind is set (methods then name the supported ones)."""
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "next_token":
+        chosen = message.next_token
+        return TargetSpec(
+            kind=kind,
+            position=chosen.position if chosen.HasField("position") else -1,
+            token_id=chosen.token_id if chosen.HasField("token_id") else None,
+        )
+    if kind == "logit_difference":
+        chosen = message.logit_difference
+        return TargetSpec(
+            kind=kind,
+            position=chosen.position if chosen.HasField("position") else -1,
+            token_id=chosen.token_id,
+            contrast_token_id=chosen.contrast_token_id,
+        )
+    if kind == "class_score":
+        chosen = message.class_score
+        return TargetSpec(
+            kind=kind,
+            class_index=chosen.class_index if chosen.HasField("class_index") else None,
+            probability=chosen.probability,
+        )
+    if kind == "embedding_similarity":
+        reference = message.embedding_similarity.reference
+        return TargetSpec(kind=kind, reference=input_spec(reference, f"{field}.embedding_similarity.reference"))
+    return TargetSpec(kind=kind)

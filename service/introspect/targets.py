@@ -1,0 +1,180 @@
+"""Targets: the scalar a saliency method attributes and a head ablation measures, plus
+the whole-output summary that ablation compares (next-token or class distribution, or
+the pooled embedding).
+
+A TargetSpec is bound to one model and one input (`bind_target`) once: the predicted
+token or class is fixed then, and a reference embedding computed, so every later
+forward pass (baselines, noisy samples, ablated variants) scores the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidInput, require
+from .inputs import EncodedBatch, encode_batch
+from .models import CAUSAL_LM, ENCODER, SEQUENCE_CLASSIFIER, LoadedModel
+from .requests import TARGET_KINDS, TargetSpec
+
+OUTPUT_CHANGE_METRIC = {CAUSAL_LM: "kl_divergence", SEQUENCE_CLASSIFIER: "kl_divergence", ENCODER: "cosine_distance"}
+
+
+def check_target_supported(model: LoadedModel, spec: TargetSpec | None) -> TargetSpec:
+    """INVALID_ARGUMENT unless the model can serve the target; names those it supports."""
+    supported = model.description.supported_targets
+    if spec is None:
+        raise InvalidInput("target", f"a target is required; model {model.name!r} supports {list(supported)}")
+    require(spec.kind in TARGET_KINDS, "target", f"unknown target {spec.kind!r}")
+    require(
+        spec.kind in supported,
+        "target",
+        f"model {model.name!r} ({model.description.kind}) cannot serve target {spec.kind!r}; "
+        f"it supports {list(supported)}",
+    )
+    return spec
+
+
+def model_outputs(
+    model: LoadedModel,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Runs the whole model; returns logits [batch, tokens, vocab] (causal LM), logits
+    [batch, classes] (classifier) or last hidden states [batch, tokens, hidden] (encoder)."""
+    arguments: dict[str, torch.Tensor] = {"attention_mask": attention_mask}
+    if input_ids is not None:
+        arguments["input_ids"] = input_ids
+    if inputs_embeds is not None:
+        arguments["inputs_embeds"] = inputs_embeds
+    if token_type_ids is not None:
+        arguments["token_type_ids"] = token_type_ids
+    output = model.model(**arguments)
+    if model.description.kind == ENCODER:
+        return output.last_hidden_state
+    return output.logits
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens: [batch, tokens, hidden] -> [batch, hidden]."""
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class BoundTarget:
+    """A target resolved for one model and one input."""
+
+    kind: str
+    model_kind: str
+    position: int | None  # absolute position (causal LM)
+    token_id: int | None
+    contrast_token_id: int | None
+    class_index: int | None
+    probability: bool
+    reference_embedding: torch.Tensor | None  # [hidden]
+
+    @property
+    def output_change_metric(self) -> str:
+        """Name of the whole-output comparison: KL divergence or cosine distance."""
+        return OUTPUT_CHANGE_METRIC[self.model_kind]
+
+    def score(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The target per batch row [batch] (float32), from model_outputs()."""
+        if self.kind == "next_token":
+            log_probs = torch.log_softmax(outputs[:, self.position].float(), dim=-1)
+            return log_probs[:, self.token_id]
+        if self.kind == "logit_difference":
+            logits = outputs[:, self.position].float()
+            return logits[:, self.token_id] - logits[:, self.contrast_token_id]
+        if self.kind == "class_score":
+            logits = outputs.float()
+            values = torch.softmax(logits, dim=-1) if self.probability else logits
+            return values[:, self.class_index]
+        pooled = mean_pool(outputs.float(), attention_mask)
+        if self.kind == "embedding_norm":
+            return pooled.norm(dim=-1)
+        reference = self.reference_embedding.to(pooled.device)  # type: ignore[union-attr]
+        return F.cosine_similarity(pooled, reference[None, :], dim=-1)
+
+    def output_summary(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per row: log-probabilities of the next-token (at the target position) or class
+        distribution, or the pooled embedding for encoders. [batch, D] float32."""
+        if self.model_kind == CAUSAL_LM:
+            return torch.log_softmax(outputs[:, self.position].float(), dim=-1)
+        if self.model_kind == SEQUENCE_CLASSIFIER:
+            return torch.log_softmax(outputs.float(), dim=-1)
+        return mean_pool(outputs.float(), attention_mask)
+
+    def output_change(self, base: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        """KL(base || changed) of distributions, or 1 - cosine of embeddings. base [D] or
+        [1, D], changed [batch, D] -> [batch]."""
+        base = base.reshape(1, -1)
+        if self.output_change_metric == "kl_divergence":
+            return (base.exp() * (base - changed)).sum(dim=-1)
+        return 1.0 - F.cosine_similarity(changed, base, dim=-1)
+
+
+def _absolute_position(position: int, length: int) -> int:
+    absolute = position + length if position < 0 else position
+    require(
+        0 <= absolute < length,
+        "target.position",
+        f"position {position} is outside the input ({length} tokens; use -{length}..{length - 1})",
+    )
+    return absolute
+
+
+def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch) -> BoundTarget:
+    """Resolves a target for the first input of `batch`: positions, the predicted token
+    or class when none is given, and the reference embedding of a similarity target."""
+    spec = check_target_supported(model, spec)
+    description = model.description
+    length = batch.inputs[0].length
+    position = token_id = contrast = class_index = None
+    reference_embedding = None
+    needs_prediction = (spec.kind == "next_token" and spec.token_id is None) or (
+        spec.kind == "class_score" and spec.class_index is None
+    )
+    if spec.kind in ("next_token", "logit_difference"):
+        position = _absolute_position(spec.position, length)
+        for name, value in (("token_id", spec.token_id), ("contrast_token_id", spec.contrast_token_id)):
+            if value is not None:
+                require(0 <= value < description.vocab_size, f"target.{name}",
+                        f"{value} is outside the vocabulary [0, {description.vocab_size})")
+        token_id, contrast = spec.token_id, spec.contrast_token_id
+        if spec.kind == "logit_difference":
+            require(token_id is not None and contrast is not None, "target.logit_difference",
+                    "token_id and contrast_token_id are both required")
+    if spec.kind == "class_score" and spec.class_index is not None:
+        require(0 <= spec.class_index < description.num_labels, "target.class_score.class_index",
+                f"{spec.class_index} is outside [0, {description.num_labels})")
+        class_index = spec.class_index
+    with torch.no_grad():
+        if needs_prediction:
+            outputs = model_outputs(model, batch.attention_mask[:1], batch.input_ids[:1],
+                                    token_type_ids=None if batch.token_type_ids is None else batch.token_type_ids[:1])
+            if spec.kind == "next_token":
+                token_id = int(outputs[0, position].argmax())
+            else:
+                class_index = int(outputs[0].argmax())
+        if spec.kind == "embedding_similarity":
+            require(spec.reference is not None, "target.embedding_similarity.reference", "a reference input is required")
+            reference = encode_batch(model, [spec.reference], truncate=True, field="target.embedding_similarity.reference")
+            hidden = model_outputs(model, reference.attention_mask, reference.input_ids,
+                                   token_type_ids=reference.token_type_ids)
+            reference_embedding = mean_pool(hidden.float(), reference.attention_mask)[0]
+    return BoundTarget(
+        kind=spec.kind,
+        model_kind=description.kind,
+        position=position,
+        token_id=token_id,
+        contrast_token_id=contrast,
+        class_index=class_index,
+        probability=spec.probability,
+        reference_embedding=reference_embedding,
+    )
