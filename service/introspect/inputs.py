@@ -40,7 +40,13 @@ def pad_token_id(model: LoadedModel) -> int:
 
 
 def encode_input(model: LoadedModel, spec: InputSpec, truncate: bool, field: str) -> EncodedInput:
-    """Tokenizes one input, enforcing the model's length limit (or truncating if allowed)."""
+    """Tokenizes one input, enforcing the model's length limit (or truncating if allowed).
+    Safe to call from any thread."""
+    with model.tokenizer_lock:
+        return _encode_input(model, spec, truncate, field)
+
+
+def _encode_input(model: LoadedModel, spec: InputSpec, truncate: bool, field: str) -> EncodedInput:
     description = model.description
     limit = description.max_tokens
     tokenizer = model.tokenizer

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -86,6 +87,8 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     layer_of_module: dict[int, int]
+    # Fast tokenizers are not safe to use from two threads at once ("Already borrowed").
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def name(self) -> str:
