@@ -1,0 +1,134 @@
+"""StreamAttention against plain transformers, side by side in one run.
+
+    python tests/benchmarks/bench_attention.py [--tokens 128 512] [--repeats 15]
+
+For MiniLM (6 layers x 12 heads) at each input length, medians of:
+  eager      transformers eager forward with output_attentions=True (all maps, in process)
+  sdpa       the model's plain SDPA forward, no maps (the floor)
+  method     introspect's attention method in process (SDPA + maps, no gRPC)
+  server     StreamAttention through a real server over loopback with the real client,
+             all layers and heads reassembled into numpy arrays (float32 and float16)
+  first      time to the first chunk through the server
+and the payload bytes per layer in float32 and float16. Ratios are against eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from conftest import minilm_dir, start_server  # noqa: E402
+from timing import markdown_table, measure, median_ms  # noqa: E402
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
+
+from introspect.config import ModelSpec  # noqa: E402
+from introspect.methods import method_for  # noqa: E402
+from introspect.models import load_model  # noqa: E402
+from introspect.requests import AttentionQuery, InputSpec  # noqa: E402
+from introspect_client import Client  # noqa: E402
+from introspect_client._proto import introspect_pb2 as pb  # noqa: E402
+
+
+def text_of(tokenizer: AutoTokenizer, tokens: int) -> str:
+    """A text that tokenizes to exactly `tokens` tokens with special tokens."""
+    words = ("the model attends to every token it has seen so far " * tokens).split()
+    ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][: tokens - 2]
+    return tokenizer.decode(ids)
+
+
+class NullSink:
+    """Discards results (the in-process method timing)."""
+
+    def check(self) -> None:
+        """Never cancelled."""
+
+    def emit(self, item: object) -> None:
+        """Drops the item."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--repeats", type=int, default=15)
+    arguments = parser.parse_args()
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    path = minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    eager = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    sdpa = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    loaded = load_model(ModelSpec("minilm", path), torch.device("cpu"), "float32")
+    server = start_server(f"--model=minilm={path}", "--max-message-bytes=4194304")
+    rows = []
+    try:
+        with Client(server.address) as client:
+            for tokens in arguments.tokens:
+                text = text_of(tokenizer, tokens)
+                encoded = tokenizer(text, return_tensors="pt")
+                assert encoded["input_ids"].shape[1] == tokens, encoded["input_ids"].shape
+
+                def run_eager() -> object:
+                    with torch.inference_mode():
+                        return eager(**encoded, output_attentions=True).attentions
+
+                def run_sdpa() -> object:
+                    with torch.inference_mode():
+                        return sdpa(**encoded).last_hidden_state
+
+                query = AttentionQuery(model="minilm", inputs=(InputSpec(text=text),))
+                method = method_for(query)
+                options = method.prepare(loaded.description, query)
+
+                def run_method() -> None:
+                    method.run(loaded, query, options, NullSink())  # type: ignore[arg-type]
+
+                first_chunk: list[float] = []
+
+                def run_first_chunk() -> None:
+                    started = time.perf_counter()
+                    for message in client.stream_attention(text, model="minilm", cache="bypass"):
+                        if message.HasField("chunk"):
+                            first_chunk.append(time.perf_counter() - started)
+                            break
+
+                bytes_per_layer = {}
+                for dtype in ("float32", "float16"):
+                    sizes = [
+                        m.ByteSize()
+                        for m in client.stream_attention(text, model="minilm", layers=[0], dtype=dtype, cache="bypass")
+                        if m.HasField("chunk")
+                    ]
+                    bytes_per_layer[dtype] = sum(sizes)
+
+                timings = {
+                    "eager": measure(run_eager, arguments.repeats),
+                    "sdpa": measure(run_sdpa, arguments.repeats),
+                    "method": measure(run_method, arguments.repeats),
+                    "server f32": measure(lambda: client.attention(text, model="minilm", cache="bypass"), arguments.repeats),
+                    "server f16": measure(
+                        lambda: client.attention(text, model="minilm", dtype="float16", cache="bypass"), arguments.repeats
+                    ),
+                }
+                measure(run_first_chunk, arguments.repeats)
+                eager_ms = median_ms(timings["eager"])
+                for name, values in timings.items():
+                    rows.append([tokens, name, f"{median_ms(values):.1f}", f"{median_ms(values) / eager_ms:.2f}x"])
+                rows.append([tokens, "first chunk (server)", f"{median_ms(first_chunk[-arguments.repeats:]):.1f}",
+                             f"{median_ms(first_chunk[-arguments.repeats:]) / eager_ms:.2f}x"])
+                rows.append([tokens, "payload per layer", f"f32 {bytes_per_layer['float32'] / 1e6:.2f} MB",
+                             f"f16 {bytes_per_layer['float16'] / 1e6:.2f} MB"])
+    finally:
+        server.stop()
+    print(f"MiniLM (6 layers x 12 heads), all maps, {torch.get_num_threads()} torch threads, "
+          f"median of {arguments.repeats}; ratio = time / eager time\n")
+    print(markdown_table(["tokens", "what", "median ms", "vs eager"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Timing helpers shared by the benchmarks: warm up, repeat, report medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def measure(function: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeats` calls after `warmup` untimed calls."""
+    for _ in range(warmup):
+        function()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def median_ms(timings: list[float]) -> float:
+    """Median in milliseconds."""
+    return statistics.median(timings) * 1000
+
+
+def percentile_ms(timings: list[float], fraction: float) -> float:
+    """The `fraction` quantile (nearest rank) in milliseconds."""
+    ordered = sorted(timings)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))] * 1000
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Settings precedence and the generated code's freshness."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from introspect.config import ModelSpec, build_settings, parse_serve_arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_flags_override_environment_override_file(tmp_path: Path) -> None:
+    config = tmp_path / "introspect.toml"
+    config.write_text('port = 7000\ndevice = "cpu"\nmax_queue = 3\nmodels = ["a=/models/a"]\n')
+    environment = {"INTROSPECT_PORT": "7001", "INTROSPECT_MAX_QUEUE": "5", "INTROSPECT_DTYPE": "float16"}
+    settings = build_settings({"config": config, "port": 7002}, environment)
+    assert settings.port == 7002  # flag
+    assert settings.max_queue == 5  # environment over file
+    assert settings.dtype == "float16"  # environment
+    assert settings.device == "cpu"  # file
+    assert settings.models == (ModelSpec("a", Path("/models/a")),)
+    assert settings.default_model == "a"
+    assert settings.host == "127.0.0.1"  # nothing listens beyond loopback unless configured
+
+
+def test_serve_arguments_parse_repeatable_models() -> None:
+    settings = parse_serve_arguments(["--model", "x=/m/x", "--model=y=/m/y", "--max-message-bytes", "70000"])
+    assert [spec.name for spec in settings.models] == ["x", "y"]
+    assert settings.max_message_bytes == 70000
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"models": ["broken"]}, "NAME=PATH"),
+        ({"models": ["a=/x", "a=/y"]}, "unique"),
+        ({"max_message_bytes": 1000}, "at least"),
+        ({"dtype": "int8"}, "dtype"),
+    ],
+)
+def test_bad_settings_are_rejected(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_settings(flags, {})
+
+
+def test_unknown_config_keys_are_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(ValueError, match="prot"):
+        build_settings({"config": config}, {})
+
+
+def test_generated_code_is_fresh() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_protos.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_client_imports_without_torch() -> None:
+    code = (
+        "import sys, introspect_client, introspect_client.cli; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_model_directory_without_safetensors_is_refused(tmp_path: Path) -> None:
+    from introspect.models import ModelLoadError, load_model
+
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    import torch
+
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model(ModelSpec("unsafe", tmp_path), torch.device("cpu"), "auto")
