@@ -188,3 +188,12 @@ def reference_tokenizer(model_dirs: dict[str, Path], name: str):  # type: ignore
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dirs[name])
+
+
+def reference_inputs(model_dirs: dict[str, Path], name: str, text: str | list[str], pair: str | None = None):  # type: ignore[no-untyped-def]
+    """Tokenized reference inputs as the model expects them: token_type_ids only for models
+    with token types (GPT-2 would otherwise add wte(token_type_ids) to its embeddings)."""
+    tokenizer = reference_tokenizer(model_dirs, name)
+    model = reference_model(model_dirs, name)
+    with_types = bool(getattr(model.config, "type_vocab_size", 0))
+    return tokenizer(text, pair, return_tensors="pt", padding=True, return_token_type_ids=with_types)

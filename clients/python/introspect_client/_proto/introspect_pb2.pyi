@@ -349,24 +349,28 @@ class IntegratedGradientsOptions(_message.Message):
     def __init__(self, baseline: _Optional[_Union[Baseline, str]] = ..., baseline_token_ids: _Optional[_Iterable[int]] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class SmoothGradOptions(_message.Message):
-    __slots__ = ("noise_level", "samples", "seed")
+    __slots__ = ("noise_level", "samples", "seed", "batch_size")
     NOISE_LEVEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     noise_level: float
     samples: int
     seed: int
-    def __init__(self, noise_level: _Optional[float] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, noise_level: _Optional[float] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class OcclusionOptions(_message.Message):
-    __slots__ = ("span", "stride", "replacement")
+    __slots__ = ("span", "stride", "replacement", "batch_size")
     SPAN_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
     REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     span: int
     stride: int
     replacement: Baseline
-    def __init__(self, span: _Optional[int] = ..., stride: _Optional[int] = ..., replacement: _Optional[_Union[Baseline, str]] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, span: _Optional[int] = ..., stride: _Optional[int] = ..., replacement: _Optional[_Union[Baseline, str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class SaliencyRequest(_message.Message):
     __slots__ = ("model", "input", "truncate", "target", "method", "integrated_gradients", "smoothgrad", "occlusion", "per_dimension", "cache")
@@ -493,12 +497,16 @@ class HeadImportance(_message.Message):
     def __init__(self, importance: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AblationBaseline(_message.Message):
-    __slots__ = ("target_score", "output_change_metric")
+    __slots__ = ("target_score", "output_change_metric", "num_layers", "num_heads")
     TARGET_SCORE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CHANGE_METRIC_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
     target_score: float
     output_change_metric: str
-    def __init__(self, target_score: _Optional[float] = ..., output_change_metric: _Optional[str] = ...) -> None: ...
+    num_layers: int
+    num_heads: int
+    def __init__(self, target_score: _Optional[float] = ..., output_change_metric: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ...) -> None: ...
 
 class HeadAblationResponse(_message.Message):
     __slots__ = ("header", "baseline", "layer", "joint", "importance")

@@ -1,0 +1,54 @@
+"""Python client of the introspect gRPC service (no torch needed).
+
+    from introspect_client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        print([model.name for model in client.list_models()])
+        result = client.attention("The cat sat on the mat.", layers=[5], view="head_mean")
+        print(result[0].tokens, result[0].layers[5].shape)  # [1, query, keys]
+"""
+
+from . import targets
+from ._proto import introspect_pb2 as pb
+from .ablation import (
+    ABLATION_MODES,
+    ABLATION_VALUES,
+    AblationAssembler,
+    AblationOptions,
+    AblationResult,
+    JointAblationResult,
+    ablation_request,
+)
+from .client import DEFAULT_MAX_MESSAGE_BYTES, AsyncClient, Client
+from .errors import IntrospectError
+from .inputs import InputLike, InputsLike, make_input, make_inputs
+from .options import CACHE_POLICIES, VALUE_DTYPES, VIEWS, AttentionOptions, attention_request
+from .results import AttentionAssembler, AttentionResult, InputAttention
+
+__all__ = [
+    "ABLATION_MODES",
+    "ABLATION_VALUES",
+    "CACHE_POLICIES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "VALUE_DTYPES",
+    "VIEWS",
+    "AblationAssembler",
+    "AblationOptions",
+    "AblationResult",
+    "AsyncClient",
+    "AttentionAssembler",
+    "AttentionOptions",
+    "AttentionResult",
+    "Client",
+    "InputAttention",
+    "InputLike",
+    "InputsLike",
+    "IntrospectError",
+    "JointAblationResult",
+    "ablation_request",
+    "attention_request",
+    "make_input",
+    "make_inputs",
+    "pb",
+    "targets",
+]

@@ -1,0 +1,221 @@
+"""The `introspect` command line.
+
+    introspect serve [server flags]        run the server (needs the server extra: torch)
+    introspect models [--json]             list the server's models
+    introspect attention --text TEXT ...   one layer's attention map: summary, --json, --png
+
+Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051).
+Errors print `error: <message>` to stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+import numpy as np
+from google.protobuf import json_format
+
+from ._proto import introspect_pb2 as pb
+from .client import Client
+from .errors import IntrospectError
+from .options import CACHE_POLICIES, VIEWS
+from .results import InputAttention
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+SERVER_ENV = "INTROSPECT_SERVER"
+
+
+def _client_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Flags every client subcommand takes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--server",
+        default=environ.get(SERVER_ENV) or DEFAULT_SERVER,
+        metavar="HOST:PORT",
+        help=f"server address (default: ${SERVER_ENV}, else {DEFAULT_SERVER})",
+    )
+    parent.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="deadline of the call")
+    return parent
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of `introspect` (the environment supplies the --server default)."""
+    client_options = _client_options(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(
+        prog="introspect",
+        description="Look inside transformer models served by an introspect server.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve",
+        help="run the server (flags: introspect serve --help)",
+        add_help=False,
+    )
+
+    models = commands.add_parser(
+        "models", parents=[client_options], help="list the models the server has loaded",
+        description="List the server's models as a table, or as JSON with --json.",
+    )
+    models.add_argument(
+        "--json", action="store_true",
+        help="print the ListModels response in protobuf's JSON mapping (proto field names)",
+    )
+    models.set_defaults(run=_run_models)
+
+    attention = commands.add_parser(
+        "attention",
+        parents=[client_options],
+        help="attention map of one layer for a text",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Attention probabilities of one layer for one text (or text pair).\n\n"
+            "Selection: --layer picks the layer (default: the last; negative counts from the\n"
+            "end). With --head N the map is that head's. Without --head the view defaults to\n"
+            "head_mean (the mean over all heads); --view heads without --head returns every\n"
+            "head: --json then holds all of them, while --png and the summary show their mean.\n\n"
+            "Output: --png FILE writes a heatmap (query tokens down, key tokens across),\n"
+            "--json prints {model, fingerprint, tokens, token_ids, view, heads, layers:\n"
+            "{layer: [heads_or_1][query][keys]}}; without either, a summary lists the most\n"
+            "attended key of every query token."
+        ),
+    )
+    attention.add_argument("--text", required=True, help="the input text")
+    attention.add_argument("--pair", default=None, metavar="TEXT", help="optional second segment (text pair)")
+    attention.add_argument("--model", default="", help="model name (default: the server's default model)")
+    attention.add_argument("--layer", type=int, default=-1, metavar="N", help="layer, 0-based (default: -1, the last)")
+    attention.add_argument("--head", type=int, default=None, metavar="N", help="one head, 0-based (default: all heads)")
+    attention.add_argument(
+        "--view", choices=list(VIEWS), default=None,
+        help="heads, head_mean, head_max or rollout (default: heads with --head, else head_mean)",
+    )
+    attention.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
+    attention.add_argument(
+        "--cache", choices=list(CACHE_POLICIES), default="use", help="server result cache policy (default: use)"
+    )
+    attention.add_argument("--png", default=None, metavar="FILE", help="write a heatmap PNG to FILE")
+    attention.add_argument("--json", action="store_true", help="print the selected values as JSON")
+    attention.set_defaults(run=_run_attention)
+    return parser
+
+
+def _models_table(models: Sequence[pb.ModelInfo]) -> str:
+    """A plain-text table of model descriptions."""
+    header = ("NAME", "ARCHITECTURE", "LAYERSxHEADS", "KV HEADS", "MAX TOKENS", "DTYPE", "DEVICE", "FINGERPRINT")
+    rows = [header] + [
+        (
+            model.name,
+            model.architecture,
+            f"{model.num_layers}x{model.num_heads}",
+            str(model.num_key_value_heads),
+            str(model.max_tokens),
+            model.dtype,
+            model.device,
+            model.fingerprint[:12],
+        )
+        for model in models
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _run_models(args: argparse.Namespace, client: Client, out: TextIO) -> None:
+    models = client.list_models(timeout=args.timeout)
+    if args.json:
+        response = pb.ListModelsResponse(models=models)
+        document = json_format.MessageToDict(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        print(json.dumps(document, indent=2), file=out)
+    elif models:
+        print(_models_table(models), file=out)
+    else:
+        print("the server has no models loaded", file=out)
+
+
+def _selection_label(view: str, head: int | None, heads: Sequence[int]) -> str:
+    if view == "heads":
+        return f"head {heads[0]}" if len(heads) == 1 else f"mean of heads {heads[0]}..{heads[-1]}"
+    scope = "all heads" if head is None else f"head {head}"
+    return {"head_mean": f"mean over {scope}", "head_max": f"max over {scope}", "rollout": f"rollout (mean over {scope})"}[view]
+
+
+def _summary(item: InputAttention, matrix: np.ndarray, title: str) -> str:
+    """The most attended key of every query token, one line each."""
+    width = max(len(token) for token in item.tokens)
+    lines = [title, f"{'query':>{width + 6}}  ->  most attended key (probability)"]
+    for row, token in enumerate(item.tokens):
+        key = int(np.argmax(matrix[row]))
+        lines.append(f"{row:>4}  {token:<{width}}  ->  {key:>4}  {item.tokens[key]} ({float(matrix[row, key]):.3f})")
+    return "\n".join(lines)
+
+
+def _run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> None:
+    layer = args.layer
+    if layer < 0:  # counts from the end: ask the model's depth (the server checks the rest)
+        info = client.get_model(args.model, timeout=args.timeout)
+        layer += info.num_layers
+        if layer < 0:
+            raise ValueError(f"--layer {args.layer} is out of range: {info.name} has {info.num_layers} layers")
+    view = args.view or ("heads" if args.head is not None else "head_mean")
+    inputs: str | tuple[str, str] = args.text if args.pair is None else (args.text, args.pair)
+    result = client.attention(
+        inputs,
+        model=args.model,
+        layers=[layer],
+        heads=() if args.head is None else [args.head],
+        view=view,
+        truncate=args.truncate,
+        cache=args.cache,
+        timeout=args.timeout,
+    )
+    item = result[0]
+    values = item.layers[layer]  # [heads_or_1, query, keys]
+    if args.json:
+        document: dict[str, Any] = {
+            "model": result.model,
+            "fingerprint": result.fingerprint,
+            "tokens": item.tokens,
+            "token_ids": item.token_ids,
+            "view": item.view,
+            "heads": item.heads,
+            "layers": {str(layer): values.tolist()},
+        }
+        print(json.dumps(document), file=out)
+    matrix = values.astype(np.float32).mean(axis=0)  # one head (or reduced view): itself
+    title = f"{result.model}: layer {layer}, {_selection_label(item.view, args.head, item.heads)}"
+    if args.png:
+        from .plot import attention_heatmap
+
+        attention_heatmap(matrix, item.tokens, title, args.png)
+        if not args.json:
+            print(f"wrote {args.png}", file=out)
+    if not args.json and not args.png:
+        print(_summary(item, matrix, title), file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `introspect` console script; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        from introspect.server import main as serve  # the server needs torch: imported only here
+
+        return serve(arguments[1:])
+    args = build_parser().parse_args(arguments)
+    try:
+        with Client(args.server) as client:
+            args.run(args, client, sys.stdout)
+    except (IntrospectError, ValueError, ImportError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

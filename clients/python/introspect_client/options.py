@@ -1,0 +1,110 @@
+"""Plain option names -> request messages, shared by the sync and async clients.
+
+Enum options are given by name ("heads", "float16", "bypass"); unknown names raise
+ValueError here, before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypedDict
+
+from ._proto import introspect_pb2 as pb
+from .inputs import InputsLike, make_inputs
+
+VIEWS: dict[str, int] = {
+    "heads": pb.ATTENTION_VIEW_HEADS,
+    "head_mean": pb.ATTENTION_VIEW_HEAD_MEAN,
+    "head_max": pb.ATTENTION_VIEW_HEAD_MAX,
+    "rollout": pb.ATTENTION_VIEW_ROLLOUT,
+}
+"""Attention view name -> AttentionView."""
+VIEW_NAMES: dict[int, str] = {value: name for name, value in VIEWS.items()} | {pb.ATTENTION_VIEW_UNSPECIFIED: "heads"}
+"""AttentionView -> name (UNSPECIFIED reads as "heads", as the server treats it)."""
+VALUE_DTYPES: dict[str, int] = {
+    "float32": pb.DTYPE_FLOAT32,
+    "float16": pb.DTYPE_FLOAT16,
+    "bfloat16": pb.DTYPE_BFLOAT16,
+}
+"""Value dtype name -> DType."""
+CACHE_POLICIES: dict[str, int] = {
+    "use": pb.CACHE_POLICY_USE,
+    "bypass": pb.CACHE_POLICY_BYPASS,
+    "refresh": pb.CACHE_POLICY_REFRESH,
+}
+"""Cache policy name -> CachePolicy."""
+
+
+class AttentionOptions(TypedDict, total=False):
+    """Keyword options of `attention` / `stream_attention` (see `attention_request`)."""
+
+    model: str
+    layers: int | Iterable[int]
+    heads: int | Iterable[int]
+    view: str
+    top_k: int
+    dtype: str
+    rollout_residual_weight: float | None
+    truncate: bool
+    cache: str
+
+
+def enum_value(names: Mapping[str, int], name: str, option: str) -> int:
+    """The enum number of `name` in `names`; ValueError naming the valid ones otherwise."""
+    if isinstance(name, str):
+        value = names.get(name.strip().lower())
+        if value is not None:
+            return value
+    raise ValueError(f"{option} must be one of {', '.join(names)}; got {name!r}")
+
+
+def int_list(values: int | Iterable[int], option: str) -> list[int]:
+    """`values` (one int or several) as a list of ints; TypeError for anything else."""
+    items = [values] if isinstance(values, int) else list(values)
+    for item in items:
+        if isinstance(item, bool) or not hasattr(item, "__index__"):
+            raise TypeError(f"{option} must be ints, got {item!r}")
+    return [int(item) for item in items]
+
+
+def attention_request(
+    inputs: InputsLike,
+    *,
+    model: str = "",
+    layers: int | Iterable[int] = (),
+    heads: int | Iterable[int] = (),
+    view: str = "heads",
+    top_k: int = 0,
+    dtype: str = "float32",
+    rollout_residual_weight: float | None = None,
+    truncate: bool = False,
+    cache: str = "use",
+) -> pb.AttentionRequest:
+    """Builds an AttentionRequest.
+
+    Args:
+        inputs: one input or a batch (see `make_inputs`).
+        model: model name; "" selects the server's default model.
+        layers: layers to return (0-based); empty means all.
+        heads: query heads to return or reduce over; empty means all.
+        view: "heads", "head_mean", "head_max" or "rollout".
+        top_k: if > 0, only the k most attended keys of every query row (with their indices).
+        dtype: element type of the returned values: "float32", "float16" or "bfloat16".
+        rollout_residual_weight: rollout's identity weight; None uses the server's default (0.5).
+        truncate: cut inputs longer than the model's limit instead of failing.
+        cache: result cache policy: "use", "bypass" or "refresh".
+    """
+    request = pb.AttentionRequest(
+        model=model,
+        inputs=make_inputs(inputs),
+        truncate=bool(truncate),
+        layers=int_list(layers, "layers"),
+        heads=int_list(heads, "heads"),
+        view=enum_value(VIEWS, view, "view"),  # type: ignore[arg-type]
+        top_k=int(top_k),
+        dtype=enum_value(VALUE_DTYPES, dtype, "dtype"),  # type: ignore[arg-type]
+        cache=enum_value(CACHE_POLICIES, cache, "cache"),  # type: ignore[arg-type]
+    )
+    if rollout_residual_weight is not None:
+        request.rollout_residual_weight = float(rollout_residual_weight)
+    return request

@@ -1,0 +1,232 @@
+"""Result types and the reassembly of streamed chunks into numpy arrays.
+
+The server splits one layer's result for one input into chunks by heads and/or by query
+row ranges, and chunks of different inputs may interleave. `AttentionAssembler` puts
+them back together; the sync and async clients both feed it the messages they receive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._proto import introspect_pb2 as pb
+from .options import VIEW_NAMES
+from .tensors import decode_tensor
+
+
+@dataclass
+class InputAttention:
+    """Attention result of one input.
+
+    Attributes:
+        tokens: the tokenizer's string of every token, as the model saw the input.
+        token_ids: the token ids fed to the model.
+        truncated: True when the input was cut to the model's limit.
+        original_length: length in tokens before truncation.
+        view: "heads", "head_mean", "head_max" or "rollout".
+        heads: heads along the first axis of every array for view "heads"; empty for the
+            views reduced over heads (their first axis has size 1).
+        layers: layer -> values [heads_or_1, query, keys_or_k]; float32 (float16 when
+            float16 was asked for).
+        key_indices: with top_k, layer -> int32 key positions [heads_or_1, query, k].
+    """
+
+    tokens: list[str]
+    token_ids: list[int]
+    truncated: bool
+    original_length: int
+    view: str
+    heads: list[int] = field(default_factory=list)
+    layers: dict[int, np.ndarray] = field(default_factory=dict)
+    key_indices: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def stacked(self) -> np.ndarray:
+        """All layers' values stacked in layer order: [layers, heads_or_1, query, keys_or_k]."""
+        if not self.layers:
+            raise ValueError("the result holds no layers")
+        return np.stack([self.layers[layer] for layer in sorted(self.layers)])
+
+
+@dataclass
+class AttentionResult:
+    """Result of an attention call: one `InputAttention` per input, in request order."""
+
+    model: str
+    fingerprint: str
+    cached: bool
+    inputs: list[InputAttention]
+
+    def __getitem__(self, index: int) -> InputAttention:
+        return self.inputs[index]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __iter__(self) -> Iterator[InputAttention]:
+        return iter(self.inputs)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One decoded chunk: heads (empty for reduced views), rows [start, end), arrays."""
+
+    heads: tuple[int, ...]
+    query_start: int
+    query_end: int
+    values: np.ndarray  # [heads_or_1, query_end - query_start, keys_or_k]
+    key_indices: np.ndarray | None  # int32, same shape as values, with top_k
+
+
+def _piece_of(chunk: pb.AttentionChunk) -> _Piece:
+    values = decode_tensor(chunk.values)
+    indices = decode_tensor(chunk.key_indices) if chunk.HasField("key_indices") else None
+    where = f"chunk of input {chunk.input_index}, layer {chunk.layer}"
+    rows = chunk.query_end - chunk.query_start
+    if values.ndim != 3 or values.shape[1] != rows or rows <= 0:
+        raise ValueError(
+            f"{where}: values of shape {values.shape} do not match query rows "
+            f"[{chunk.query_start}, {chunk.query_end})"
+        )
+    if chunk.heads and values.shape[0] != len(chunk.heads):
+        raise ValueError(f"{where}: {len(chunk.heads)} heads but values of shape {values.shape}")
+    if indices is not None and indices.shape != values.shape:
+        raise ValueError(f"{where}: key_indices of shape {indices.shape}, values of shape {values.shape}")
+    return _Piece(tuple(chunk.heads), chunk.query_start, chunk.query_end, values, indices)
+
+
+def _assemble_pieces(
+    pieces: Sequence[_Piece], query_rows: int, where: str, head_order: Sequence[int] = ()
+) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+    """(heads, values, key_indices) of one layer of one input from its pieces.
+
+    Per-head values are ordered as in `head_order` (the requested heads, which is the
+    order the server uses), with heads not in it after them in ascending order (so all
+    heads, when none were requested, come out as 0..n-1). Raises ValueError if the pieces
+    disagree or leave any (head, row) unfilled.
+    """
+    if not pieces:
+        raise ValueError(f"{where}: no chunks")
+    seen = {head for piece in pieces for head in piece.heads}
+    heads = [head for head in dict.fromkeys(head_order) if head in seen]
+    heads += sorted(seen.difference(heads))
+    if heads and any(not piece.heads for piece in pieces):
+        raise ValueError(f"{where}: chunks mix per-head and reduced values")
+    first = pieces[0]
+    width = first.values.shape[2]
+    with_indices = first.key_indices is not None
+    head_count = len(heads) if heads else first.values.shape[0]
+    values = np.empty((head_count, query_rows, width), dtype=first.values.dtype)
+    indices = np.empty((head_count, query_rows, width), dtype=np.int32) if with_indices else None
+    filled = np.zeros((head_count, query_rows), dtype=bool)
+    position = {head: index for index, head in enumerate(heads)}
+    for piece in pieces:
+        if piece.values.shape[2] != width or piece.values.dtype != values.dtype:
+            raise ValueError(f"{where}: chunks disagree on width or dtype")
+        if (piece.key_indices is not None) != with_indices:
+            raise ValueError(f"{where}: key_indices on some chunks only")
+        if piece.query_end > query_rows:
+            raise ValueError(f"{where}: rows up to {piece.query_end} but the input has {query_rows} tokens")
+        if heads:
+            target: slice | list[int] = [position[head] for head in piece.heads]
+        else:
+            if piece.values.shape[0] != head_count:
+                raise ValueError(f"{where}: chunks disagree on the first axis")
+            target = slice(None)
+        rows = slice(piece.query_start, piece.query_end)
+        values[target, rows] = piece.values
+        if indices is not None:
+            indices[target, rows] = piece.key_indices
+        filled[target, rows] = True
+    if not filled.all():
+        missing = int((~filled).sum())
+        raise ValueError(f"{where}: the stream left {missing} (head, query row) slices unfilled")
+    return heads, values, indices
+
+
+class AttentionAssembler:
+    """Collects a StreamAttention stream (header, then chunks) into an AttentionResult.
+
+    Feed every message to `add`, then call `result`. Chunks of one (input, layer) may be
+    split by heads and by query rows, in any order as long as the one marked
+    layer_complete comes last, and may interleave with other inputs' chunks. `view` is
+    the requested view and `heads` the requested heads (their order is the order of the
+    first axis of per-head values).
+    """
+
+    def __init__(self, view: str = "heads", heads: Sequence[int] = ()) -> None:
+        self._default_view = view
+        self._head_order = tuple(heads)
+        self._header: pb.StreamHeader | None = None
+        self._inputs: list[InputAttention] = []
+        self._pending: dict[tuple[int, int], list[_Piece]] = {}
+        self._done: set[tuple[int, int]] = set()
+
+    def add(self, message: pb.AttentionResponse) -> None:
+        """Takes the next message of the stream."""
+        kind = message.WhichOneof("payload")
+        if kind == "header":
+            self._start(message.header)
+        elif kind == "chunk":
+            self._add_chunk(message.chunk)
+
+    def _start(self, header: pb.StreamHeader) -> None:
+        if self._header is not None:
+            raise ValueError("the stream sent a second header")
+        self._header = header
+        ordered = sorted(header.inputs, key=lambda item: item.input_index)
+        self._inputs = [
+            InputAttention(
+                tokens=list(item.tokens),
+                token_ids=[int(token) for token in item.token_ids],
+                truncated=item.truncated,
+                original_length=item.original_length,
+                view=self._default_view,
+            )
+            for item in ordered
+        ]
+        if [item.input_index for item in ordered] != list(range(len(ordered))):
+            raise ValueError("the stream header's input indices are not 0..n-1")
+
+    def _add_chunk(self, chunk: pb.AttentionChunk) -> None:
+        if self._header is None:
+            raise ValueError("the stream sent a chunk before its header")
+        if not 0 <= chunk.input_index < len(self._inputs):
+            raise ValueError(f"chunk for input {chunk.input_index}, but the request had {len(self._inputs)}")
+        key = (chunk.input_index, chunk.layer)
+        if key in self._done:
+            raise ValueError(f"chunk of input {key[0]}, layer {key[1]} after its layer was complete")
+        self._inputs[chunk.input_index].view = VIEW_NAMES.get(chunk.view, self._default_view)
+        self._pending.setdefault(key, []).append(_piece_of(chunk))
+        if chunk.layer_complete:
+            self._finish(key)
+
+    def _finish(self, key: tuple[int, int]) -> None:
+        input_index, layer = key
+        target = self._inputs[input_index]
+        heads, values, indices = _assemble_pieces(
+            self._pending.pop(key), len(target.token_ids), f"input {input_index}, layer {layer}", self._head_order
+        )
+        target.heads = heads
+        target.layers[layer] = values
+        if indices is not None:
+            target.key_indices[layer] = indices
+        self._done.add(key)
+
+    def result(self) -> AttentionResult:
+        """The assembled result; ValueError if the stream was incomplete."""
+        if self._header is None:
+            raise ValueError("the stream ended without a header")
+        for key in sorted(self._pending):
+            self._finish(key)
+        for item in self._inputs:
+            item.layers = dict(sorted(item.layers.items()))
+            item.key_indices = dict(sorted(item.key_indices.items()))
+        return AttentionResult(
+            model=self._header.model,
+            fingerprint=self._header.fingerprint,
+            cached=self._header.cached,
+            inputs=self._inputs,
+        )
