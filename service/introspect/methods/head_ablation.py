@@ -1,0 +1,302 @@
+"""Head ablation: what an attention head does for a target score and for the whole output.
+
+Modes:
+* per_head: every selected head knocked out on its own (its output before the output
+  projection zeroed, or replaced by its mean output), streamed layer by layer;
+* joint: a set of heads knocked out together, with greedy continuations on causal LMs;
+* importance: Michel et al. (2019) gate gradients of every head (see head_importance).
+
+Exact per-head ablation is batched without recomputing what an ablation cannot change:
+one forward starts from a single clean row, and at the input of layer L the batch grows
+by one copy of the clean row per head of layer L to ablate (see layer_stack), so the
+rows of layer L run layers L..end only. Rows per forward are bounded by the request's
+batch_size or by a memory budget.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .. import probe
+from ..engine import Sink
+from ..errors import Unimplemented, require
+from ..inputs import EncodedBatch, batch_inputs, encode_batch, encode_input
+from ..models import CAUSAL_LM, LoadedModel, ModelDescription
+from ..requests import ABLATION_MODES, ABLATION_VALUES, HeadAblationQuery
+from ..results import (
+    AblationBaselineResult,
+    HeadImportanceResult,
+    JointAblationResult,
+    LayerAblationResult,
+    StreamStart,
+)
+from ..targets import bind_target, check_target_kind
+from ..wire import to_wire
+from . import Method
+from .head_importance import head_importance
+from .heads import ScoringForward, ablation_keep, head_editor, head_means, rows_per_forward
+from .layer_stack import LayerStackError, growing_batch, layer_modules
+
+MAX_CONTINUATION_TOKENS = 64
+MAX_MEAN_REFERENCES = 256
+
+Head = tuple[int, int]  # (layer, head)
+
+
+@dataclass(frozen=True)
+class HeadAblationOptions:
+    """A validated head ablation query."""
+
+    mode: str
+    value: str
+    # per_head and importance: sorted, unique, all when none were asked for;
+    # joint: the set, in request order
+    heads: tuple[Head, ...]
+    all_heads: bool
+    continuation_tokens: int
+    batch_size: int
+
+
+def prepare(description: ModelDescription, query: HeadAblationQuery) -> HeadAblationOptions:
+    """Validates a head ablation query against the model (no tokenizing)."""
+    check_target_kind(description, query.target)
+    require(query.mode in ABLATION_MODES, "mode", f"unknown mode {query.mode!r}; use one of {ABLATION_MODES}")
+    require(query.value in ABLATION_VALUES, "value", f"unknown value {query.value!r}; use one of {ABLATION_VALUES}")
+    for index, (layer, head) in enumerate(query.heads):
+        require(0 <= layer < description.num_layers, f"heads[{index}].layer",
+                f"layer {layer} out of range: the model has {description.num_layers} layers "
+                f"(0..{description.num_layers - 1})")
+        require(0 <= head < description.num_heads, f"heads[{index}].head",
+                f"head {head} out of range: the model has {description.num_heads} heads per layer "
+                f"(0..{description.num_heads - 1})")
+    if query.mode == "joint":
+        require(bool(query.heads), "heads", "joint ablation needs the set of heads to knock out")
+        repeated = sorted({head for head, count in Counter(query.heads).items() if count > 1})
+        require(not repeated, "heads", f"(layer, head) pairs {repeated} appear more than once")
+        heads = tuple(query.heads)
+    else:
+        every = [(layer, head) for layer in range(description.num_layers) for head in range(description.num_heads)]
+        heads = tuple(sorted(set(query.heads))) or tuple(every)
+    tokens = query.continuation_tokens
+    require(0 <= tokens <= MAX_CONTINUATION_TOKENS, "continuation_tokens",
+            f"must be in [0, {MAX_CONTINUATION_TOKENS}], got {tokens}")
+    if tokens:
+        require(query.mode == "joint", "continuation_tokens", "continuations are generated in joint mode only")
+        require(description.kind == CAUSAL_LM, "continuation_tokens",
+                f"continuations need a causal language model; model {description.name!r} is of kind "
+                f"{description.kind!r}")
+    require(not query.mean_references or query.value == "mean", "mean_references",
+            "reference inputs apply to value=mean only")
+    require(len(query.mean_references) <= MAX_MEAN_REFERENCES, "mean_references",
+            f"at most {MAX_MEAN_REFERENCES} reference inputs, got {len(query.mean_references)}")
+    require(query.batch_size >= 0, "batch_size", f"must be >= 0 (0 picks automatically), got {query.batch_size}")
+    return HeadAblationOptions(
+        mode=query.mode,
+        value=query.value,
+        heads=heads,
+        all_heads=not query.heads,
+        continuation_tokens=tokens,
+        batch_size=query.batch_size,
+    )
+
+
+def run(model: LoadedModel, query: HeadAblationQuery, options: HeadAblationOptions, sink: Sink) -> None:
+    """Encodes the input (and mean references), binds the target, then streams the
+    baseline and the results of the chosen mode."""
+    if options.mode != "importance":
+        try:
+            layer_modules(model)
+        except LayerStackError as error:
+            raise Unimplemented(f"head ablation is not available for model {model.name!r}: {error}") from error
+    batch = encode_batch(model, [query.input], query.truncate, field="input")
+    description = model.description
+    if options.continuation_tokens:
+        length = batch.inputs[0].length
+        require(length + options.continuation_tokens <= description.max_tokens, "continuation_tokens",
+                f"the input ({length} tokens) plus {options.continuation_tokens} continuation tokens exceed "
+                f"the model's limit of {description.max_tokens} tokens")
+    references = _reference_batches(model, query)
+    forward = ScoringForward.create(model, batch, bind_target(model, query.target, batch))
+    sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
+
+    def check(_layer: int) -> None:
+        sink.check()
+
+    means = head_means(model, references or [batch]) if options.value == "mean" else None
+    if options.mode == "importance":
+        _importance(forward, options, means, check, sink)
+    elif options.mode == "joint":
+        _joint(forward, batch, options, means, check, sink)
+    else:
+        _per_head(forward, options, means, check, sink)
+
+
+def _reference_batches(model: LoadedModel, query: HeadAblationQuery) -> list[EncodedBatch]:
+    """The mean references encoded and padded into batches of bounded size."""
+    encoded = [
+        encode_input(model, spec, query.truncate, f"mean_references[{index}]")
+        for index, spec in enumerate(query.mean_references)
+    ]
+    if not encoded:
+        return []
+    size = rows_per_forward(model, max(item.length for item in encoded))
+    return [batch_inputs(model, encoded[start : start + size]) for start in range(0, len(encoded), size)]
+
+
+def _baseline(forward: ScoringForward, score: float) -> AblationBaselineResult:
+    description = forward.model.description
+    return AblationBaselineResult(
+        target_score=score,
+        output_change_metric=forward.target.output_change_metric,
+        num_layers=description.num_layers,
+        num_heads=description.num_heads,
+    )
+
+
+def _ablated_forward(
+    forward: ScoringForward,
+    ablations: Sequence[Sequence[Head]],
+    means: torch.Tensor | None,
+    check: Callable[[int], None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One growing-batch forward: row 0 clean, then one row per entry of `ablations` with
+    those heads knocked out. Rows must be ordered by the first layer they ablate; a row
+    joins the batch at that layer. Returns (scores [rows], summaries [rows, D])."""
+    model = forward.model
+    copies = Counter(min(layer for layer, _ in heads) for heads in ablations)
+    session = model.probe_session(edit_output=head_editor(_keep_after_clean_row(model, ablations), means, check))
+    with growing_batch(model, copies), probe.probing(session), torch.inference_mode():
+        outputs = forward.outputs()
+    return forward.score(outputs), forward.summary(outputs)
+
+
+def _keep_after_clean_row(model: LoadedModel, ablations: Sequence[Sequence[Head]]) -> dict[int, torch.Tensor]:
+    """Per layer, keep [rows, 1, heads, 1] for a batch of a clean row 0 and one row per
+    entry of `ablations`, with that entry's heads knocked out."""
+    ablated_at: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for row, heads in enumerate(ablations, start=1):
+        for layer, head in heads:
+            ablated_at[layer].append((row, head))
+    rows, num_heads = 1 + len(ablations), model.description.num_heads
+    return {layer: ablation_keep(rows, num_heads, pairs, model.device) for layer, pairs in ablated_at.items()}
+
+
+def _per_head(
+    forward: ScoringForward,
+    options: HeadAblationOptions,
+    means: torch.Tensor | None,
+    check: Callable[[int], None],
+    sink: Sink,
+) -> None:
+    """Each head ablated on its own, in forwards of at most batch_size ablated rows (and
+    never more than the memory budget allows); a layer's result is emitted as soon as
+    all its heads are done."""
+    model = forward.model
+    budget = rows_per_forward(model, forward.attention_mask.shape[1])
+    per_forward = min(options.batch_size, budget) if options.batch_size else budget
+    remaining = Counter(layer for layer, _ in options.heads)
+    done: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
+    for start in range(0, len(options.heads), per_forward):
+        sink.check()
+        chunk = options.heads[start : start + per_forward]
+        scores, summaries = _ablated_forward(forward, [[head] for head in chunk], means, check)
+        if start == 0:
+            sink.emit(_baseline(forward, float(scores[0])))
+        deltas = (scores[1:] - scores[0]).tolist()
+        changes = forward.target.output_change(summaries[0], summaries[1:]).tolist()
+        for (layer, head), delta, change in zip(chunk, deltas, changes):
+            done[layer].append((head, delta, change))
+            remaining[layer] -= 1
+        for layer in sorted({layer for layer, _ in chunk}):
+            if remaining[layer] == 0:
+                heads, layer_deltas, layer_changes = zip(*done.pop(layer))
+                sink.emit(
+                    LayerAblationResult(
+                        layer=layer,
+                        heads=tuple(heads),
+                        target_delta=to_wire(torch.tensor(layer_deltas), "float32"),
+                        output_change=to_wire(torch.tensor(layer_changes), "float32"),
+                    )
+                )
+
+
+def _joint(
+    forward: ScoringForward,
+    batch: EncodedBatch,
+    options: HeadAblationOptions,
+    means: torch.Tensor | None,
+    check: Callable[[int], None],
+    sink: Sink,
+) -> None:
+    """The heads knocked out together, and the greedy continuations with and without."""
+    scores, summaries = _ablated_forward(forward, [options.heads], means, check)
+    sink.emit(_baseline(forward, float(scores[0])))
+    change = float(forward.target.output_change(summaries[0], summaries[1:])[0])
+    base, ablated = [], []
+    if options.continuation_tokens:
+        base, ablated = greedy_continuations(
+            forward.model, batch, options.heads, means, options.continuation_tokens, check
+        )
+    tokenizer = forward.model.tokenizer
+    with forward.model.tokenizer_lock:
+        base_tokens = tuple(tokenizer.convert_ids_to_tokens(base)) if base else ()
+        ablated_tokens = tuple(tokenizer.convert_ids_to_tokens(ablated)) if ablated else ()
+    sink.emit(
+        JointAblationResult(
+            heads=options.heads,
+            ablated_score=float(scores[1]),
+            output_change=change,
+            base_continuation=tuple(base),
+            ablated_continuation=tuple(ablated),
+            base_continuation_tokens=base_tokens,
+            ablated_continuation_tokens=ablated_tokens,
+        )
+    )
+
+
+def greedy_continuations(
+    model: LoadedModel,
+    batch: EncodedBatch,
+    heads: Sequence[Head],
+    means: torch.Tensor | None,
+    steps: int,
+    check: Callable[[int], None],
+) -> tuple[list[int], list[int]]:
+    """Greedy continuations of the first input of `batch`, `steps` tokens each, without
+    and with `heads` knocked out: two rows decoded side by side, each step one full
+    forward without a KV cache (exact, and the probe edits every position)."""
+    length = batch.inputs[0].length
+    ids = batch.input_ids[:1, :length].expand(2, -1)
+    session = model.probe_session(edit_output=head_editor(_keep_after_clean_row(model, [heads]), means, check))
+    with probe.probing(session), torch.inference_mode():
+        for _ in range(steps):
+            logits = model.model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1
+            ).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(dim=-1, keepdim=True)], dim=1)
+    generated = ids[:, length:].tolist()
+    return generated[0], generated[1]
+
+
+def _importance(
+    forward: ScoringForward,
+    options: HeadAblationOptions,
+    means: torch.Tensor | None,
+    check: Callable[[int], None],
+    sink: Sink,
+) -> None:
+    score, gradient = head_importance(forward, means, check)
+    sink.emit(_baseline(forward, score))
+    if not options.all_heads:
+        selected = torch.zeros_like(gradient, dtype=torch.bool)
+        layers, heads = zip(*options.heads)
+        selected[list(layers), list(heads)] = True
+        gradient = gradient.masked_fill(~selected, float("nan"))
+    sink.emit(HeadImportanceResult(importance=to_wire(gradient, "float32")))
+
+
+METHOD = Method(name="head_ablation", query_type=HeadAblationQuery, prepare=prepare, run=run)

@@ -1,0 +1,159 @@
+"""Editing single attention heads, shared by head ablation and head importance.
+
+Every edit is one formula at the probe's hook point, on the per-head attention output
+before the output projection, output [batch, query, heads, head_dim]:
+
+    edited = output * keep + (1 - keep) * mean        (the `mean` term only for mean ablation)
+
+with `keep` [batch, 1, heads, 1] per layer: 1 leaves a head as it is, 0 ablates it (zeroes
+it, or replaces it by its mean output), and a differentiable gate of ones gives head
+importance. Rows and heads never named keep exactly their output (x * 1 + 0 * mean == x).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from .. import probe
+from ..inputs import EncodedBatch
+from ..models import CAUSAL_LM, ENCODER, LoadedModel
+from ..targets import BoundTarget, model_outputs
+
+# Activation memory one ablation forward may use when the request does not set a batch
+# size: on CPU a fixed amount, on an accelerator a share of the free memory.
+CPU_MEMORY_BUDGET_BYTES = 1 << 30
+ACCELERATOR_MEMORY_SHARE = 0.25
+
+
+def head_editor(
+    keep: Mapping[int, torch.Tensor],
+    means: torch.Tensor | None,
+    on_layer: Callable[[int], None] | None = None,
+) -> probe.OutputEditor:
+    """The probe's edit_output for `keep[layer]` [rows, 1, heads, 1] (layers absent are not
+    edited) and, for mean ablation, `means` [layers, heads, head_dim].
+
+    A growing batch has fewer rows at early layers than `keep` describes: the first
+    `batch` rows of `keep` apply. `on_layer(layer)` runs first (e.g. a cancellation check).
+    """
+
+    def edit(layer: int, output: torch.Tensor) -> torch.Tensor:
+        if on_layer is not None:
+            on_layer(layer)
+        factors = keep.get(layer)
+        if factors is None:
+            return output
+        factors = factors[: output.shape[0]].to(output.dtype)
+        if means is None:
+            return output * factors
+        return output * factors + (1 - factors) * means[layer].to(output.dtype)[None, None]
+
+    return edit
+
+
+def ablation_keep(
+    rows: int, num_heads: int, ablated: Sequence[tuple[int, int]], device: torch.device
+) -> torch.Tensor:
+    """keep [rows, 1, heads, 1]: ones, with 0 at each (row, head) in `ablated`."""
+    keep = torch.ones(rows, 1, num_heads, 1, device=device)
+    if ablated:
+        row_index, head_index = zip(*ablated)
+        keep[list(row_index), 0, list(head_index), 0] = 0.0
+    return keep
+
+
+@dataclass(frozen=True)
+class ScoringForward:
+    """How to run the model on one input to score a target and summarise the output.
+
+    For causal LMs the input ends at the target position (later tokens cannot change
+    it) and only that position's logits are computed; `target` is rebound to them.
+    """
+
+    model: LoadedModel
+    arguments: Mapping[str, torch.Tensor]  # batch-1 model inputs
+    attention_mask: torch.Tensor  # [1, tokens]
+    target: BoundTarget
+
+    @classmethod
+    def create(cls, model: LoadedModel, batch: EncodedBatch, target: BoundTarget) -> ScoringForward:
+        """The scoring forward of the first input of `batch`."""
+        arguments = batch.model_inputs()
+        if model.description.kind == CAUSAL_LM:
+            assert target.position is not None
+            arguments = {name: value[:1, : target.position + 1] for name, value in arguments.items()}
+            target = replace(target, position=0)
+        else:
+            arguments = {name: value[:1] for name, value in arguments.items()}
+        return cls(model, arguments, arguments["attention_mask"], target)
+
+    def outputs(self) -> torch.Tensor:
+        """Runs the model: logits [batch, 1, vocab] at the target position (causal LM),
+        logits [batch, classes] (classifier) or last hidden states [batch, tokens, hidden]
+        (encoder). The batch is 1 unless a growing batch (layer_stack) adds rows."""
+        if self.model.description.kind == CAUSAL_LM:
+            return self.model.model(**self.arguments, use_cache=False, logits_to_keep=1).logits
+        return model_outputs(
+            self.model,
+            self.attention_mask,
+            self.arguments["input_ids"],
+            token_type_ids=self.arguments.get("token_type_ids"),
+        )
+
+    def score(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The target per row [batch] (float32)."""
+        return self.target.score(outputs, self.attention_mask.expand(outputs.shape[0], -1))
+
+    def summary(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The whole-output summary per row [batch, D] (see BoundTarget.output_summary)."""
+        return self.target.output_summary(outputs, self.attention_mask.expand(outputs.shape[0], -1))
+
+
+def head_means(model: LoadedModel, batches: Sequence[EncodedBatch]) -> torch.Tensor:
+    """Every head's mean attention output over all real positions of the batches' inputs:
+    [layers, heads, head_dim] float32. The forwards stop after the last attention layer."""
+    description = model.description
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+    for batch in batches:
+        weights = batch.attention_mask.to(torch.float32)[:, :, None, None]  # [batch, tokens, 1, 1]
+        count += int(batch.attention_mask.sum())
+
+        def observe(layer: int, output: torch.Tensor, weights: torch.Tensor = weights) -> torch.Tensor:
+            total = (output.float() * weights).sum(dim=(0, 1))  # [heads, head_dim]
+            sums[layer] = sums[layer] + total if layer in sums else total
+            return output
+
+        session = model.probe_session(edit_output=observe, stop_after_layer=description.num_layers - 1)
+        with probe.probing(session), torch.inference_mode():
+            try:
+                model.model(**batch.model_inputs())
+            except probe.StopForward:
+                pass
+    return torch.stack([sums[layer] for layer in range(description.num_layers)]) / max(count, 1)
+
+
+def rows_per_forward(model: LoadedModel, tokens: int) -> int:
+    """How many ablated rows one forward may carry within the activation memory budget."""
+    description = model.description
+    config = model.model.config
+    hidden = description.hidden_size
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    itemsize = torch.empty((), dtype=model.model.dtype).element_size()
+    # the widest transient activations of one row in one layer, with room for copies
+    per_row = 3 * tokens * (3 * hidden + intermediate + description.num_heads * tokens) * itemsize
+    if description.kind == CAUSAL_LM:
+        per_row += 3 * description.vocab_size * 4
+    elif description.kind == ENCODER:
+        per_row += tokens * hidden * 4
+    return max(1, _memory_budget(model.device) // per_row)
+
+
+def _memory_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * ACCELERATOR_MEMORY_SHARE)
+    return CPU_MEMORY_BUDGET_BYTES
