@@ -6,11 +6,17 @@ the method on the model's device worker, yielding what the method emits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 from .engine import Engine
+from .errors import ModelNotFound
+from .inputs import encode_input
 from .methods import method_for
 from .models import ModelDescription, ModelRegistry
+from .requests import InputSpec
+
+UNKNOWN_MODEL_LABEL = "unknown"
 
 
 class DataPlane:
@@ -27,6 +33,34 @@ class DataPlane:
     def get_model(self, name: str) -> ModelDescription:
         """Description of one model; ModelNotFound if it is not loaded."""
         return self.registry.get(name).description
+
+    def model_label(self, name: str) -> str:
+        """The loaded model `name` selects ('' is the default), or "unknown": a bounded
+        set of names for metrics labels."""
+        try:
+            return self.registry.get(name).name
+        except ModelNotFound:
+            return UNKNOWN_MODEL_LABEL
+
+    def queued(self) -> dict[str, int]:
+        """Requests waiting for each model's device (models sharing a device share it)."""
+        return {model.name: self.engine.queue_depth(model.device)[0] for model in self.registry}
+
+    async def identify(
+        self, model: str, inputs: Sequence[InputSpec]
+    ) -> tuple[ModelDescription, tuple[tuple[int, ...], ...]]:
+        """The model a request names and the token ids of its inputs, for cache keys.
+        Tokenizes off the event loop; inputs over the model's limit are cut here (the
+        method still enforces the request's own truncation rule). Raises ModelNotFound
+        or InvalidInput."""
+        loaded = self.registry.get(model)
+
+        def tokenize() -> tuple[tuple[int, ...], ...]:
+            return tuple(
+                encode_input(loaded, spec, True, f"inputs[{index}]").token_ids for index, spec in enumerate(inputs)
+            )
+
+        return loaded.description, await asyncio.to_thread(tokenize)
 
     async def stream(self, query: object) -> AsyncIterator[object]:
         """Runs the method for `query` and yields StreamStart, then its results."""

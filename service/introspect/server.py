@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,10 +16,14 @@ from grpc_reflection.v1alpha import reflection
 from introspect_client._proto import introspect_pb2 as pb
 from introspect_client._proto import introspect_pb2_grpc as pb_grpc
 
+from .cache import ResultCache, build_result_cache
 from .config import Settings, parse_serve_arguments
 from .dataplane import DataPlane
 from .engine import Engine
+from .metrics import Metrics, ServerState, cuda_memory_allocated
 from .models import ModelLoadError, ModelRegistry
+from .rpc.caching import CacheInterceptor
+from .rpc.observing import MetricsInterceptor
 from .rpc.servicer import IntrospectionServicer
 
 log = logging.getLogger("introspect")
@@ -38,14 +43,50 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
+def interceptors(
+    settings: Settings, plane: DataPlane, metrics: Metrics, cache: ResultCache | None
+) -> list[grpc.aio.ServerInterceptor]:
+    """Request metrics outermost (they see cache hits too), then the result cache."""
+    chain: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics, SERVICE_NAME, plane.model_label)]
+    if cache is not None:
+        service = pb.DESCRIPTOR.services_by_name["Introspection"]
+        chain.append(CacheInterceptor(cache, plane, service, settings.max_message_bytes))
+    return chain
+
+
+def start_metrics(
+    settings: Settings, metrics: Metrics, plane: DataPlane, cache: ResultCache | None
+) -> WSGIServer | None:
+    """Registers the scrape-time gauges and, when --metrics-port is set, serves /metrics."""
+    for model in plane.registry:
+        metrics.model_load.labels(model.name).set(model.description.load_seconds)
+    # Creates every device worker here, on the loop's thread, so that scrapes (on the
+    # metrics thread) only read the engine.
+    plane.queued()
+    metrics.watch(
+        ServerState(
+            queued=plane.queued,
+            queue_limit=settings.max_queue,
+            cache_stored_bytes=lambda: {cache.backend.name: cache.backend.stored_bytes()} if cache else {},
+            device_memory=cuda_memory_allocated(model.description.device for model in plane.registry),
+        )
+    )
+    if not settings.metrics_port:
+        return None
+    http = metrics.serve(settings.metrics_host, settings.metrics_port)
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    return http
+
+
 async def serve(settings: Settings, registry: ModelRegistry | None = None) -> None:
     """Loads the models, serves until SIGTERM/SIGINT, then stops gracefully."""
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue)
-    server = grpc.aio.server(options=grpc_options(settings))
-    pb_grpc.add_IntrospectionServicer_to_server(
-        IntrospectionServicer(DataPlane(registry, engine), settings.max_message_bytes), server
-    )
+    plane = DataPlane(registry, engine)
+    metrics = Metrics()
+    cache = build_result_cache(settings, metrics.cache_observer)
+    server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache))
+    pb_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(plane, settings.max_message_bytes), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -55,6 +96,9 @@ async def serve(settings: Settings, registry: ModelRegistry | None = None) -> No
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not listen on {address}")
+    if cache is not None:
+        await cache.start()
+    metrics_http = start_metrics(settings, metrics, plane, cache)
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -71,6 +115,11 @@ async def serve(settings: Settings, registry: ModelRegistry | None = None) -> No
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_seconds)
     engine.shutdown()
+    if cache is not None:
+        await cache.close()
+    if metrics_http is not None:
+        metrics_http.shutdown()
+        metrics_http.server_close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,157 @@
+"""Result cache: latency of a hit against a miss, both backends, side by side in one run.
+
+    python tests/benchmarks/bench_cache.py [--repeats 30] [--layers 5] [--dtype float32]
+                                           [--max-message-bytes 4194304]
+
+StreamAttention on MiniLM through the real client (results assembled into numpy
+arrays) against real server subprocesses over loopback: one with the in-process memory
+cache, one with the Redis cache (a redis-server started here). Input lengths are chosen
+so that the selected layers' maps (12 heads x T x T x 4 bytes per layer in float32, 2 in
+float16) weigh about 1, 2 and 4 MB.
+
+  miss     CachePolicy REFRESH: computed, streamed, recorded and stored (the full miss path)
+  compute  CachePolicy BYPASS: computed and streamed, the cache untouched (reference)
+  hit      CachePolicy USE on a stored result: replayed
+  floor    the same message sizes streamed by a bare grpc.aio server that sends
+           pre-serialized bytes, received with the raw stub: gRPC transport alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import grpc  # noqa: E402
+from bench_attention import text_of  # noqa: E402
+from conftest import minilm_dir, start_server  # noqa: E402
+from introspect_client import Client  # noqa: E402
+from introspect_client._proto import introspect_pb2 as pb  # noqa: E402
+from introspect_client._proto import introspect_pb2_grpc as pb_grpc  # noqa: E402
+from services import RedisServer  # noqa: E402
+from timing import markdown_table, measure, percentile_ms  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+HEADS = 12
+VALUE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+TARGET_MB = (1, 2, 4)
+MAX_RECEIVE = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+def tokens_for(megabytes: float, layers: int, dtype: str) -> int:
+    """Input length whose attention maps over `layers` layers weigh about `megabytes`."""
+    return round(math.sqrt(megabytes * 1e6 / (layers * HEADS * VALUE_BYTES[dtype])))
+
+
+def serve_bytes(sizes: list[int]) -> None:
+    """The floor server: streams messages of `sizes` bytes (pre-serialized chunks of
+    random data) for every StreamAttention call; prints its port."""
+    chunks = [pb.AttentionChunk(values=pb.Tensor(data=os.urandom(max(size - 16, 0)))) for size in sizes]
+    payloads = [pb.AttentionResponse(chunk=chunk).SerializeToString() for chunk in chunks]
+
+    async def stream(request: pb.AttentionRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        for payload in payloads:
+            yield payload
+
+    async def run() -> None:
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        handler = grpc.unary_stream_rpc_method_handler(stream, request_deserializer=pb.AttentionRequest.FromString)
+        service = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"StreamAttention": handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def floor_timings(sizes: list[int], repeats: int) -> list[float]:
+    """Seconds per call of the floor server streaming `sizes`, through the raw stub."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve-bytes", ",".join(map(str, sizes))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        port = process.stdout.readline().strip()
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=MAX_RECEIVE) as channel:
+            stub = pb_grpc.IntrospectionStub(channel)
+            return measure(lambda: list(stub.StreamAttention(pb.AttentionRequest())), repeats, warmup=3)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per cell")
+    parser.add_argument("--layers", type=int, nargs="+", default=[5], help="layers returned (default: the last)")
+    parser.add_argument("--dtype", choices=sorted(VALUE_BYTES), default="float32", help="value dtype on the wire")
+    parser.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024,
+                        help="the servers' --max-message-bytes, which bounds chunk size (default: the server default)")
+    parser.add_argument("--serve-bytes", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.serve_bytes:
+        serve_bytes([int(size) for size in arguments.serve_bytes.split(",")])
+        return
+    path = minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    redis_server = RedisServer(workdir).start()
+    common = (f"--model=minilm={path}", f"--max-message-bytes={arguments.max_message_bytes}")
+    servers = {
+        "memory": start_server(*common),
+        "redis": start_server(*common, f"--redis-url={redis_server.url}"),
+    }
+    rows = []
+    try:
+        for backend, server in servers.items():
+            with Client(server.address) as client:
+                for megabytes in TARGET_MB:
+                    tokens = tokens_for(megabytes, len(arguments.layers), arguments.dtype)
+                    text = text_of(tokenizer, tokens)
+                    options = {"model": "minilm", "layers": arguments.layers, "dtype": arguments.dtype}
+
+                    def call(policy: str, text: str = text, options: dict = options) -> object:  # type: ignore[type-arg]
+                        return client.attention(text, cache=policy, **options)
+
+                    result = call("refresh")
+                    payload = sum(array.nbytes for array in result[0].layers.values())  # type: ignore[attr-defined]
+                    sizes = [message.ByteSize() for message in client.stream_attention(text, **options)]
+                    misses = measure(lambda: call("refresh"), arguments.repeats)
+                    computes = measure(lambda: call("bypass"), arguments.repeats)
+                    hits = measure(lambda: call("use"), arguments.repeats * 2)
+                    floor = floor_timings(sizes, arguments.repeats * 2)
+                    miss_p50, hit_p50 = percentile_ms(misses, 0.5), percentile_ms(hits, 0.5)
+                    rows.append([
+                        backend, f"{payload / 1e6:.2f} MB ({tokens} tokens, {len(sizes)} messages)",
+                        f"{miss_p50:.1f}", f"{percentile_ms(misses, 0.99):.1f}",
+                        f"{percentile_ms(computes, 0.5):.1f}",
+                        f"{hit_p50:.2f}", f"{percentile_ms(hits, 0.99):.2f}",
+                        f"{percentile_ms(floor, 0.5):.2f}",
+                        f"{miss_p50 / hit_p50:.0f}x",
+                    ])
+    finally:
+        for server in servers.values():
+            server.stop()
+        redis_server.stop()
+    print(f"MiniLM StreamAttention, layers {arguments.layers}, all 12 heads, {arguments.dtype}, chunks of at most "
+          f"{arguments.max_message_bytes} bytes, through the Python client over loopback; {arguments.repeats} misses "
+          f"and {arguments.repeats * 2} hits per row.\n")
+    print(markdown_table(
+        ["backend", "result", "miss p50 ms", "miss p99 ms", "compute p50 ms", "hit p50 ms", "hit p99 ms",
+         "floor p50 ms", "miss/hit p50"],
+        rows,
+    ))
+
+
+if __name__ == "__main__":
+    main()
