@@ -8,10 +8,27 @@ from introspect_client._proto import introspect_pb2 as pb
 from introspect_client.tensors import encode_storage
 
 from ..models import ModelDescription
-from ..results import AttentionLayerResult, StreamStart, WireArray
+from ..results import (
+    AblationBaselineResult,
+    AttentionLayerResult,
+    HeadImportanceResult,
+    JointAblationResult,
+    LayerAblationResult,
+    SaliencyResult,
+    StreamStart,
+    WireArray,
+)
 
 # Room for a chunk's fields other than tensor bytes (indices, head lists, framing).
 CHUNK_OVERHEAD_BYTES = 8 * 1024
+# Messages of about half a MiB cross gRPC 2-3x faster than one large message of the same
+# bytes (measured over loopback: 4 MB in 9.4 ms as one message, 3.2 ms in 512 KiB pieces).
+PREFERRED_CHUNK_BYTES = 512 * 1024
+
+
+def chunk_budget(max_message_bytes: int) -> int:
+    """Tensor bytes one chunk may carry: the preferred size, or less under a small limit."""
+    return max(min(max_message_bytes, PREFERRED_CHUNK_BYTES) - CHUNK_OVERHEAD_BYTES, 1)
 
 _KINDS = {
     "encoder": pb.MODEL_KIND_ENCODER,
@@ -75,7 +92,7 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
     head's rows fit, else by query rows within one head."""
     values = result.values.values  # [heads_or_1, query, keys_or_k]
     heads_count, query_count = values.shape[0], values.shape[1]
-    budget = max(max_message_bytes - CHUNK_OVERHEAD_BYTES, 1)
+    budget = chunk_budget(max_message_bytes)
     row_bytes = max(_row_bytes(result.values, result.key_indices), 1)
     rows_per_chunk = max(budget // row_bytes, 1)
     if rows_per_chunk >= query_count:
@@ -101,4 +118,69 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
         if result.key_indices is not None:
             indices = result.key_indices.values[head_start:head_end, query_start:query_end]
             chunk.key_indices.CopyFrom(encode_storage(indices, result.key_indices.dtype))
+        yield chunk
+
+
+def ablation_baseline(result: AblationBaselineResult) -> pb.AblationBaseline:
+    """The unablated score message of StreamHeadAblation."""
+    return pb.AblationBaseline(
+        target_score=result.target_score,
+        output_change_metric=result.output_change_metric,
+        num_layers=result.num_layers,
+        num_heads=result.num_heads,
+    )
+
+
+def layer_ablation(result: LayerAblationResult) -> pb.LayerAblation:
+    """One layer's per-head ablation results (a few floats per head: never chunked)."""
+    return pb.LayerAblation(
+        layer=result.layer,
+        heads=list(result.heads),
+        target_delta=encode_storage(result.target_delta.values, result.target_delta.dtype),
+        output_change=encode_storage(result.output_change.values, result.output_change.dtype),
+    )
+
+
+def joint_ablation(result: JointAblationResult) -> pb.JointAblation:
+    """The joint ablation result."""
+    return pb.JointAblation(
+        heads=[pb.HeadRef(layer=layer, head=head) for layer, head in result.heads],
+        ablated_score=result.ablated_score,
+        output_change=result.output_change,
+        base_continuation=list(result.base_continuation),
+        ablated_continuation=list(result.ablated_continuation),
+        base_continuation_tokens=list(result.base_continuation_tokens),
+        ablated_continuation_tokens=list(result.ablated_continuation_tokens),
+    )
+
+
+def head_importance(result: HeadImportanceResult) -> pb.HeadImportance:
+    """Head importance scores [layers, heads] (one float per head: never chunked)."""
+    return pb.HeadImportance(importance=encode_storage(result.importance.values, result.importance.dtype))
+
+
+def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[pb.SaliencyChunk]:
+    """Splits one saliency result into chunks of consecutive token positions under
+    `max_message_bytes` (one chunk unless per-dimension attributions are large); only the
+    last chunk of a final result is marked final."""
+    positions = result.token_end - result.token_start
+    budget = chunk_budget(max_message_bytes)
+    row_bytes = result.scores.values.itemsize
+    if result.per_dimension is not None:
+        row_bytes += _row_bytes(result.per_dimension)
+    rows_per_chunk = max(budget // row_bytes, 1)
+    for start in range(0, max(positions, 1), rows_per_chunk):
+        end = min(start + rows_per_chunk, positions)
+        chunk = pb.SaliencyChunk(
+            scores=encode_storage(result.scores.values[start:end], result.scores.dtype),
+            target_score=result.target_score,
+            baseline_score=result.baseline_score,
+            steps=result.steps,
+            convergence_delta=result.convergence_delta,
+            final=result.final and end == positions,
+            token_start=result.token_start + start,
+            token_end=result.token_start + end,
+        )
+        if result.per_dimension is not None:
+            chunk.per_dimension.CopyFrom(encode_storage(result.per_dimension.values[start:end], result.per_dimension.dtype))
         yield chunk
