@@ -282,6 +282,59 @@ def test_gqa_ablating_one_query_head_leaves_its_key_value_head_alone(
         assert abs(result.target_delta[layer, head] - group_delta) > 10 * TOLERANCE
 
 
+class CollectedLayers:
+    """A sink for in-process runs that keeps the per-layer ablation results."""
+
+    def __init__(self) -> None:
+        self.layers: list[object] = []
+
+    def emit(self, item: object) -> None:
+        from introspect.results import LayerAblationResult
+
+        if isinstance(item, LayerAblationResult):
+            self.layers.append(item)
+
+    def check(self) -> None:
+        """Never cancelled."""
+
+    def grid(self, field: str) -> np.ndarray:
+        """`field` of every layer, [layers, heads]."""
+        return np.stack([getattr(layer, field).values for layer in self.layers])
+
+
+@pytest.mark.parametrize("name", ["minilm", "gpt2", "llama", "classifier"])
+def test_growing_at_the_output_projections_agrees_with_growing_at_the_layer_inputs(
+    model_dirs: dict[str, Path], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attention output projections are found without knowing the architecture, and
+    the layer-input growth kept for models where they are not gives the same results."""
+    from introspect.config import ModelSpec
+    from introspect.methods import layer_stack, method_for
+    from introspect.models import load_model
+    from introspect.requests import HeadAblationQuery, InputSpec, TargetSpec
+
+    loaded = load_model(ModelSpec(name, model_dirs[name]), torch.device("cpu"), "float32")
+    found = layer_stack.output_projections(loaded)
+    assert found is not None
+    assert all(module is projection(loaded.model, name, layer) for layer, module in enumerate(found))
+    target = {"encoder": TargetSpec("embedding_norm"), "causal": TargetSpec("next_token"),
+              "classifier": TargetSpec("class_score", class_index=1)}[CASES[name].kind]
+
+    def ablate(value: str) -> CollectedLayers:
+        query = HeadAblationQuery(model=name, input=InputSpec(text=TEXT), target=target, value=value, batch_size=7)
+        method = method_for(query)
+        sink = CollectedLayers()
+        method.run(loaded, query, method.prepare(loaded.description, query), sink)  # type: ignore[arg-type]
+        return sink
+
+    at_projections = {value: ablate(value) for value in ("zero", "mean")}
+    monkeypatch.setitem(layer_stack._PROJECTIONS, loaded.model, None)
+    for value, expected in at_projections.items():
+        at_layer_inputs = ablate(value)
+        for field in ("target_delta", "output_change"):
+            np.testing.assert_allclose(at_layer_inputs.grid(field), expected.grid(field), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["minilm", "gpt2"])
 def test_mean_ablation_with_reference_texts(client: Client, model_dirs: dict[str, Path], name: str) -> None:
     case = CASES[name]

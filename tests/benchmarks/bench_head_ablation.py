@@ -7,7 +7,8 @@ For MiniLM (6 layers x 12 heads, target: norm of the pooled embedding), medians 
                forward pre-hook on its layer's attention output projection, scoring the
                target and the cosine distance every time
   method       introspect's per-head ablation in process (growing batch: the rows of
-               layer L join at layer L and share the clean prefix), all 72 heads
+               layer L join at layer L's attention output projection and share the
+               clean row's computation before it), all 72 heads
   server       the same through a real server over loopback with the real client
   forward      one plain transformers forward (the unit of the importance goal)
   importance   introspect's head importance in process (one forward + one backward)

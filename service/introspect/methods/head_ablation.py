@@ -7,10 +7,11 @@ Modes:
 * importance: Michel et al. (2019) gate gradients of every head (see head_importance).
 
 Exact per-head ablation is batched without recomputing what an ablation cannot change:
-one forward starts from a single clean row, and at the input of layer L the batch grows
-by one copy of the clean row per head of layer L to ablate (see layer_stack), so the
-rows of layer L run layers L..end only. Rows per forward are bounded by the request's
-batch_size or by a memory budget.
+one forward starts from a single clean row, and at the input of layer L's attention output
+projection the batch grows by one copy of the clean row per head of layer L to ablate (see
+layer_stack), so the rows of layer L share the clean row's layers 0..L-1 and layer L's
+attention, and run the rest of layer L and layers L+1..end only. Rows per forward are
+bounded by the request's batch_size or by a memory budget.
 """
 
 from __future__ import annotations
@@ -168,8 +169,8 @@ def _ablated_forward(
     joins the batch at that layer. Returns (scores [rows], summaries [rows, D])."""
     model = forward.model
     copies = Counter(min(layer for layer, _ in heads) for heads in ablations)
-    session = model.probe_session(edit_output=head_editor(_keep_after_clean_row(model, ablations), means, check))
-    with growing_batch(model, copies), probe.probing(session), torch.inference_mode():
+    edit = head_editor(_keep_after_clean_row(model, ablations), means, check)
+    with growing_batch(model, copies, edit), torch.inference_mode():
         outputs = forward.outputs()
     return forward.score(outputs), forward.summary(outputs)
 
