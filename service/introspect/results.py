@@ -53,3 +53,62 @@ class AttentionLayerResult:
     view: str
     values: WireArray  # [heads_or_1, query, keys_or_k]
     key_indices: WireArray | None  # int32 [heads_or_1, query, k] with top_k
+
+
+@dataclass(frozen=True)
+class SaliencyResult:
+    """A partial or final attribution of the target to positions [token_start, token_end).
+
+    Every method's final result covers all positions; integrated gradients sends one
+    result per refinement, occlusion partial results as tokens finish.
+    """
+
+    scores: WireArray  # float32 [token_end - token_start]
+    per_dimension: WireArray | None  # float32 [token_end - token_start, hidden], final results only
+    token_start: int
+    token_end: int
+    target_score: float
+    baseline_score: float = 0.0
+    steps: int = 0
+    convergence_delta: float = 0.0
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class AblationBaselineResult:
+    """The unablated target score, sent before any ablation result."""
+
+    target_score: float
+    output_change_metric: str  # "kl_divergence" or "cosine_distance"
+    num_layers: int
+    num_heads: int
+
+
+@dataclass(frozen=True)
+class LayerAblationResult:
+    """Each selected head of one layer ablated on its own."""
+
+    layer: int
+    heads: tuple[int, ...]
+    target_delta: WireArray  # float32 [heads]: ablated score - unablated score
+    output_change: WireArray  # float32 [heads]: KL(unablated || ablated) or cosine distance
+
+
+@dataclass(frozen=True)
+class JointAblationResult:
+    """A set of heads ablated together, with optional greedy continuations."""
+
+    heads: tuple[tuple[int, int], ...]  # (layer, head)
+    ablated_score: float
+    output_change: float
+    base_continuation: tuple[int, ...] = ()
+    ablated_continuation: tuple[int, ...] = ()
+    base_continuation_tokens: tuple[str, ...] = ()
+    ablated_continuation_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeadImportanceResult:
+    """Head importance (Michel et al. 2019): d target / d head gate, gates at 1."""
+
+    importance: WireArray  # float32 [layers, heads]; NaN for heads not asked for

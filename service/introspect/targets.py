@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .errors import InvalidInput, require
 from .inputs import EncodedBatch, encode_batch
-from .models import CAUSAL_LM, ENCODER, SEQUENCE_CLASSIFIER, LoadedModel
+from .models import CAUSAL_LM, ENCODER, SEQUENCE_CLASSIFIER, LoadedModel, ModelDescription
 from .requests import TARGET_KINDS, TargetSpec
 
 OUTPUT_CHANGE_METRIC = {CAUSAL_LM: "kl_divergence", SEQUENCE_CLASSIFIER: "kl_divergence", ENCODER: "cosine_distance"}
@@ -24,14 +24,20 @@ OUTPUT_CHANGE_METRIC = {CAUSAL_LM: "kl_divergence", SEQUENCE_CLASSIFIER: "kl_div
 
 def check_target_supported(model: LoadedModel, spec: TargetSpec | None) -> TargetSpec:
     """INVALID_ARGUMENT unless the model can serve the target; names those it supports."""
-    supported = model.description.supported_targets
+    return check_target_kind(model.description, spec)
+
+
+def check_target_kind(description: ModelDescription, spec: TargetSpec | None) -> TargetSpec:
+    """check_target_supported on a model's description: cheap, usable before queueing."""
+    supported = description.supported_targets
     if spec is None:
-        raise InvalidInput("target", f"a target is required; model {model.name!r} supports {list(supported)}")
-    require(spec.kind in TARGET_KINDS, "target", f"unknown target {spec.kind!r}")
+        raise InvalidInput("target", f"a target is required; model {description.name!r} supports {list(supported)}")
+    require(spec.kind in TARGET_KINDS, "target", f"unknown target {spec.kind!r}; model {description.name!r} "
+            f"supports {list(supported)}")
     require(
         spec.kind in supported,
         "target",
-        f"model {model.name!r} ({model.description.kind}) cannot serve target {spec.kind!r}; "
+        f"model {description.name!r} ({description.kind}) cannot serve target {spec.kind!r}; "
         f"it supports {list(supported)}",
     )
     return spec
@@ -85,12 +91,8 @@ class BoundTarget:
 
     def score(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The target per batch row [batch] (float32), from model_outputs()."""
-        if self.kind == "next_token":
-            log_probs = torch.log_softmax(outputs[:, self.position].float(), dim=-1)
-            return log_probs[:, self.token_id]
-        if self.kind == "logit_difference":
-            logits = outputs[:, self.position].float()
-            return logits[:, self.token_id] - logits[:, self.contrast_token_id]
+        if self.model_kind == CAUSAL_LM:
+            return self.score_next_token_logits(outputs[:, self.position])
         if self.kind == "class_score":
             logits = outputs.float()
             values = torch.softmax(logits, dim=-1) if self.probability else logits
@@ -100,6 +102,13 @@ class BoundTarget:
             return pooled.norm(dim=-1)
         reference = self.reference_embedding.to(pooled.device)  # type: ignore[union-attr]
         return F.cosine_similarity(pooled, reference[None, :], dim=-1)
+
+    def score_next_token_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """A causal LM target per row [batch] from the logits [batch, vocab] at its position."""
+        logits = logits.float()
+        if self.kind == "next_token":
+            return torch.log_softmax(logits, dim=-1)[:, self.token_id]
+        return logits[:, self.token_id] - logits[:, self.contrast_token_id]
 
     def output_summary(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per row: log-probabilities of the next-token (at the target position) or class
@@ -117,6 +126,32 @@ class BoundTarget:
         if self.output_change_metric == "kl_divergence":
             return (base.exp() * (base - changed)).sum(dim=-1)
         return 1.0 - F.cosine_similarity(changed, base, dim=-1)
+
+
+def target_scores(
+    model: LoadedModel,
+    target: BoundTarget,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Runs the model and scores the target per row [batch] (float32), differentiable
+    when the inputs are. Causal LMs compute logits at the target position only (no
+    [batch, tokens, vocab] tensor) and keep no KV cache; the input may then end at the
+    target position, since later tokens cannot change it."""
+    if model.description.kind != CAUSAL_LM:
+        outputs = model_outputs(model, attention_mask, input_ids, inputs_embeds, token_type_ids)
+        return target.score(outputs, attention_mask)
+    arguments: dict[str, object] = {"attention_mask": attention_mask, "use_cache": False}
+    if input_ids is not None:
+        arguments["input_ids"] = input_ids
+    if inputs_embeds is not None:
+        arguments["inputs_embeds"] = inputs_embeds
+    length = attention_mask.shape[1]
+    # the last `length - position` positions' logits, of which the target's is the first
+    logits = model.model(**arguments, logits_to_keep=length - target.position).logits
+    return target.score_next_token_logits(logits[:, 0])
 
 
 def _absolute_position(position: int, length: int) -> int:
@@ -150,6 +185,8 @@ def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch
         if spec.kind == "logit_difference":
             require(token_id is not None and contrast is not None, "target.logit_difference",
                     "token_id and contrast_token_id are both required")
+            require(token_id != contrast, "target.logit_difference.contrast_token_id",
+                    f"must differ from token_id ({token_id}): the difference would always be 0")
     if spec.kind == "class_score" and spec.class_index is not None:
         require(0 <= spec.class_index < description.num_labels, "target.class_score.class_index",
                 f"{spec.class_index} is outside [0, {description.num_labels})")

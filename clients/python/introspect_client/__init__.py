@@ -24,12 +24,25 @@ from .errors import IntrospectError
 from .inputs import InputLike, InputsLike, make_input, make_inputs
 from .options import CACHE_POLICIES, VALUE_DTYPES, VIEWS, AttentionOptions, attention_request
 from .results import AttentionAssembler, AttentionResult, InputAttention
+from .saliency import (
+    BASELINES,
+    INTEGRATION_RULES,
+    SALIENCY_METHODS,
+    Refinement,
+    SaliencyAssembler,
+    SaliencyOptions,
+    SaliencyResult,
+    saliency_request,
+)
 
 __all__ = [
     "ABLATION_MODES",
     "ABLATION_VALUES",
+    "BASELINES",
     "CACHE_POLICIES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "INTEGRATION_RULES",
+    "SALIENCY_METHODS",
     "VALUE_DTYPES",
     "VIEWS",
     "AblationAssembler",
@@ -45,10 +58,15 @@ __all__ = [
     "InputsLike",
     "IntrospectError",
     "JointAblationResult",
+    "Refinement",
+    "SaliencyAssembler",
+    "SaliencyOptions",
+    "SaliencyResult",
     "ablation_request",
     "attention_request",
     "make_input",
     "make_inputs",
     "pb",
+    "saliency_request",
     "targets",
 ]

@@ -3,6 +3,8 @@
     introspect serve [server flags]        run the server (needs the server extra: torch)
     introspect models [--json]             list the server's models
     introspect attention --text TEXT ...   one layer's attention map: summary, --json, --png
+    introspect saliency --text TEXT ...    token attributions of a target: summary, --json, --png
+    introspect ablate --text TEXT --target KIND ...  head ablation / importance: summary, --json, --png
 
 Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051).
 Errors print `error: <message>` to stderr and exit with status 1.
@@ -21,6 +23,9 @@ import numpy as np
 from google.protobuf import json_format
 
 from ._proto import introspect_pb2 as pb
+from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
+from .cli_saliency import TARGET_CHOICES, add_saliency_command
+from .cli_saliency import _target as target_from_flags
 from .client import Client
 from .errors import IntrospectError
 from .options import CACHE_POLICIES, VIEWS
@@ -100,6 +105,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     attention.add_argument("--png", default=None, metavar="FILE", help="write a heatmap PNG to FILE")
     attention.add_argument("--json", action="store_true", help="print the selected values as JSON")
     attention.set_defaults(run=_run_attention)
+    add_saliency_command(commands, client_options)
+    _add_ablate_parser(commands, client_options)
     return parser
 
 
@@ -196,6 +203,175 @@ def _run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> Non
             print(f"wrote {args.png}", file=out)
     if not args.json and not args.png:
         print(_summary(item, matrix, title), file=out)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --target flags, as `introspect saliency` takes them (read by its `_target`)."""
+    group = parser.add_argument_group("target (the score measured; default: the model's first)")
+    group.add_argument("--target", choices=TARGET_CHOICES, default=None,
+                       help="next_token, logit_difference (causal LMs), class (classifiers), "
+                            "similarity or norm (encoders)")
+    group.add_argument("--position", type=int, default=-1, metavar="N",
+                       help="next_token/logit_difference: position scored (default: -1, the last token)")
+    group.add_argument("--token-id", type=int, default=None, metavar="N",
+                       help="next_token: token scored (default: the prediction); logit_difference: the token")
+    group.add_argument("--contrast-token-id", type=int, default=None, metavar="N",
+                       help="logit_difference: the token subtracted")
+    group.add_argument("--class", dest="class_index", type=int, default=None, metavar="N",
+                       help="class: class scored (default: the predicted class)")
+    group.add_argument("--probability", action="store_true", help="class: score the probability, not the logit")
+    group.add_argument("--reference", default=None, metavar="TEXT", help="similarity: the reference text")
+
+
+def _head(text: str) -> tuple[int, int]:
+    """LAYER:HEAD -> (layer, head)."""
+    layer, separator, head = text.partition(":")
+    try:
+        if not separator:
+            raise ValueError
+        return int(layer), int(head)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a head is LAYER:HEAD, e.g. 3:7; got {text!r}") from None
+
+
+def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -> None:
+    ablate = commands.add_parser(
+        "ablate",
+        parents=[client_options],
+        help="what attention heads do for a target score: ablation or importance",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Knock out attention heads and measure the change of a target score and of the\n"
+            "whole output (KL divergence of the next-token or class distribution, cosine\n"
+            "distance of the pooled embedding).\n\n"
+            "Modes: per_head ablates every head (or each of --heads) on its own; joint\n"
+            "ablates --heads together (with --continuation N greedy tokens on causal LMs);\n"
+            "importance is the gradient of the target w.r.t. a gate on every head.\n\n"
+            "Output: --png FILE writes a layers x heads heatmap (per_head: change of the\n"
+            "target; importance: the gradients), --json prints the whole result (NaN as\n"
+            "null); without either, a summary lists the heads that matter most."
+        ),
+    )
+    ablate.add_argument("--text", required=True, help="the input text")
+    ablate.add_argument("--pair", default=None, metavar="TEXT", help="optional second segment (text pair)")
+    ablate.add_argument("--model", default="", help="model name (default: the server's default model)")
+    add_target_arguments(ablate)
+    ablate.add_argument("--mode", choices=list(ABLATION_MODES), default="per_head", help="default: per_head")
+    ablate.add_argument("--value", choices=list(ABLATION_VALUES), default="zero",
+                        help="zero the head, or replace it by its mean output (default: zero)")
+    ablate.add_argument("--heads", type=_head, nargs="+", default=[], metavar="LAYER:HEAD",
+                        help="per_head: heads to ablate (default: all); joint: the set; importance: heads to report")
+    ablate.add_argument("--mean-reference", action="append", default=[], metavar="TEXT",
+                        help="value mean: a text to take the mean over (repeatable; default: the input)")
+    ablate.add_argument("--continuation", type=int, default=0, metavar="N",
+                        help="joint, causal LMs: greedy continuation of N tokens with and without the ablation")
+    ablate.add_argument("--batch-size", type=int, default=0, metavar="N",
+                        help="ablated variants per forward pass (default: the server chooses)")
+    ablate.add_argument("--top", type=int, default=10, metavar="K", help="heads listed in the summary (default: 10)")
+    ablate.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
+    ablate.add_argument(
+        "--cache", choices=list(CACHE_POLICIES), default="use", help="server result cache policy (default: use)"
+    )
+    ablate.add_argument("--png", default=None, metavar="FILE", help="write a layers x heads heatmap PNG to FILE")
+    ablate.add_argument("--json", action="store_true", help="print the result as JSON")
+    ablate.set_defaults(run=_run_ablate)
+
+
+def _grid_json(grid: np.ndarray | None) -> list[list[float | None]] | None:
+    """A [layers, heads] grid as nested lists, NaN as null."""
+    if grid is None:
+        return None
+    return [[None if np.isnan(value) else float(value) for value in row] for row in grid]
+
+
+def _ablation_json(result: AblationResult, mode: str, value: str) -> dict[str, Any]:
+    joint = result.joint
+    return {
+        "model": result.model,
+        "fingerprint": result.fingerprint,
+        "tokens": result.tokens,
+        "token_ids": result.token_ids,
+        "mode": mode,
+        "value": value,
+        "baseline_score": result.baseline_score,
+        "output_change_metric": result.output_change_metric,
+        "target_delta": _grid_json(result.target_delta),
+        "output_change": _grid_json(result.output_change),
+        "importance": _grid_json(result.importance),
+        "joint": None if joint is None else {
+            "heads": [list(head) for head in joint.heads],
+            "ablated_score": joint.ablated_score,
+            "output_change": joint.output_change,
+            "base_continuation": joint.base_continuation,
+            "ablated_continuation": joint.ablated_continuation,
+            "base_continuation_tokens": joint.base_continuation_tokens,
+            "ablated_continuation_tokens": joint.ablated_continuation_tokens,
+        },
+    }
+
+
+def _ablation_summary(result: AblationResult, top: int) -> str:
+    """The baseline, then the heads that matter most (or the joint result)."""
+    lines = [f"{result.model}: target score {result.baseline_score:.6g} without ablation"]
+    joint = result.joint
+    if joint is not None:
+        heads = " ".join(f"{layer}:{head}" for layer, head in joint.heads)
+        lines.append(f"heads {heads} ablated together: target score {joint.ablated_score:.6g} "
+                     f"({joint.ablated_score - result.baseline_score:+.6g}), "
+                     f"{result.output_change_metric} {joint.output_change:.6g}")
+        if joint.base_continuation:
+            lines.append(f"continuation:          {' '.join(joint.base_continuation_tokens)}")
+            lines.append(f"ablated continuation:  {' '.join(joint.ablated_continuation_tokens)}")
+        return "\n".join(lines)
+    grid = result.importance if result.importance is not None else result.target_delta
+    assert grid is not None
+    finite = [(float(value), layer, head) for (layer, head), value in np.ndenumerate(grid) if np.isfinite(value)]
+    strongest = sorted(finite, key=lambda item: -abs(item[0]))[: max(top, 0)]
+    if result.importance is not None:
+        lines.append("head       d target / d gate")
+        lines += [f"{layer:>3}:{head:<4}  {value:+.6g}" for value, layer, head in strongest]
+    else:
+        assert result.output_change is not None
+        lines.append(f"head       target change   {result.output_change_metric}")
+        lines += [f"{layer:>3}:{head:<4}  {value:+13.6g}   {float(result.output_change[layer, head]):.6g}"
+                  for value, layer, head in strongest]
+    return "\n".join(lines)
+
+
+def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
+    if args.png and args.mode == "joint":
+        raise ValueError("--png draws per-head grids: use it with --mode per_head or importance")
+    inputs: str | tuple[str, str] = args.text if args.pair is None else (args.text, args.pair)
+    result = client.ablate(
+        inputs,
+        model=args.model,
+        target=target_from_flags(args, client),
+        mode=args.mode,
+        value=args.value,
+        heads=args.heads,
+        mean_references=args.mean_reference or None,
+        continuation_tokens=args.continuation,
+        batch_size=args.batch_size,
+        truncate=args.truncate,
+        cache=args.cache,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(_ablation_json(result, args.mode, args.value)), file=out)
+    if args.png:
+        from .plot import head_heatmap
+
+        if result.importance is not None:
+            grid, label, what = result.importance, "d target / d head gate", "head importance"
+        else:
+            assert result.target_delta is not None
+            grid, label, what = result.target_delta, "change of the target score", f"{args.value} ablation"
+        title = f"{result.model}: {what}, target {args.target or 'the model default'}"
+        head_heatmap(grid, title, args.png, value_label=label)
+        if not args.json:
+            print(f"wrote {args.png}", file=out)
+    if not args.json and not args.png:
+        print(_ablation_summary(result, args.top), file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from .errors import translate_rpc_errors
 from .inputs import InputLike, InputsLike
 from .options import AttentionOptions, attention_request, int_list
 from .results import AttentionAssembler, AttentionResult
+from .saliency import SaliencyAssembler, SaliencyOptions, SaliencyResult, saliency_request
 
 MIB = 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
@@ -211,6 +212,48 @@ class Client(_ClientBase):
             assembler.add(message)
         return assembler.result()
 
+    def stream_saliency(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+    ) -> Iterator[pb.SaliencyResponse]:
+        """The raw StreamSaliency messages as they arrive: a header, then partial results
+        (integrated-gradients refinements, occlusion spans, SmoothGrad batches) and the
+        final one.
+
+        Takes the same arguments as `saliency`; leaving the loop early cancels the call.
+        """
+        request = saliency_request(input, **options)
+        return self._stream(self._stub.StreamSaliency, request, timeout)
+
+    def saliency(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+    ) -> SaliencyResult:
+        """Per-token attributions of a target score to the input tokens.
+
+        Args:
+            input: a text, a (text, text_pair) tuple or a sequence of token ids.
+            timeout: deadline in seconds (default: the client's).
+            model: model name; "" selects the server's default.
+            target: the score to explain, from `introspect_client.targets` (e.g.
+                `targets.next_token()`); the model's ModelInfo lists those it supports.
+            method: "integrated_gradients" (or "ig", the default), "gradient",
+                "gradient_x_input", "smoothgrad", "occlusion", "rollout", "flow".
+            baseline, rule, steps, tolerance: integrated gradients (see `saliency_request`).
+            noise_level, samples, seed: SmoothGrad.
+            span, stride, replacement: occlusion.
+            batch_size: points, samples or variants per forward pass (0: the server chooses).
+            per_dimension: also return [tokens, hidden] attributions (gradient methods).
+            truncate: cut an input longer than the model's limit instead of failing.
+            cache: "use", "bypass" or "refresh".
+
+        Returns a SaliencyResult: `scores` [tokens], the target (and baseline) score, and
+        for integrated gradients the steps and convergence delta of every refinement.
+        """
+        messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
+        assembler = SaliencyAssembler()
+        for message in messages:
+            assembler.add(message)
+        return assembler.result()
+
     def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
         call = method(request, **self._call_kwargs(timeout))
         try:
@@ -288,6 +331,23 @@ class AsyncClient(_ClientBase):
         """Head ablation, importance or joint ablation; see `Client.ablate` for the arguments."""
         messages = self.stream_ablation(input, timeout=timeout, **options)  # checks the options
         assembler = AblationAssembler()
+        async for message in messages:
+            assembler.add(message)
+        return assembler.result()
+
+    def stream_saliency(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+    ) -> AsyncIterator[pb.SaliencyResponse]:
+        """The raw StreamSaliency messages as they arrive (`async for`); see `Client.saliency`."""
+        request = saliency_request(input, **options)
+        return self._stream(self._stub.StreamSaliency, request, timeout)
+
+    async def saliency(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+    ) -> SaliencyResult:
+        """Per-token attributions of a target score; see `Client.saliency` for the arguments."""
+        messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
+        assembler = SaliencyAssembler()
         async for message in messages:
             assembler.add(message)
         return assembler.result()

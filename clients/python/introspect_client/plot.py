@@ -93,3 +93,133 @@ def attention_heatmap(
     colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02, shrink=min(1.0, 6.0 / height))
     colorbar.set_label(value_label)
     figure.savefig(os.fspath(path), format="png", dpi=_DPI)
+
+
+# Inches per head / layer cell of a head grid, and the largest grid whose cells get
+# their value written in them.
+_INCHES_PER_HEAD_CELL = 0.45
+_ANNOTATED_CELLS = 24 * 24
+
+
+def head_heatmap(
+    grid: np.ndarray,
+    title: str,
+    path: str | os.PathLike[str],
+    *,
+    value_label: str = "change of the target score",
+) -> None:
+    """Writes a layers x heads heatmap of per-head values [layers, heads] to the PNG file
+    `path`: layers down, heads across, a diverging colour scale centred on 0, and NaN
+    (heads not computed) left blank. Small grids carry their values in the cells."""
+    values = np.asarray(grid, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"grid must be 2-D [layers, heads], got shape {values.shape}")
+    Figure, FigureCanvasAgg = _matplotlib()
+    layers, heads = values.shape
+    width = min(max(_INCHES_PER_HEAD_CELL * heads, _MIN_SIDE_INCHES), _MAX_SIDE_INCHES) + 2.0
+    height = min(max(_INCHES_PER_HEAD_CELL * layers, _MIN_SIDE_INCHES * 0.75), _MAX_SIDE_INCHES) + 1.2
+
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    finite = values[np.isfinite(values)]
+    bound = float(np.abs(finite).max()) if finite.size else 1.0
+    bound = bound if bound > 0 else 1.0
+    image = axes.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto",
+                        interpolation="nearest")
+    row_ticks, row_font = _ticks(layers)
+    column_ticks, column_font = _ticks(heads)
+    axes.set_yticks(row_ticks, [str(layer) for layer in row_ticks], fontsize=row_font)
+    axes.set_xticks(column_ticks, [str(head) for head in column_ticks], fontsize=column_font)
+    axes.set_ylabel("layer")
+    axes.set_xlabel("head")
+    axes.set_title(title, fontsize=12)
+    if values.size <= _ANNOTATED_CELLS:
+        for (layer, head), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                strong = abs(value) > 0.6 * bound
+                axes.text(head, layer, f"{value:.2g}", ha="center", va="center", fontsize=7,
+                          color="white" if strong else "black")
+    colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
+    colorbar.set_label(value_label)
+    figure.savefig(os.fspath(path), format="png", dpi=_DPI)
+
+
+# Token saliency layout: tokens as running text in a monospace font, wrapped at a fixed
+# width; each token's background shows its score.
+_TEXT_WIDTH_INCHES = 9.0
+_TOKEN_FONT = 11.0
+_CHAR_WIDTH = 0.6  # monospace advance as a fraction of the font size
+_LINE_HEIGHT = 2.0  # line pitch as a multiple of the font size
+_TOKEN_GAP_CHARS = 1.0
+
+
+def _token_layout(tokens: Sequence[str]) -> tuple[list[tuple[float, int]], int]:
+    """(x offset in inches and line of every token, number of lines)."""
+    char_inches = _CHAR_WIDTH * _TOKEN_FONT / 72
+    places: list[tuple[float, int]] = []
+    x, line = 0.0, 0
+    for token in tokens:
+        width = char_inches * (len(token) + _TOKEN_GAP_CHARS)
+        if x > 0 and x + width > _TEXT_WIDTH_INCHES:
+            x, line = 0.0, line + 1
+        places.append((x, line))
+        x += width
+    return places, line + 1
+
+
+def token_saliency(
+    scores: np.ndarray,
+    tokens: Sequence[str],
+    title: str,
+    path: str | os.PathLike[str],
+    *,
+    value_label: str = "attribution",
+) -> None:
+    """Writes the tokens as text, each on a background coloured by its score, to the PNG
+    file `path`: a diverging colormap centred on 0 (red positive, blue negative) with
+    a colorbar."""
+    values = np.asarray(scores, dtype=np.float32)
+    if values.shape != (len(tokens),):
+        raise ValueError(f"scores of shape {values.shape} do not match {len(tokens)} tokens")
+    Figure, FigureCanvasAgg = _matplotlib()
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    finite = np.abs(values[np.isfinite(values)])
+    limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    norm = Normalize(vmin=-limit, vmax=limit)
+    colormap = colormaps["RdBu_r"]
+    places, lines = _token_layout(tokens)
+    line_inches = _LINE_HEIGHT * _TOKEN_FONT / 72
+    text_height = lines * line_inches
+    width, height = _TEXT_WIDTH_INCHES + 2.0, text_height + 1.8
+
+    figure = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    # text area in inches: x from 0.4, lines downward from below the title
+    axes = figure.add_axes((0.4 / width, 1.2 / height, _TEXT_WIDTH_INCHES / width, text_height / height))
+    axes.set_xlim(0, _TEXT_WIDTH_INCHES)
+    axes.set_ylim(text_height, 0)
+    axes.set_axis_off()
+    for token, score, (x, line) in zip(tokens, values, places):
+        colour = colormap(norm(score)) if np.isfinite(score) else (0.8, 0.8, 0.8, 1.0)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        axes.text(
+            x, (line + 0.5) * line_inches, token, family="monospace", fontsize=_TOKEN_FONT, va="center",
+            color="black" if luminance > 0.5 else "white",
+            bbox={"facecolor": colour, "edgecolor": "none", "boxstyle": "square,pad=0.25"},
+        )
+    figure.suptitle(title, fontsize=12, y=1 - 0.3 / height)
+    bar_axes = figure.add_axes((0.4 / width, 0.45 / height, _TEXT_WIDTH_INCHES / width, 0.2 / height))
+    mappable = _scalar_mappable(norm, colormap)
+    colorbar = figure.colorbar(mappable, cax=bar_axes, orientation="horizontal")
+    colorbar.set_label(value_label)
+    figure.savefig(os.fspath(path), format="png", dpi=_DPI)
+
+
+def _scalar_mappable(norm: Any, colormap: Any) -> Any:
+    """A colour scale for a colorbar without an image."""
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=norm, cmap=colormap)

@@ -28,7 +28,7 @@ class Method:
     run: Callable[[LoadedModel, Any, Any, Sink], None]
 
 
-_MODULES = ("attention",)
+_MODULES = ("attention", "head_ablation", "saliency")
 _REGISTRY: dict[type, Method] = {}
 
 

@@ -8,7 +8,14 @@ from collections.abc import Iterable
 from introspect_client._proto import introspect_pb2 as pb
 
 from ..errors import InvalidInput
-from ..requests import DEFAULT_ROLLOUT_RESIDUAL_WEIGHT, AttentionQuery, InputSpec, TargetSpec
+from ..requests import (
+    DEFAULT_ROLLOUT_RESIDUAL_WEIGHT,
+    AttentionQuery,
+    HeadAblationQuery,
+    InputSpec,
+    SaliencyQuery,
+    TargetSpec,
+)
 
 _VIEWS = {
     pb.ATTENTION_VIEW_UNSPECIFIED: "heads",
@@ -97,3 +104,91 @@ def target_spec(message: pb.Target, field: str = "target") -> TargetSpec | None:
         reference = message.embedding_similarity.reference
         return TargetSpec(kind=kind, reference=input_spec(reference, f"{field}.embedding_similarity.reference"))
     return TargetSpec(kind=kind)
+
+
+_ABLATION_MODES = {
+    pb.ABLATION_MODE_UNSPECIFIED: "per_head",
+    pb.ABLATION_MODE_PER_HEAD: "per_head",
+    pb.ABLATION_MODE_JOINT: "joint",
+    pb.ABLATION_MODE_IMPORTANCE: "importance",
+}
+_ABLATION_VALUES = {
+    pb.ABLATION_VALUE_UNSPECIFIED: "zero",
+    pb.ABLATION_VALUE_ZERO: "zero",
+    pb.ABLATION_VALUE_MEAN: "mean",
+}
+
+
+def head_ablation_query(request: pb.HeadAblationRequest) -> HeadAblationQuery:
+    """Decodes a HeadAblationRequest."""
+    return HeadAblationQuery(
+        model=request.model,
+        input=input_spec(request.input, "input"),
+        target=target_spec(request.target),
+        truncate=request.truncate,
+        mode=enum_name(_ABLATION_MODES, request.mode),
+        value=enum_name(_ABLATION_VALUES, request.value),
+        heads=tuple((head.layer, head.head) for head in request.heads),
+        mean_references=input_specs(request.mean_references, "mean_references"),
+        continuation_tokens=request.continuation_tokens,
+        batch_size=request.batch_size,
+    )
+
+
+_SALIENCY_METHODS = {
+    pb.SALIENCY_METHOD_GRADIENT: "gradient",
+    pb.SALIENCY_METHOD_GRADIENT_X_INPUT: "gradient_x_input",
+    pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS: "integrated_gradients",
+    pb.SALIENCY_METHOD_SMOOTHGRAD: "smoothgrad",
+    pb.SALIENCY_METHOD_OCCLUSION: "occlusion",
+    pb.SALIENCY_METHOD_ATTENTION_ROLLOUT: "attention_rollout",
+    pb.SALIENCY_METHOD_ATTENTION_FLOW: "attention_flow",
+}
+_BASELINES = {
+    pb.BASELINE_UNSPECIFIED: "default",
+    pb.BASELINE_PAD: "pad",
+    pb.BASELINE_ZERO: "zero",
+    pb.BASELINE_MASK: "mask",
+    pb.BASELINE_TOKENS: "tokens",
+}
+_INTEGRATION_RULES = {
+    pb.INTEGRATION_RULE_UNSPECIFIED: "default",
+    pb.INTEGRATION_RULE_GAUSS_LEGENDRE: "gauss_legendre",
+    pb.INTEGRATION_RULE_RIEMANN_LEFT: "riemann_left",
+    pb.INTEGRATION_RULE_RIEMANN_RIGHT: "riemann_right",
+    pb.INTEGRATION_RULE_RIEMANN_MIDDLE: "riemann_middle",
+    pb.INTEGRATION_RULE_RIEMANN_TRAPEZOID: "riemann_trapezoid",
+}
+
+
+def saliency_query(request: pb.SaliencyRequest) -> SaliencyQuery:
+    """Decodes a SaliencyRequest; batch_size comes from the chosen method's options."""
+    method = enum_name(_SALIENCY_METHODS, request.method)
+    if request.method == pb.SALIENCY_METHOD_UNSPECIFIED:
+        method = "unspecified"
+    ig, smoothgrad, occlusion = request.integrated_gradients, request.smoothgrad, request.occlusion
+    batch_size = {
+        "integrated_gradients": ig.batch_size,
+        "smoothgrad": smoothgrad.batch_size,
+        "occlusion": occlusion.batch_size,
+    }.get(method, 0)
+    return SaliencyQuery(
+        model=request.model,
+        input=input_spec(request.input, "input"),
+        target=target_spec(request.target),
+        method=method,
+        truncate=request.truncate,
+        per_dimension=request.per_dimension,
+        baseline=enum_name(_BASELINES, ig.baseline),
+        baseline_token_ids=tuple(int(token) for token in ig.baseline_token_ids),
+        rule=enum_name(_INTEGRATION_RULES, ig.rule),
+        steps=ig.steps,
+        batch_size=batch_size,
+        tolerance=ig.tolerance,
+        noise_level=smoothgrad.noise_level,
+        samples=smoothgrad.samples,
+        seed=smoothgrad.seed,
+        span=occlusion.span,
+        stride=occlusion.stride,
+        replacement=enum_name(_BASELINES, occlusion.replacement),
+    )

@@ -10,7 +10,15 @@ from introspect_client._proto import introspect_pb2_grpc as pb_grpc
 
 from ..dataplane import DataPlane
 from ..errors import Unimplemented
-from ..results import AttentionLayerResult, StreamStart
+from ..results import (
+    AblationBaselineResult,
+    AttentionLayerResult,
+    HeadImportanceResult,
+    JointAblationResult,
+    LayerAblationResult,
+    SaliencyResult,
+    StreamStart,
+)
 from . import decode, encode
 from .status import translate_errors
 
@@ -24,6 +32,31 @@ def _attention_messages(item: object, max_message_bytes: int) -> Iterator[pb.Att
     elif isinstance(item, AttentionLayerResult):
         for chunk in encode.attention_chunks(item, max_message_bytes):
             yield pb.AttentionResponse(chunk=chunk)
+    else:  # pragma: no cover - a method emitted something this RPC does not carry
+        raise TypeError(f"unexpected result {type(item).__name__}")
+
+
+def _saliency_messages(item: object, max_message_bytes: int) -> Iterator[pb.SaliencyResponse]:
+    if isinstance(item, StreamStart):
+        yield pb.SaliencyResponse(header=encode.stream_header(item))
+    elif isinstance(item, SaliencyResult):
+        for chunk in encode.saliency_chunks(item, max_message_bytes):
+            yield pb.SaliencyResponse(chunk=chunk)
+    else:  # pragma: no cover - a method emitted something this RPC does not carry
+        raise TypeError(f"unexpected result {type(item).__name__}")
+
+
+def _head_ablation_messages(item: object, max_message_bytes: int) -> Iterator[pb.HeadAblationResponse]:
+    if isinstance(item, StreamStart):
+        yield pb.HeadAblationResponse(header=encode.stream_header(item))
+    elif isinstance(item, AblationBaselineResult):
+        yield pb.HeadAblationResponse(baseline=encode.ablation_baseline(item))
+    elif isinstance(item, LayerAblationResult):
+        yield pb.HeadAblationResponse(layer=encode.layer_ablation(item))
+    elif isinstance(item, JointAblationResult):
+        yield pb.HeadAblationResponse(joint=encode.joint_ablation(item))
+    elif isinstance(item, HeadImportanceResult):
+        yield pb.HeadAblationResponse(importance=encode.head_importance(item))
     else:  # pragma: no cover - a method emitted something this RPC does not carry
         raise TypeError(f"unexpected result {type(item).__name__}")
 
@@ -59,12 +92,12 @@ class IntrospectionServicer(pb_grpc.IntrospectionServicer):
     async def StreamSaliency(
         self, request: pb.SaliencyRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SaliencyResponse]:
-        raise Unimplemented("StreamSaliency is not implemented by this server yet")
-        yield  # pragma: no cover - makes this an async generator
+        async for message in self._stream(decode.saliency_query(request), _saliency_messages):
+            yield message  # type: ignore[misc]
 
     @translate_errors
     async def StreamHeadAblation(
         self, request: pb.HeadAblationRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.HeadAblationResponse]:
-        raise Unimplemented("StreamHeadAblation is not implemented by this server yet")
-        yield  # pragma: no cover - makes this an async generator
+        async for message in self._stream(decode.head_ablation_query(request), _head_ablation_messages):
+            yield message  # type: ignore[misc]

@@ -63,7 +63,6 @@ class IntegrationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTEGRATION_RULE_RIEMANN_RIGHT: _ClassVar[IntegrationRule]
     INTEGRATION_RULE_RIEMANN_MIDDLE: _ClassVar[IntegrationRule]
     INTEGRATION_RULE_RIEMANN_TRAPEZOID: _ClassVar[IntegrationRule]
-    INTEGRATION_RULE_CLENSHAW_CURTIS: _ClassVar[IntegrationRule]
 
 class AblationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -113,7 +112,6 @@ INTEGRATION_RULE_RIEMANN_LEFT: IntegrationRule
 INTEGRATION_RULE_RIEMANN_RIGHT: IntegrationRule
 INTEGRATION_RULE_RIEMANN_MIDDLE: IntegrationRule
 INTEGRATION_RULE_RIEMANN_TRAPEZOID: IntegrationRule
-INTEGRATION_RULE_CLENSHAW_CURTIS: IntegrationRule
 ABLATION_MODE_UNSPECIFIED: AblationMode
 ABLATION_MODE_PER_HEAD: AblationMode
 ABLATION_MODE_JOINT: AblationMode

@@ -1,0 +1,238 @@
+"""Integrated gradients on the input embeddings.
+
+Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks":
+
+    attribution = (x - x') * integral over a in [0, 1] of d f(x' + a (x - x')) / d x
+
+with x the input's word embeddings and x' the baseline's. The integral is a quadrature
+rule over `steps` nodes; the nodes are evaluated in batches, each one forward and one
+backward whose graph is freed before the next. Completeness says the attributions sum to
+f(x) - f(x'); the convergence delta is how far they are from it.
+
+Progressive mode (tolerance > 0) refines the rule at 8, 16, 32, ... nodes up to `steps`
+(5, 9, 17, 33, ... for the trapezoid rule, whose nodes then nest), streams each
+refinement with its delta, and stops at the first whose delta is within the tolerance. A
+node evaluated by an earlier refinement is never evaluated again: its per-token gradient
+products are kept (and its gradients, when per-dimension attributions are asked for), so
+nested rules (trapezoid, left/right Riemann) cost no more than one run at the final step
+count. Gauss-Legendre and midpoint nodes do not nest: every refinement evaluates new ones
+(8 + 16 + 32 nodes to reach 32). Without a rule, progressive mode therefore uses the
+trapezoid rule, and a fixed step count Gauss-Legendre. (Measured on MiniLM, the nested
+trapezoid reached completeness deltas of 0.5-5% with fewer evaluated nodes than
+progressive Gauss-Legendre or Clenshaw-Curtis; the integrand, along the path, has sharp
+features that favour no rule of high order at these node counts.)
+
+The Gauss-Legendre and Riemann rules match Captum's `approximation_methods`, except the
+trapezoid rule, whose weights here are 1/(n-1) (halved at both ends) and sum to 1;
+Captum's sum to (n-1)/n.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import require
+from ..models import ModelDescription
+from ..requests import BASELINES, INTEGRATION_RULES, SaliencyQuery
+from ..results import SaliencyResult
+from .attribution import AttributionProblem, Check, Technique, baseline_embeddings, batches
+
+DEFAULT_STEPS = 50
+DEFAULT_PROGRESSIVE_STEPS = 128  # the most steps a tolerance may take when none are given
+MAX_STEPS = 4096
+FIRST_REFINEMENT = 8
+# the trapezoid rule is refined at 2^k + 1 nodes, which nest; it starts at 5, as a
+# refinement that reuses every node costs nothing but its own new nodes
+FIRST_TRAPEZOID_REFINEMENT = 5
+_NODE_DIGITS = 12  # nodes equal to this many decimals are the same node
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsOptions:
+    """Validated integrated-gradients options."""
+
+    baseline: str
+    baseline_token_ids: tuple[int, ...]
+    rule: str
+    steps: int
+    batch_size: int  # 0: automatic
+    tolerance: float  # 0: one result at `steps`
+    per_dimension: bool
+
+
+def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, weights) of a rule on [0, 1], nodes ascending, weights summing to 1."""
+    if rule == "gauss_legendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return 0.5 * (nodes + 1.0), 0.5 * weights
+    index = np.arange(steps, dtype=np.float64)
+    if rule == "riemann_left":
+        return index / steps, np.full(steps, 1.0 / steps)
+    if rule == "riemann_right":
+        return (index + 1.0) / steps, np.full(steps, 1.0 / steps)
+    if rule == "riemann_middle" or steps == 1:  # a one-node trapezoid: the midpoint
+        return (index + 0.5) / steps, np.full(steps, 1.0 / steps)
+    weights = np.full(steps, 1.0 / (steps - 1))
+    weights[[0, -1]] /= 2.0
+    return index / (steps - 1), weights
+
+
+def refinement_schedule(rule: str, steps: int, progressive: bool) -> list[int]:
+    """Node counts to evaluate: [steps], or 8, 16, 32, ... (5, 9, 17, 33, ... for the
+    trapezoid, whose doublings then nest) below `steps`, then `steps`."""
+    if not progressive:
+        return [steps]
+    trapezoid = rule == "riemann_trapezoid"
+    schedule = []
+    count = FIRST_TRAPEZOID_REFINEMENT if trapezoid else FIRST_REFINEMENT
+    while count < steps:
+        schedule.append(count)
+        count = 2 * count - 1 if trapezoid else 2 * count
+    return [*schedule, steps]
+
+
+def prepare(description: ModelDescription, query: SaliencyQuery) -> IntegratedGradientsOptions:
+    """Resolves defaults (50 Gauss-Legendre steps; with a tolerance, the trapezoid rule up
+    to 129 steps) and checks every option's range."""
+    field = "integrated_gradients"
+    require(query.baseline in BASELINES, f"{field}.baseline", f"unknown baseline {query.baseline!r}")
+    rule = query.rule
+    if rule == "default":
+        rule = "riemann_trapezoid" if query.tolerance > 0 else "gauss_legendre"
+    require(rule in INTEGRATION_RULES, f"{field}.rule", f"unknown rule {query.rule!r}; use one of {INTEGRATION_RULES}")
+    progressive = query.tolerance > 0
+    trapezoid = 1 if rule == "riemann_trapezoid" else 0
+    steps = query.steps or (DEFAULT_PROGRESSIVE_STEPS + trapezoid if progressive else DEFAULT_STEPS)
+    require(0 < steps <= MAX_STEPS, f"{field}.steps",
+            f"must be in [0, {MAX_STEPS}] (0 means {DEFAULT_STEPS}, or up to {DEFAULT_PROGRESSIVE_STEPS} "
+            f"with a tolerance), got {query.steps}")
+    require(query.batch_size >= 0, f"{field}.batch_size", f"must be >= 0 (0 picks automatically), got {query.batch_size}")
+    require(math.isfinite(query.tolerance) and query.tolerance >= 0, f"{field}.tolerance",
+            f"must be a finite number >= 0, got {query.tolerance}")
+    ids = query.baseline_token_ids
+    if query.baseline == "tokens":
+        require(len(ids) > 0, f"{field}.baseline_token_ids", "BASELINE_TOKENS needs the baseline's token ids")
+        bad = [token for token in ids if not 0 <= token < description.vocab_size]
+        require(not bad, f"{field}.baseline_token_ids",
+                f"ids {bad[:5]} are outside the vocabulary [0, {description.vocab_size})")
+    else:
+        require(not ids, f"{field}.baseline_token_ids", "given, but the baseline is not BASELINE_TOKENS")
+    return IntegratedGradientsOptions(
+        baseline=query.baseline,
+        baseline_token_ids=ids,
+        rule=rule,
+        steps=steps,
+        batch_size=query.batch_size,
+        tolerance=query.tolerance,
+        per_dimension=query.per_dimension,
+    )
+
+
+def validate(problem: AttributionProblem, options: IntegratedGradientsOptions) -> None:
+    """The baseline must exist for the model and match the input's length."""
+    baseline_embeddings(problem, options.baseline, options.baseline_token_ids, "integrated_gradients.baseline")
+
+
+class _EvaluatedNodes:
+    """What the nodes evaluated so far contributed: per node, the per-token products of
+    the gradient with (x - x') [length], so that a later rule can weight them anew. With
+    per-dimension attributions also the gradients [length, hidden]: per node when later
+    rules may reuse them (progressive mode), else only their weighted sum."""
+
+    def __init__(self, per_dimension: bool, progressive: bool) -> None:
+        self.per_node = per_dimension and progressive
+        self.summed = per_dimension and not progressive
+        self.products: dict[float, torch.Tensor] = {}
+        self.gradients: dict[float, torch.Tensor] = {}
+        self.gradient_sum: torch.Tensor | None = None
+
+    @staticmethod
+    def key(node: float) -> float:
+        """The node's identity (equal nodes of different rules are one node)."""
+        return round(float(node), _NODE_DIGITS)
+
+    def missing(self, nodes: np.ndarray) -> np.ndarray:
+        """Indices of the nodes not evaluated yet."""
+        return np.array([index for index, node in enumerate(nodes) if self.key(node) not in self.products], dtype=int)
+
+    def add(self, nodes: np.ndarray, weights: np.ndarray, gradients: torch.Tensor, difference: torch.Tensor) -> None:
+        """Keeps what the gradients [batch, length, hidden] at `nodes` (of rule weights
+        `weights`) contribute."""
+        products = (gradients.double() * difference.double()).sum(dim=-1)  # [batch, length]
+        for node, product, gradient in zip(nodes, products, gradients):
+            self.products[self.key(node)] = product
+            if self.per_node:
+                self.gradients[self.key(node)] = gradient
+        if self.summed:
+            rule = torch.tensor(weights, dtype=torch.float64, device=gradients.device)
+            weighted = torch.einsum("n,nth->th", rule, gradients.double())
+            self.gradient_sum = weighted if self.gradient_sum is None else self.gradient_sum + weighted
+
+    def keep_only(self, nodes: np.ndarray) -> None:
+        """Forgets the nodes not in `nodes`: a later, finer rule of a nested family
+        contains every node of this one, and no other rule reuses any."""
+        wanted = {self.key(node) for node in nodes}
+        for store in (self.products, self.gradients):
+            for node in [node for node in store if node not in wanted]:
+                del store[node]
+
+    def integrate(self, nodes: np.ndarray, weights: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-token attributions [length] float64, the weighted gradient sum
+        [length, hidden] float64 with per-dimension attributions) under the rule."""
+        keys = [self.key(node) for node in nodes]
+        products = torch.stack([self.products[key] for key in keys])  # [nodes, length]
+        rule = torch.tensor(weights, dtype=torch.float64, device=products.device)
+        scores = rule @ products
+        if self.per_node:
+            return scores, torch.einsum("n,nth->th", rule, torch.stack([self.gradients[key] for key in keys]).double())
+        return scores, self.gradient_sum
+
+
+def integrated_gradients(
+    problem: AttributionProblem, options: IntegratedGradientsOptions, check: Check
+) -> Iterator[SaliencyResult]:
+    """Attributions after each refinement (just one without a tolerance), each with its
+    convergence delta; the last is final."""
+    inputs = problem.embeddings  # [length, hidden]
+    baseline = baseline_embeddings(problem, options.baseline, options.baseline_token_ids, "integrated_gradients.baseline")
+    difference = inputs - baseline
+    with torch.no_grad():
+        target_score, baseline_score = problem.scores(torch.stack([inputs, baseline])).tolist()
+    batch_size = options.batch_size or problem.auto_batch_size(with_gradients=True)
+    schedule = refinement_schedule(options.rule, options.steps, progressive=options.tolerance > 0)
+    progressive = len(schedule) > 1
+    evaluated = _EvaluatedNodes(options.per_dimension, progressive)
+    for refinement, steps in enumerate(schedule):
+        nodes, weights = quadrature(options.rule, steps)
+        pending = evaluated.missing(nodes)
+        for rows in batches(len(pending), batch_size):
+            check()
+            chosen = pending[rows.start : rows.stop]
+            alphas = torch.tensor(nodes[chosen], dtype=torch.float32, device=inputs.device)
+            _, gradients = problem.scores_and_gradients(baseline + alphas[:, None, None] * difference)
+            evaluated.add(nodes[chosen], weights[chosen], gradients, difference)
+        evaluated.keep_only(nodes)
+        scores, gradient_sum = evaluated.integrate(nodes, weights)
+        delta = abs(float(scores.sum()) - (target_score - baseline_score))
+        final = refinement == len(schedule) - 1 or delta <= options.tolerance
+        yield problem.result(
+            scores,
+            difference.double() * gradient_sum if final and gradient_sum is not None else None,
+            target_score=target_score,
+            baseline_score=baseline_score,
+            steps=steps,
+            convergence_delta=delta,
+            final=final,
+        )
+        if final:
+            return
+
+
+INTEGRATED_GRADIENTS = Technique(
+    "integrated_gradients", prepare, integrated_gradients, validate=validate, per_dimension=True
+)
