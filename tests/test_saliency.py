@@ -140,6 +140,30 @@ def test_gradient_and_gradient_x_input_equal_autograd(client: Client, model_dirs
     assert_close(times_input.per_dimension, gradient * reference.embeddings)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("model", "target", "score"),
+    [
+        # the predicted next token after position 2: its log-probability
+        ("gpt2", targets.next_token(position=2),
+         lambda o: torch.log_softmax(o.logits[:, 2], dim=-1).max(dim=-1).values),
+        # the predicted class's softmax probability
+        ("classifier", targets.class_score(probability=True), lambda o: torch.softmax(o.logits, dim=-1).max(dim=-1).values),
+    ],
+    ids=["predicted-next-token", "predicted-class-probability"],
+)
+def test_default_targets_follow_the_prediction(
+    client: Client, model_dirs: dict[str, Path], model: str, target: pb.Target, score: Callable[[object], torch.Tensor]
+) -> None:
+    reference_net = reference_model(model_dirs, model)
+    input_ids = reference_tokenizer(model_dirs, model)(TEXT, return_tensors="pt")["input_ids"]
+    embeddings = reference_net.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+    expected = score(reference_net(inputs_embeds=embeddings, attention_mask=torch.ones_like(input_ids)))
+    (gradient,) = torch.autograd.grad(expected.sum(), embeddings)
+    result = client.saliency(TEXT, model=model, target=target, method="gradient")
+    assert result.target_score == pytest.approx(float(expected[0].detach()), rel=1e-4, abs=1e-5)
+    assert_close(result.scores, gradient[0].norm(dim=-1))
+
+
 def test_tokens_after_a_causal_target_position_score_zero(client: Client, model_dirs: dict[str, Path]) -> None:
     reference = reference_of(model_dirs, "gpt2")
     position = 3
