@@ -228,14 +228,19 @@ def test_malformed_protos_name_the_field(address: str, malformed: pb.AttentionRe
     channel.close()
 
 
-def test_unimplemented_rpcs_say_so(address: str) -> None:
+def test_empty_requests_of_every_stream_rpc_say_what_is_missing(address: str) -> None:
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.IntrospectionStub(channel)
-    for call in (stub.StreamSaliency(pb.SaliencyRequest()), stub.StreamHeadAblation(pb.HeadAblationRequest())):
-        try:
+    calls = {
+        "attention": stub.StreamAttention(pb.AttentionRequest(model="minilm")),
+        "saliency": stub.StreamSaliency(pb.SaliencyRequest(model="minilm")),
+        "ablation": stub.StreamHeadAblation(pb.HeadAblationRequest(model="minilm")),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as error:
             list(call)
-        except grpc.RpcError as error:
-            assert error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert "input" in error.value.details() or "target" in error.value.details(), error.value.details()
     channel.close()
 
 
