@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from google.protobuf.message import Message
 from introspect_client._proto import introspect_pb2 as pb
 from introspect_client.tensors import encode_storage
 
@@ -30,6 +33,13 @@ def chunk_budget(max_message_bytes: int) -> int:
     """Tensor bytes one chunk may carry: the preferred size, or less under a small limit."""
     return max(min(max_message_bytes, PREFERRED_CHUNK_BYTES) - CHUNK_OVERHEAD_BYTES, 1)
 
+
+def _copied(source: object, *names: str) -> dict[str, Any]:
+    """The attributes `names` of `source`, as keyword arguments of a message's fields of
+    the same names."""
+    return {name: getattr(source, name) for name in names}
+
+
 _KINDS = {
     "encoder": pb.MODEL_KIND_ENCODER,
     "causal_lm": pb.MODEL_KIND_CAUSAL_LM,
@@ -46,20 +56,11 @@ _VIEWS = {
 def model_info(description: ModelDescription) -> pb.ModelInfo:
     """ModelInfo of a loaded model."""
     return pb.ModelInfo(
-        name=description.name,
-        architecture=description.architecture,
-        model_type=description.model_type,
-        num_layers=description.num_layers,
-        num_heads=description.num_heads,
-        num_key_value_heads=description.num_key_value_heads,
-        max_tokens=description.max_tokens,
-        dtype=description.dtype,
-        device=description.device,
-        fingerprint=description.fingerprint,
+        **_copied(
+            description, "name", "architecture", "model_type", "num_layers", "num_heads", "num_key_value_heads",
+            "max_tokens", "dtype", "device", "fingerprint", "hidden_size", "vocab_size", "num_labels",
+        ),
         kind=_KINDS[description.kind],
-        hidden_size=description.hidden_size,
-        vocab_size=description.vocab_size,
-        num_labels=description.num_labels,
         supported_targets=list(description.supported_targets),
     )
 
@@ -123,12 +124,7 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
 
 def ablation_baseline(result: AblationBaselineResult) -> pb.AblationBaseline:
     """The unablated score message of StreamHeadAblation."""
-    return pb.AblationBaseline(
-        target_score=result.target_score,
-        output_change_metric=result.output_change_metric,
-        num_layers=result.num_layers,
-        num_heads=result.num_heads,
-    )
+    return pb.AblationBaseline(**_copied(result, "target_score", "output_change_metric", "num_layers", "num_heads"))
 
 
 def layer_ablation(result: LayerAblationResult) -> pb.LayerAblation:
@@ -173,10 +169,7 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
         end = min(start + rows_per_chunk, positions)
         chunk = pb.SaliencyChunk(
             scores=encode_storage(result.scores.values[start:end], result.scores.dtype),
-            target_score=result.target_score,
-            baseline_score=result.baseline_score,
-            steps=result.steps,
-            convergence_delta=result.convergence_delta,
+            **_copied(result, "target_score", "baseline_score", "steps", "convergence_delta"),
             final=result.final and end == positions,
             token_start=result.token_start + start,
             token_end=result.token_start + end,
@@ -184,3 +177,49 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
         if result.per_dimension is not None:
             chunk.per_dimension.CopyFrom(encode_storage(result.per_dimension.values[start:end], result.per_dimension.dtype))
         yield chunk
+
+
+PayloadEncoder = Callable[[Any, int], Iterable[Message]]
+"""(result, max message bytes) -> the payloads of the response messages that carry it."""
+
+
+def _whole(encoder: Callable[[Any], Message]) -> PayloadEncoder:
+    """The payload encoder of a result that always fits one message."""
+    return lambda result, _max_message_bytes: (encoder(result),)
+
+
+@dataclass(frozen=True)
+class StreamEncoding:
+    """How one streaming RPC carries results: its response type and, per result type,
+    the response field (of its `payload` oneof) and the encoder of that field."""
+
+    response_type: type[Message]
+    payloads: Mapping[type, tuple[str, PayloadEncoder]]
+
+    def messages(self, result: object, max_message_bytes: int) -> Iterator[Message]:
+        """The response messages that carry `result`."""
+        for result_type, (field, encoder) in self.payloads.items():
+            if isinstance(result, result_type):
+                for payload in encoder(result, max_message_bytes):
+                    yield self.response_type(**{field: payload})
+                return
+        raise TypeError(f"unexpected result {type(result).__name__}")  # pragma: no cover - not this RPC's kind
+
+
+_HEADER: dict[type, tuple[str, PayloadEncoder]] = {StreamStart: ("header", _whole(stream_header))}
+ATTENTION = StreamEncoding(pb.AttentionResponse, {**_HEADER, AttentionLayerResult: ("chunk", attention_chunks)})
+"""StreamAttention: the header, then the chunks of every layer."""
+SALIENCY = StreamEncoding(pb.SaliencyResponse, {**_HEADER, SaliencyResult: ("chunk", saliency_chunks)})
+"""StreamSaliency: the header, then the chunks of every partial and the final result."""
+HEAD_ABLATION = StreamEncoding(
+    pb.HeadAblationResponse,
+    {
+        **_HEADER,
+        AblationBaselineResult: ("baseline", _whole(ablation_baseline)),
+        LayerAblationResult: ("layer", _whole(layer_ablation)),
+        JointAblationResult: ("joint", _whole(joint_ablation)),
+        HeadImportanceResult: ("importance", _whole(head_importance)),
+    },
+)
+"""StreamHeadAblation: the header, the baseline, then layers, one joint result or one
+importance grid."""
