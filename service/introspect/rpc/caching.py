@@ -30,6 +30,7 @@ from ..cache import Policy, ResultCache, result_key
 from ..dataplane import DataPlane
 from ..errors import IntrospectError, InvalidInput
 from . import decode
+from .intercepting import HandlerInterceptor, with_behavior
 from .status import status_of
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def _bytes_passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[A
     return serialize
 
 
-class CacheInterceptor(grpc.aio.ServerInterceptor):
+class CacheInterceptor(HandlerInterceptor):
     """Puts a ResultCache in front of every cacheable RPC of one service."""
 
     def __init__(
@@ -140,20 +141,15 @@ class CacheInterceptor(grpc.aio.ServerInterceptor):
         # process runs (each tokenizer is loaded once), so repeats skip tokenizing.
         self._keys: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Wraps the handlers of cacheable methods; everything else passes as it is."""
-        handler = await continuation(handler_call_details)
-        method = self._methods.get(handler_call_details.method)
-        if handler is None or method is None or handler.unary_stream is None:
+        cacheable = self._methods.get(method)
+        if cacheable is None or handler.unary_stream is None:
             return handler
-        return grpc.unary_stream_rpc_method_handler(
-            functools.partial(self._serve, method, handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=_bytes_passthrough(handler.response_serializer),
+        return with_behavior(
+            handler,
+            functools.partial(self._serve, cacheable, handler.unary_stream),
+            _bytes_passthrough(handler.response_serializer),
         )
 
     async def _serve(

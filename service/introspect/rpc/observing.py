@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 
 from ..metrics import Metrics
+from .intercepting import HandlerInterceptor, with_behavior
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
@@ -67,7 +68,7 @@ class _Call:
             metrics.response_bytes.labels(*self._labels).inc(self._bytes)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(HandlerInterceptor):
     """Measures every unary and server-streaming RPC of one service."""
 
     def __init__(self, metrics: Metrics, service: str, model_label: Callable[[str], str]) -> None:
@@ -81,29 +82,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         name = getattr(request, "model", None)
         return self._model_label(name) if isinstance(name, str) else ""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Wraps the service's handlers; other services (health, reflection) pass as they are."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(self._prefix):
+        if not method.startswith(self._prefix):
             return handler
         rpc = method[len(self._prefix) :]
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                functools.partial(self._stream, rpc, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return with_behavior(handler, functools.partial(self._stream, rpc, handler.unary_stream))
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                functools.partial(self._unary, rpc, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return with_behavior(handler, functools.partial(self._unary, rpc, handler.unary_unary))
         return handler
 
     async def _stream(
