@@ -105,6 +105,18 @@ def prepare(description: ModelDescription, query: HeadAblationQuery) -> HeadAbla
     )
 
 
+@dataclass(frozen=True)
+class _Ablation:
+    """What every mode works with."""
+
+    forward: ScoringForward  # of the input, with the target bound
+    batch: EncodedBatch  # the input
+    options: HeadAblationOptions
+    means: torch.Tensor | None  # the heads' mean outputs with value "mean", else None
+    check: Callable[[int], None]  # called at every layer: raises once the call is cancelled
+    sink: Sink
+
+
 def run(model: LoadedModel, query: HeadAblationQuery, options: HeadAblationOptions, sink: Sink) -> None:
     """Encodes the input (and mean references), binds the target, then streams the
     baseline and the results of the chosen mode."""
@@ -128,12 +140,13 @@ def run(model: LoadedModel, query: HeadAblationQuery, options: HeadAblationOptio
         sink.check()
 
     means = head_means(model, references or [batch]) if options.value == "mean" else None
+    ablation = _Ablation(forward, batch, options, means, check, sink)
     if options.mode == "importance":
-        _importance(forward, options, means, check, sink)
+        _importance(ablation)
     elif options.mode == "joint":
-        _joint(forward, batch, options, means, check, sink)
+        _joint(ablation)
     else:
-        _per_head(forward, options, means, check, sink)
+        _per_head(ablation)
 
 
 def _reference_batches(model: LoadedModel, query: HeadAblationQuery) -> list[EncodedBatch]:
@@ -186,16 +199,11 @@ def _keep_after_clean_row(model: LoadedModel, ablations: Sequence[Sequence[Head]
     return {layer: ablation_keep(rows, num_heads, pairs, model.device) for layer, pairs in ablated_at.items()}
 
 
-def _per_head(
-    forward: ScoringForward,
-    options: HeadAblationOptions,
-    means: torch.Tensor | None,
-    check: Callable[[int], None],
-    sink: Sink,
-) -> None:
+def _per_head(ablation: _Ablation) -> None:
     """Each head ablated on its own, in forwards of at most batch_size ablated rows (and
     never more than the memory budget allows); a layer's result is emitted as soon as
     all its heads are done."""
+    forward, options, sink = ablation.forward, ablation.options, ablation.sink
     model = forward.model
     budget = rows_per_forward(model, forward.attention_mask.shape[1])
     per_forward = min(options.batch_size, budget) if options.batch_size else budget
@@ -204,7 +212,7 @@ def _per_head(
     for start in range(0, len(options.heads), per_forward):
         sink.check()
         chunk = options.heads[start : start + per_forward]
-        scores, summaries = _ablated_forward(forward, [[head] for head in chunk], means, check)
+        scores, summaries = _ablated_forward(forward, [[head] for head in chunk], ablation.means, ablation.check)
         if start == 0:
             sink.emit(_baseline(forward, float(scores[0])))
         deltas = (scores[1:] - scores[0]).tolist()
@@ -225,28 +233,22 @@ def _per_head(
                 )
 
 
-def _joint(
-    forward: ScoringForward,
-    batch: EncodedBatch,
-    options: HeadAblationOptions,
-    means: torch.Tensor | None,
-    check: Callable[[int], None],
-    sink: Sink,
-) -> None:
+def _joint(ablation: _Ablation) -> None:
     """The heads knocked out together, and the greedy continuations with and without."""
+    forward, options, means, check = ablation.forward, ablation.options, ablation.means, ablation.check
     scores, summaries = _ablated_forward(forward, [options.heads], means, check)
-    sink.emit(_baseline(forward, float(scores[0])))
+    ablation.sink.emit(_baseline(forward, float(scores[0])))
     change = float(forward.target.output_change(summaries[0], summaries[1:])[0])
     base, ablated = [], []
     if options.continuation_tokens:
         base, ablated = greedy_continuations(
-            forward.model, batch, options.heads, means, options.continuation_tokens, check
+            forward.model, ablation.batch, options.heads, means, options.continuation_tokens, check
         )
     tokenizer = forward.model.tokenizer
     with forward.model.tokenizer_lock:
         base_tokens = tuple(tokenizer.convert_ids_to_tokens(base)) if base else ()
         ablated_tokens = tuple(tokenizer.convert_ids_to_tokens(ablated)) if ablated else ()
-    sink.emit(
+    ablation.sink.emit(
         JointAblationResult(
             heads=options.heads,
             ablated_score=float(scores[1]),
@@ -283,21 +285,16 @@ def greedy_continuations(
     return generated[0], generated[1]
 
 
-def _importance(
-    forward: ScoringForward,
-    options: HeadAblationOptions,
-    means: torch.Tensor | None,
-    check: Callable[[int], None],
-    sink: Sink,
-) -> None:
-    score, gradient = head_importance(forward, means, check)
-    sink.emit(_baseline(forward, score))
-    if not options.all_heads:
+def _importance(ablation: _Ablation) -> None:
+    """The gate gradient of every head (NaN for heads not asked for)."""
+    score, gradient = head_importance(ablation.forward, ablation.means, ablation.check)
+    ablation.sink.emit(_baseline(ablation.forward, score))
+    if not ablation.options.all_heads:
         selected = torch.zeros_like(gradient, dtype=torch.bool)
-        layers, heads = zip(*options.heads)
+        layers, heads = zip(*ablation.options.heads)
         selected[list(layers), list(heads)] = True
         gradient = gradient.masked_fill(~selected, float("nan"))
-    sink.emit(HeadImportanceResult(importance=to_wire(gradient, "float32")))
+    ablation.sink.emit(HeadImportanceResult(importance=to_wire(gradient, "float32")))
 
 
 METHOD = Method(name="head_ablation", query_type=HeadAblationQuery, prepare=prepare, run=run)
