@@ -16,7 +16,8 @@ import numpy as np
 
 from ._proto import introspect_pb2 as pb
 from .inputs import InputLike, InputsLike, make_input, make_inputs
-from .options import CACHE_POLICIES, enum_value
+from .options import enum_value, set_target, shared_fields
+from .streams import HeaderFirst, SingleInputResult, single_input_fields
 from .tensors import decode_tensor
 
 ABLATION_MODES: dict[str, int] = {
@@ -99,21 +100,16 @@ def ablation_request(
         cache: result cache policy: "use", "bypass" or "refresh".
     """
     request = pb.HeadAblationRequest(
-        model=model,
         input=make_input(input),
-        truncate=bool(truncate),
         mode=enum_value(ABLATION_MODES, mode, "mode"),  # type: ignore[arg-type]
         value=enum_value(ABLATION_VALUES, value, "value"),  # type: ignore[arg-type]
         heads=head_refs(heads),
         mean_references=make_inputs(mean_references) if mean_references else [],
         continuation_tokens=int(continuation_tokens),
         batch_size=int(batch_size),
-        cache=enum_value(CACHE_POLICIES, cache, "cache"),  # type: ignore[arg-type]
+        **shared_fields(model, truncate, cache),
     )
-    if target is not None:
-        if not isinstance(target, pb.Target):
-            raise TypeError(f"target must be a Target message (see introspect_client.targets), got {target!r}")
-        request.target.CopyFrom(target)
+    set_target(request, target)
     return request
 
 
@@ -141,13 +137,11 @@ class JointAblationResult:
 
 
 @dataclass
-class AblationResult:
+class AblationResult(SingleInputResult):
     """Result of a head ablation call.
 
-    Attributes:
-        model, fingerprint, cached: which model (and weights) answered; cached when the
-            stream was replayed from the server's result cache.
-        tokens, token_ids, truncated, original_length: the input as the model saw it.
+    Attributes (besides SingleInputResult's: model, fingerprint, cached and the input as
+    the model saw it):
         baseline_score: the target score without ablation.
         output_change_metric: "kl_divergence" (next-token or class distribution) or
             "cosine_distance" (pooled embedding).
@@ -159,13 +153,6 @@ class AblationResult:
             every head (NaN for heads not asked for), else None.
     """
 
-    model: str
-    fingerprint: str
-    cached: bool
-    tokens: list[str]
-    token_ids: list[int]
-    truncated: bool
-    original_length: int
     baseline_score: float
     output_change_metric: str
     target_delta: np.ndarray | None = None
@@ -174,12 +161,12 @@ class AblationResult:
     importance: np.ndarray | None = None
 
 
-class AblationAssembler:
+class AblationAssembler(HeaderFirst):
     """Collects a StreamHeadAblation stream into an AblationResult: feed every message to
     `add`, then call `result`."""
 
     def __init__(self) -> None:
-        self._header: pb.StreamHeader | None = None
+        super().__init__()
         self._baseline: pb.AblationBaseline | None = None
         self._deltas: np.ndarray | None = None
         self._changes: np.ndarray | None = None
@@ -188,14 +175,9 @@ class AblationAssembler:
 
     def add(self, message: pb.HeadAblationResponse) -> None:
         """Takes the next message of the stream."""
-        kind = message.WhichOneof("payload")
+        kind = self._payload_kind(message)
         if kind == "header":
-            if self._header is not None:
-                raise ValueError("the stream sent a second header")
-            self._header = message.header
             return
-        if self._header is None:
-            raise ValueError(f"the stream sent {kind} before its header")
         if kind == "baseline":
             self._baseline = message.baseline
             grid = (message.baseline.num_layers, message.baseline.num_heads)
@@ -239,16 +221,9 @@ class AblationAssembler:
         """The assembled result; ValueError if the stream ended early."""
         if self._header is None or self._baseline is None:
             raise ValueError("the stream ended without its header and baseline")
-        item = self._header.inputs[0] if self._header.inputs else pb.TokenizedInput()
         per_head = self._joint is None and self._importance is None
         return AblationResult(
-            model=self._header.model,
-            fingerprint=self._header.fingerprint,
-            cached=self._header.cached,
-            tokens=list(item.tokens),
-            token_ids=[int(token) for token in item.token_ids],
-            truncated=item.truncated,
-            original_length=item.original_length,
+            **single_input_fields(self._header),
             baseline_score=self._baseline.target_score,
             output_change_metric=self._baseline.output_change_metric,
             target_delta=self._deltas if per_head else None,

@@ -7,7 +7,7 @@ ValueError here, before anything is sent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from ._proto import introspect_pb2 as pb
 from .inputs import InputsLike, make_inputs
@@ -67,6 +67,21 @@ def int_list(values: int | Iterable[int], option: str) -> list[int]:
     return [int(item) for item in items]
 
 
+def shared_fields(model: str, truncate: bool, cache: str) -> dict[str, Any]:
+    """The fields every request has (model, truncate, cache), as keyword arguments."""
+    return {"model": model, "truncate": bool(truncate), "cache": enum_value(CACHE_POLICIES, cache, "cache")}
+
+
+def set_target(request: pb.SaliencyRequest | pb.HeadAblationRequest, target: pb.Target | None) -> None:
+    """Copies `target` into `request`; None leaves it unset. TypeError for anything but a
+    Target message."""
+    if target is None:
+        return
+    if not isinstance(target, pb.Target):
+        raise TypeError(f"target must be a Target message (see introspect_client.targets), got {target!r}")
+    request.target.CopyFrom(target)
+
+
 def attention_request(
     inputs: InputsLike,
     *,
@@ -95,15 +110,13 @@ def attention_request(
         cache: result cache policy: "use", "bypass" or "refresh".
     """
     request = pb.AttentionRequest(
-        model=model,
         inputs=make_inputs(inputs),
-        truncate=bool(truncate),
         layers=int_list(layers, "layers"),
         heads=int_list(heads, "heads"),
         view=enum_value(VIEWS, view, "view"),  # type: ignore[arg-type]
         top_k=int(top_k),
         dtype=enum_value(VALUE_DTYPES, dtype, "dtype"),  # type: ignore[arg-type]
-        cache=enum_value(CACHE_POLICIES, cache, "cache"),  # type: ignore[arg-type]
+        **shared_fields(model, truncate, cache),
     )
     if rollout_residual_weight is not None:
         request.rollout_residual_weight = float(rollout_residual_weight)

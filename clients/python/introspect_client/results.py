@@ -14,6 +14,7 @@ import numpy as np
 
 from ._proto import introspect_pb2 as pb
 from .options import VIEW_NAMES
+from .streams import HeaderFirst, input_fields, stream_fields
 from .tensors import decode_tensor
 
 
@@ -146,7 +147,7 @@ def _assemble_pieces(
     return heads, values, indices
 
 
-class AttentionAssembler:
+class AttentionAssembler(HeaderFirst):
     """Collects a StreamAttention stream (header, then chunks) into an AttentionResult.
 
     Feed every message to `add`, then call `result`. Chunks of one (input, layer) may be
@@ -157,42 +158,28 @@ class AttentionAssembler:
     """
 
     def __init__(self, view: str = "heads", heads: Sequence[int] = ()) -> None:
+        super().__init__()
         self._default_view = view
         self._head_order = tuple(heads)
-        self._header: pb.StreamHeader | None = None
         self._inputs: list[InputAttention] = []
         self._pending: dict[tuple[int, int], list[_Piece]] = {}
         self._done: set[tuple[int, int]] = set()
 
     def add(self, message: pb.AttentionResponse) -> None:
         """Takes the next message of the stream."""
-        kind = message.WhichOneof("payload")
+        kind = self._payload_kind(message)
         if kind == "header":
             self._start(message.header)
         elif kind == "chunk":
             self._add_chunk(message.chunk)
 
     def _start(self, header: pb.StreamHeader) -> None:
-        if self._header is not None:
-            raise ValueError("the stream sent a second header")
-        self._header = header
         ordered = sorted(header.inputs, key=lambda item: item.input_index)
-        self._inputs = [
-            InputAttention(
-                tokens=list(item.tokens),
-                token_ids=[int(token) for token in item.token_ids],
-                truncated=item.truncated,
-                original_length=item.original_length,
-                view=self._default_view,
-            )
-            for item in ordered
-        ]
+        self._inputs = [InputAttention(**input_fields(item), view=self._default_view) for item in ordered]
         if [item.input_index for item in ordered] != list(range(len(ordered))):
             raise ValueError("the stream header's input indices are not 0..n-1")
 
     def _add_chunk(self, chunk: pb.AttentionChunk) -> None:
-        if self._header is None:
-            raise ValueError("the stream sent a chunk before its header")
         if not 0 <= chunk.input_index < len(self._inputs):
             raise ValueError(f"chunk for input {chunk.input_index}, but the request had {len(self._inputs)}")
         key = (chunk.input_index, chunk.layer)
@@ -224,9 +211,4 @@ class AttentionAssembler:
         for item in self._inputs:
             item.layers = dict(sorted(item.layers.items()))
             item.key_indices = dict(sorted(item.key_indices.items()))
-        return AttentionResult(
-            model=self._header.model,
-            fingerprint=self._header.fingerprint,
-            cached=self._header.cached,
-            inputs=self._inputs,
-        )
+        return AttentionResult(**stream_fields(self._header), inputs=self._inputs)

@@ -18,7 +18,8 @@ import numpy as np
 
 from ._proto import introspect_pb2 as pb
 from .inputs import InputLike, make_input
-from .options import CACHE_POLICIES, enum_value
+from .options import enum_value, set_target, shared_fields
+from .streams import HeaderFirst, SingleInputResult, single_input_fields
 from .tensors import decode_tensor
 
 SALIENCY_METHODS: dict[str, int] = {
@@ -147,9 +148,7 @@ def saliency_request(
         integrated.baseline_token_ids.extend(_token_ids(baseline, "baseline"))
     method_value = enum_value(SALIENCY_METHODS, method, "method")
     request = pb.SaliencyRequest(
-        model=model,
         input=make_input(input),
-        truncate=bool(truncate),
         method=method_value,  # type: ignore[arg-type]
         integrated_gradients=integrated,
         smoothgrad=pb.SmoothGradOptions(noise_level=float(noise_level), samples=int(samples), seed=int(seed)),
@@ -158,7 +157,7 @@ def saliency_request(
             replacement=enum_value(BASELINES, replacement, "replacement"),  # type: ignore[arg-type]
         ),
         per_dimension=bool(per_dimension),
-        cache=enum_value(CACHE_POLICIES, cache, "cache"),  # type: ignore[arg-type]
+        **shared_fields(model, truncate, cache),
     )
     options_with_batches = {
         pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS: request.integrated_gradients,
@@ -167,10 +166,7 @@ def saliency_request(
     }
     if method_value in options_with_batches:
         options_with_batches[method_value].batch_size = int(batch_size)
-    if target is not None:
-        if not isinstance(target, pb.Target):
-            raise TypeError(f"target must be a Target message (see introspect_client.targets), got {target!r}")
-        request.target.CopyFrom(target)
+    set_target(request, target)
     return request
 
 
@@ -185,13 +181,11 @@ class Refinement:
 
 
 @dataclass
-class SaliencyResult:
+class SaliencyResult(SingleInputResult):
     """Result of a saliency call.
 
-    Attributes:
-        model, fingerprint, cached: which model (and weights) answered; cached when the
-            stream was replayed from the server's result cache.
-        tokens, token_ids, truncated, original_length: the input as the model saw it.
+    Attributes (besides SingleInputResult's: model, fingerprint, cached and the input as
+    the model saw it):
         scores: [tokens] float32, the final attribution of every token.
         per_dimension: [tokens, hidden] float32 when asked for, else None.
         target_score: the target on the input; baseline_score: on the baseline
@@ -202,13 +196,6 @@ class SaliencyResult:
             refinements, SmoothGrad batches), in order; the last is the final result.
     """
 
-    model: str
-    fingerprint: str
-    cached: bool
-    tokens: list[str]
-    token_ids: list[int]
-    truncated: bool
-    original_length: int
     scores: np.ndarray
     per_dimension: np.ndarray | None
     target_score: float
@@ -218,13 +205,13 @@ class SaliencyResult:
     refinements: list[Refinement] = field(default_factory=list)
 
 
-class SaliencyAssembler:
+class SaliencyAssembler(HeaderFirst):
     """Collects a StreamSaliency stream into a SaliencyResult: feed every message to
     `add`, then call `result`. Chunks carry scores for positions [token_start,
     token_end); later chunks overwrite earlier values of the same positions."""
 
     def __init__(self) -> None:
-        self._header: pb.StreamHeader | None = None
+        super().__init__()
         self._scores = np.zeros(0, dtype=np.float32)
         self._per_dimension: np.ndarray | None = None
         self._last: pb.SaliencyChunk | None = None
@@ -233,16 +220,11 @@ class SaliencyAssembler:
 
     def add(self, message: pb.SaliencyResponse) -> None:
         """Takes the next message of the stream."""
-        kind = message.WhichOneof("payload")
+        kind = self._payload_kind(message)
         if kind == "header":
-            if self._header is not None:
-                raise ValueError("the stream sent a second header")
-            self._header = message.header
             tokens = len(message.header.inputs[0].token_ids) if message.header.inputs else 0
             self._scores = np.zeros(tokens, dtype=np.float32)
         elif kind == "chunk":
-            if self._header is None:
-                raise ValueError("the stream sent a chunk before its header")
             self._add_chunk(message.chunk)
 
     def _add_chunk(self, chunk: pb.SaliencyChunk) -> None:
@@ -273,16 +255,9 @@ class SaliencyAssembler:
         """The assembled result; ValueError if the stream ended before its final chunk."""
         if self._header is None or self._last is None or not self._final:
             raise ValueError("the stream ended before its final result")
-        item = self._header.inputs[0] if self._header.inputs else pb.TokenizedInput()
         last = self._last
         return SaliencyResult(
-            model=self._header.model,
-            fingerprint=self._header.fingerprint,
-            cached=self._header.cached,
-            tokens=list(item.tokens),
-            token_ids=[int(token) for token in item.token_ids],
-            truncated=item.truncated,
-            original_length=item.original_length,
+            **single_input_fields(self._header),
             scores=self._scores,
             per_dimension=self._per_dimension,
             target_score=last.target_score,
