@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from introspect_client._proto import introspect_pb2 as pb
 from introspect_client._proto import introspect_pb2_grpc as pb_grpc
 
 from ..dataplane import DataPlane
 from . import decode, encode
 from .status import translate_errors
+
+StreamMethod = Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[Message]]
+
+
+def _server_streaming(decode_request: Callable[[Any], object], encoding: encode.StreamEncoding) -> StreamMethod:
+    """A server-streaming RPC method: the data plane's results for the decoded request,
+    encoded as `encoding` says."""
+
+    @translate_errors
+    async def method(
+        self: IntrospectionServicer, request: Message, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Message]:
+        async for message in self._stream(decode_request(request), encoding):
+            yield message
+
+    return method
 
 
 class IntrospectionServicer(pb_grpc.IntrospectionServicer):
@@ -20,7 +38,7 @@ class IntrospectionServicer(pb_grpc.IntrospectionServicer):
         self._plane = plane
         self._max_message_bytes = max_message_bytes
 
-    async def _stream(self, query: object, encoding: encode.StreamEncoding) -> AsyncIterator[object]:
+    async def _stream(self, query: object, encoding: encode.StreamEncoding) -> AsyncIterator[Message]:
         async for item in self._plane.stream(query):
             for message in encoding.messages(item, self._max_message_bytes):
                 yield message
@@ -33,23 +51,6 @@ class IntrospectionServicer(pb_grpc.IntrospectionServicer):
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         return encode.model_info(self._plane.get_model(request.name))
 
-    @translate_errors
-    async def StreamAttention(
-        self, request: pb.AttentionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.AttentionResponse]:
-        async for message in self._stream(decode.attention_query(request), encode.ATTENTION):
-            yield message  # type: ignore[misc]
-
-    @translate_errors
-    async def StreamSaliency(
-        self, request: pb.SaliencyRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.SaliencyResponse]:
-        async for message in self._stream(decode.saliency_query(request), encode.SALIENCY):
-            yield message  # type: ignore[misc]
-
-    @translate_errors
-    async def StreamHeadAblation(
-        self, request: pb.HeadAblationRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.HeadAblationResponse]:
-        async for message in self._stream(decode.head_ablation_query(request), encode.HEAD_ABLATION):
-            yield message  # type: ignore[misc]
+    StreamAttention = _server_streaming(decode.attention_query, encode.ATTENTION)
+    StreamSaliency = _server_streaming(decode.saliency_query, encode.SALIENCY)
+    StreamHeadAblation = _server_streaming(decode.head_ablation_query, encode.HEAD_ABLATION)
