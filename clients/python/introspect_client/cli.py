@@ -22,14 +22,14 @@ from typing import Any, TextIO
 import numpy as np
 from google.protobuf import json_format
 
+from . import cli_flags as flags
 from ._proto import introspect_pb2 as pb
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
-from .cli_saliency import TARGET_CHOICES, add_saliency_command
-from .cli_saliency import _target as target_from_flags
+from .cli_saliency import add_saliency_command
 from .client import Client
 from .errors import IntrospectError
-from .options import CACHE_POLICIES, VIEWS
-from .results import InputAttention
+from .options import VIEWS
+from .results import AttentionResult, InputAttention
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 SERVER_ENV = "INTROSPECT_SERVER"
@@ -62,9 +62,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         add_help=False,
     )
 
-    models = commands.add_parser(
-        "models", parents=[client_options], help="list the models the server has loaded",
-        description="List the server's models as a table, or as JSON with --json.",
+    models = flags.add_client_command(
+        commands, client_options, "models", "list the models the server has loaded",
+        "List the server's models as a table, or as JSON with --json.",
     )
     models.add_argument(
         "--json", action="store_true",
@@ -72,12 +72,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     models.set_defaults(run=_run_models)
 
-    attention = commands.add_parser(
-        "attention",
-        parents=[client_options],
-        help="attention map of one layer for a text",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
+    attention = flags.add_client_command(
+        commands, client_options, "attention", "attention map of one layer for a text",
+        (
             "Attention probabilities of one layer for one text (or text pair).\n\n"
             "Selection: --layer picks the layer (default: the last; negative counts from the\n"
             "end). With --head N the map is that head's. Without --head the view defaults to\n"
@@ -89,21 +86,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             "attended key of every query token."
         ),
     )
-    attention.add_argument("--text", required=True, help="the input text")
-    attention.add_argument("--pair", default=None, metavar="TEXT", help="optional second segment (text pair)")
-    attention.add_argument("--model", default="", help="model name (default: the server's default model)")
+    flags.add_input_arguments(attention)
     attention.add_argument("--layer", type=int, default=-1, metavar="N", help="layer, 0-based (default: -1, the last)")
     attention.add_argument("--head", type=int, default=None, metavar="N", help="one head, 0-based (default: all heads)")
     attention.add_argument(
         "--view", choices=list(VIEWS), default=None,
         help="heads, head_mean, head_max or rollout (default: heads with --head, else head_mean)",
     )
-    attention.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
-    attention.add_argument(
-        "--cache", choices=list(CACHE_POLICIES), default="use", help="server result cache policy (default: use)"
-    )
-    attention.add_argument("--png", default=None, metavar="FILE", help="write a heatmap PNG to FILE")
-    attention.add_argument("--json", action="store_true", help="print the selected values as JSON")
+    flags.add_request_arguments(attention)
+    flags.add_output_arguments(attention, "write a heatmap PNG to FILE", "print the selected values as JSON")
     attention.set_defaults(run=_run_attention)
     add_saliency_command(commands, client_options)
     _add_ablate_parser(commands, client_options)
@@ -161,6 +152,21 @@ def _summary(item: InputAttention, matrix: np.ndarray, title: str) -> str:
     return "\n".join(lines)
 
 
+def _attention_json(result: AttentionResult, layer: int) -> dict[str, Any]:
+    """{model, fingerprint, tokens, token_ids, view, heads, layers: {layer: values}} of
+    the first input."""
+    item = result[0]
+    return {
+        "model": result.model,
+        "fingerprint": result.fingerprint,
+        "tokens": item.tokens,
+        "token_ids": item.token_ids,
+        "view": item.view,
+        "heads": item.heads,
+        "layers": {str(layer): item.layers[layer].tolist()},
+    }
+
+
 def _run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> None:
     layer = args.layer
     if layer < 0:  # counts from the end: ask the model's depth (the server checks the rest)
@@ -169,9 +175,8 @@ def _run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> Non
         if layer < 0:
             raise ValueError(f"--layer {args.layer} is out of range: {info.name} has {info.num_layers} layers")
     view = args.view or ("heads" if args.head is not None else "head_mean")
-    inputs: str | tuple[str, str] = args.text if args.pair is None else (args.text, args.pair)
     result = client.attention(
-        inputs,
+        flags.input_of(args),
         model=args.model,
         layers=[layer],
         heads=() if args.head is None else [args.head],
@@ -182,45 +187,15 @@ def _run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> Non
     )
     item = result[0]
     values = item.layers[layer]  # [heads_or_1, query, keys]
-    if args.json:
-        document: dict[str, Any] = {
-            "model": result.model,
-            "fingerprint": result.fingerprint,
-            "tokens": item.tokens,
-            "token_ids": item.token_ids,
-            "view": item.view,
-            "heads": item.heads,
-            "layers": {str(layer): values.tolist()},
-        }
-        print(json.dumps(document), file=out)
     matrix = values.astype(np.float32).mean(axis=0)  # one head (or reduced view): itself
     title = f"{result.model}: layer {layer}, {_selection_label(item.view, args.head, item.heads)}"
-    if args.png:
+
+    def draw(path: str) -> None:
         from .plot import attention_heatmap
 
-        attention_heatmap(matrix, item.tokens, title, args.png)
-        if not args.json:
-            print(f"wrote {args.png}", file=out)
-    if not args.json and not args.png:
-        print(_summary(item, matrix, title), file=out)
+        attention_heatmap(matrix, item.tokens, title, path)
 
-
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """The --target flags, as `introspect saliency` takes them (read by its `_target`)."""
-    group = parser.add_argument_group("target (the score measured; default: the model's first)")
-    group.add_argument("--target", choices=TARGET_CHOICES, default=None,
-                       help="next_token, logit_difference (causal LMs), class (classifiers), "
-                            "similarity or norm (encoders)")
-    group.add_argument("--position", type=int, default=-1, metavar="N",
-                       help="next_token/logit_difference: position scored (default: -1, the last token)")
-    group.add_argument("--token-id", type=int, default=None, metavar="N",
-                       help="next_token: token scored (default: the prediction); logit_difference: the token")
-    group.add_argument("--contrast-token-id", type=int, default=None, metavar="N",
-                       help="logit_difference: the token subtracted")
-    group.add_argument("--class", dest="class_index", type=int, default=None, metavar="N",
-                       help="class: class scored (default: the predicted class)")
-    group.add_argument("--probability", action="store_true", help="class: score the probability, not the logit")
-    group.add_argument("--reference", default=None, metavar="TEXT", help="similarity: the reference text")
+    flags.write_outputs(args, out, lambda: _attention_json(result, layer), draw, lambda: _summary(item, matrix, title))
 
 
 def _head(text: str) -> tuple[int, int]:
@@ -235,12 +210,9 @@ def _head(text: str) -> tuple[int, int]:
 
 
 def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -> None:
-    ablate = commands.add_parser(
-        "ablate",
-        parents=[client_options],
-        help="what attention heads do for a target score: ablation or importance",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
+    ablate = flags.add_client_command(
+        commands, client_options, "ablate", "what attention heads do for a target score: ablation or importance",
+        (
             "Knock out attention heads and measure the change of a target score and of the\n"
             "whole output (KL divergence of the next-token or class distribution, cosine\n"
             "distance of the pooled embedding).\n\n"
@@ -252,10 +224,8 @@ def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -
             "null); without either, a summary lists the heads that matter most."
         ),
     )
-    ablate.add_argument("--text", required=True, help="the input text")
-    ablate.add_argument("--pair", default=None, metavar="TEXT", help="optional second segment (text pair)")
-    ablate.add_argument("--model", default="", help="model name (default: the server's default model)")
-    add_target_arguments(ablate)
+    flags.add_input_arguments(ablate)
+    flags.add_target_arguments(ablate)
     ablate.add_argument("--mode", choices=list(ABLATION_MODES), default="per_head", help="default: per_head")
     ablate.add_argument("--value", choices=list(ABLATION_VALUES), default="zero",
                         help="zero the head, or replace it by its mean output (default: zero)")
@@ -268,12 +238,8 @@ def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -
     ablate.add_argument("--batch-size", type=int, default=0, metavar="N",
                         help="ablated variants per forward pass (default: the server chooses)")
     ablate.add_argument("--top", type=int, default=10, metavar="K", help="heads listed in the summary (default: 10)")
-    ablate.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
-    ablate.add_argument(
-        "--cache", choices=list(CACHE_POLICIES), default="use", help="server result cache policy (default: use)"
-    )
-    ablate.add_argument("--png", default=None, metavar="FILE", help="write a layers x heads heatmap PNG to FILE")
-    ablate.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_request_arguments(ablate)
+    flags.add_output_arguments(ablate, "write a layers x heads heatmap PNG to FILE", "print the result as JSON")
     ablate.set_defaults(run=_run_ablate)
 
 
@@ -341,11 +307,10 @@ def _ablation_summary(result: AblationResult, top: int) -> str:
 def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
     if args.png and args.mode == "joint":
         raise ValueError("--png draws per-head grids: use it with --mode per_head or importance")
-    inputs: str | tuple[str, str] = args.text if args.pair is None else (args.text, args.pair)
     result = client.ablate(
-        inputs,
+        flags.input_of(args),
         model=args.model,
-        target=target_from_flags(args, client),
+        target=flags.target_of(args, client),
         mode=args.mode,
         value=args.value,
         heads=args.heads,
@@ -356,9 +321,8 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
         cache=args.cache,
         timeout=args.timeout,
     )
-    if args.json:
-        print(json.dumps(_ablation_json(result, args.mode, args.value)), file=out)
-    if args.png:
+
+    def draw(path: str) -> None:
         from .plot import head_heatmap
 
         if result.importance is not None:
@@ -367,11 +331,12 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
             assert result.target_delta is not None
             grid, label, what = result.target_delta, "change of the target score", f"{args.value} ablation"
         title = f"{result.model}: {what}, target {args.target or 'the model default'}"
-        head_heatmap(grid, title, args.png, value_label=label)
-        if not args.json:
-            print(f"wrote {args.png}", file=out)
-    if not args.json and not args.png:
-        print(_ablation_summary(result, args.top), file=out)
+        head_heatmap(grid, title, path, value_label=label)
+
+    flags.write_outputs(
+        args, out, lambda: _ablation_json(result, args.mode, args.value), draw,
+        lambda: _ablation_summary(result, args.top),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,28 +4,21 @@ summary, JSON (--json) or a PNG of the tokens coloured by score (--png)."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, TextIO
 
-from . import targets
-from ._proto import introspect_pb2 as pb
+from . import cli_flags as flags
 from .client import Client
-from .options import CACHE_POLICIES
 from .saliency import BASELINES, INTEGRATION_RULES, SaliencyResult
 
 METHOD_CHOICES = ("ig", "gradient", "gradient_x_input", "smoothgrad", "occlusion", "rollout", "flow")
-TARGET_CHOICES = ("next_token", "logit_difference", "class", "similarity", "norm")
 _SUMMARY_BAR_WIDTH = 30
 
 
 def add_saliency_command(commands: Any, client_options: argparse.ArgumentParser) -> None:
     """Adds the `saliency` subcommand to the `introspect` parser's subcommands."""
-    parser = commands.add_parser(
-        "saliency",
-        parents=[client_options],
-        help="which input tokens drove a target score",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
+    parser = flags.add_client_command(
+        commands, client_options, "saliency", "which input tokens drove a target score",
+        (
             "Attributions of a target score to the tokens of one text.\n\n"
             "Targets: next_token (causal LM: log-probability of --token-id, default the\n"
             "prediction, after --position), logit_difference (--token-id minus\n"
@@ -38,17 +31,9 @@ def add_saliency_command(commands: Any, client_options: argparse.ArgumentParser)
             "convergence_delta, refinements}; without either, a table of the scores."
         ),
     )
-    parser.add_argument("--text", required=True, help="the input text")
-    parser.add_argument("--pair", default=None, metavar="TEXT", help="optional second segment (text pair)")
-    parser.add_argument("--model", default="", help="model name (default: the server's default model)")
+    flags.add_input_arguments(parser)
     parser.add_argument("--method", choices=METHOD_CHOICES, default="ig", help="attribution method (default: ig)")
-    parser.add_argument("--target", choices=TARGET_CHOICES, default=None, help="the score to explain")
-    parser.add_argument("--position", type=int, default=-1, metavar="N", help="next_token/logit_difference position")
-    parser.add_argument("--token-id", type=int, default=None, metavar="N", help="next_token/logit_difference token")
-    parser.add_argument("--contrast-token-id", type=int, default=None, metavar="N", help="logit_difference contrast")
-    parser.add_argument("--class", dest="class_index", type=int, default=None, metavar="N", help="class index")
-    parser.add_argument("--probability", action="store_true", help="class: score the probability, not the logit")
-    parser.add_argument("--reference", default=None, metavar="TEXT", help="similarity: the reference text")
+    flags.add_target_arguments(parser)
     parser.add_argument("--baseline", choices=list(BASELINES), default="default", help="ig baseline")
     parser.add_argument(
         "--rule", choices=list(INTEGRATION_RULES), default="default",
@@ -62,35 +47,9 @@ def add_saliency_command(commands: Any, client_options: argparse.ArgumentParser)
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="smoothgrad seed")
     parser.add_argument("--span", type=int, default=0, metavar="N", help="occlusion span (default 1)")
     parser.add_argument("--stride", type=int, default=0, metavar="N", help="occlusion stride (default 1)")
-    parser.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
-    parser.add_argument("--cache", choices=list(CACHE_POLICIES), default="use", help="server result cache policy")
-    parser.add_argument("--png", default=None, metavar="FILE", help="write the coloured tokens to a PNG FILE")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_request_arguments(parser)
+    flags.add_output_arguments(parser, "write the coloured tokens to a PNG FILE", "print the result as JSON")
     parser.set_defaults(run=run_saliency)
-
-
-def _target(args: argparse.Namespace, client: Client) -> pb.Target:
-    """The Target the flags describe (the model's default one when --target is unset)."""
-    kind = args.target
-    if kind is None:
-        info = client.get_model(args.model, timeout=args.timeout)
-        kind = {
-            pb.MODEL_KIND_CAUSAL_LM: "next_token",
-            pb.MODEL_KIND_SEQUENCE_CLASSIFIER: "class",
-        }.get(info.kind, "similarity" if args.reference is not None else "norm")
-    if kind == "next_token":
-        return targets.next_token(position=args.position, token_id=args.token_id)
-    if kind == "logit_difference":
-        if args.token_id is None or args.contrast_token_id is None:
-            raise ValueError("--target logit_difference needs --token-id and --contrast-token-id")
-        return targets.logit_difference(args.token_id, args.contrast_token_id, position=args.position)
-    if kind == "class":
-        return targets.class_score(args.class_index, probability=args.probability)
-    if kind == "similarity":
-        if args.reference is None:
-            raise ValueError("--target similarity needs --reference TEXT")
-        return targets.embedding_similarity(args.reference)
-    return targets.embedding_norm()
 
 
 def _document(result: SaliencyResult, method: str) -> dict[str, Any]:
@@ -126,9 +85,9 @@ def _summary(result: SaliencyResult, title: str) -> str:
 
 def run_saliency(args: argparse.Namespace, client: Client, out: TextIO) -> None:
     """Runs `introspect saliency`."""
-    target = _target(args, client)
+    target = flags.target_of(args, client)
     result = client.saliency(
-        args.text if args.pair is None else (args.text, args.pair),
+        flags.input_of(args),
         model=args.model,
         target=target,
         method=args.method,
@@ -147,13 +106,10 @@ def run_saliency(args: argparse.Namespace, client: Client, out: TextIO) -> None:
         timeout=args.timeout,
     )
     title = f"{result.model}: {args.method} of {target.WhichOneof('kind')}"
-    if args.json:
-        print(json.dumps(_document(result, args.method)), file=out)
-    if args.png:
+
+    def draw(path: str) -> None:
         from .plot import token_saliency
 
-        token_saliency(result.scores, result.tokens, title, args.png)
-        if not args.json:
-            print(f"wrote {args.png}", file=out)
-    if not args.json and not args.png:
-        print(_summary(result, title), file=out)
+        token_saliency(result.scores, result.tokens, title, path)
+
+    flags.write_outputs(args, out, lambda: _document(result, args.method), draw, lambda: _summary(result, title))

@@ -1,0 +1,117 @@
+"""Flags that several `introspect` subcommands take, defined once, and what they turn
+into: the input, the target, the request options and the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from . import targets
+from ._proto import introspect_pb2 as pb
+from .client import Client
+from .options import CACHE_POLICIES
+
+TARGET_CHOICES = ("next_token", "logit_difference", "class", "similarity", "norm")
+
+
+def add_client_command(
+    commands: Any, client_options: argparse.ArgumentParser, name: str, help_text: str, description: str
+) -> argparse.ArgumentParser:
+    """Adds a subcommand that talks to the server (it takes the `client_options` flags);
+    its description is printed as written."""
+    return commands.add_parser(  # type: ignore[no-any-return]
+        name,
+        parents=[client_options],
+        help=help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+    )
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """--text, --pair and --model: one text (or text pair) for one model."""
+    parser.add_argument("--text", required=True, help="the input text")
+    parser.add_argument("--pair", default=None, metavar="TEXT", help="optional second segment (text pair)")
+    parser.add_argument("--model", default="", help="model name (default: the server's default model)")
+
+
+def input_of(args: argparse.Namespace) -> str | tuple[str, str]:
+    """The input the --text and --pair flags describe."""
+    return args.text if args.pair is None else (args.text, args.pair)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """--target and the flags that shape it (read by `target_of`)."""
+    group = parser.add_argument_group("target (the score measured; default: the model's first)")
+    group.add_argument("--target", choices=TARGET_CHOICES, default=None,
+                       help="next_token, logit_difference (causal LMs), class (classifiers), "
+                            "similarity or norm (encoders)")
+    group.add_argument("--position", type=int, default=-1, metavar="N",
+                       help="next_token/logit_difference: position scored (default: -1, the last token)")
+    group.add_argument("--token-id", type=int, default=None, metavar="N",
+                       help="next_token: token scored (default: the prediction); logit_difference: the token")
+    group.add_argument("--contrast-token-id", type=int, default=None, metavar="N",
+                       help="logit_difference: the token subtracted")
+    group.add_argument("--class", dest="class_index", type=int, default=None, metavar="N",
+                       help="class: class scored (default: the predicted class)")
+    group.add_argument("--probability", action="store_true", help="class: score the probability, not the logit")
+    group.add_argument("--reference", default=None, metavar="TEXT", help="similarity: the reference text")
+
+
+def target_of(args: argparse.Namespace, client: Client) -> pb.Target:
+    """The Target the flags describe (the model's default one when --target is unset)."""
+    kind = args.target
+    if kind is None:
+        info = client.get_model(args.model, timeout=args.timeout)
+        kind = {
+            pb.MODEL_KIND_CAUSAL_LM: "next_token",
+            pb.MODEL_KIND_SEQUENCE_CLASSIFIER: "class",
+        }.get(info.kind, "similarity" if args.reference is not None else "norm")
+    if kind == "next_token":
+        return targets.next_token(position=args.position, token_id=args.token_id)
+    if kind == "logit_difference":
+        if args.token_id is None or args.contrast_token_id is None:
+            raise ValueError("--target logit_difference needs --token-id and --contrast-token-id")
+        return targets.logit_difference(args.token_id, args.contrast_token_id, position=args.position)
+    if kind == "class":
+        return targets.class_score(args.class_index, probability=args.probability)
+    if kind == "similarity":
+        if args.reference is None:
+            raise ValueError("--target similarity needs --reference TEXT")
+        return targets.embedding_similarity(args.reference)
+    return targets.embedding_norm()
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """--truncate and --cache."""
+    parser.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
+    parser.add_argument(
+        "--cache", choices=list(CACHE_POLICIES), default="use", help="server result cache policy (default: use)"
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, png_help: str, json_help: str) -> None:
+    """--png FILE and --json (read by `write_outputs`)."""
+    parser.add_argument("--png", default=None, metavar="FILE", help=png_help)
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    out: TextIO,
+    document: Callable[[], Any],
+    draw: Callable[[str], None],
+    summary: Callable[[], str],
+) -> None:
+    """--json prints the document, --png FILE draws to FILE (and says so unless --json);
+    without either, prints the summary."""
+    if args.json:
+        print(json.dumps(document()), file=out)
+    if args.png:
+        draw(args.png)
+        if not args.json:
+            print(f"wrote {args.png}", file=out)
+    if not args.json and not args.png:
+        print(summary(), file=out)
