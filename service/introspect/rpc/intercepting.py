@@ -38,7 +38,8 @@ def with_behavior(
 ) -> grpc.RpcMethodHandler:
     """A unary-unary or unary-stream handler like `handler` (its kind and request
     deserializer; its response serializer unless another is given) running `behavior`."""
-    build = grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None else grpc.unary_unary_rpc_method_handler
+    streaming = handler.unary_stream is not None
+    build = grpc.unary_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
     return build(
         behavior,
         request_deserializer=handler.request_deserializer,
