@@ -14,9 +14,9 @@ call is awaited.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any, Protocol, TypeVar, Unpack
 
 import grpc
 import grpc.aio
@@ -36,6 +36,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
+MessageT = TypeVar("MessageT", contravariant=True)
+ResultT = TypeVar("ResultT", covariant=True)
+
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Channel arguments of both clients."""
@@ -51,6 +54,30 @@ def assembler_for(options: AttentionOptions) -> AttentionAssembler:
     """An assembler for the stream of an attention call with these options."""
     view = str(options.get("view", "heads")).strip().lower()
     return AttentionAssembler(view, int_list(options.get("heads", ()), "heads"))
+
+
+class _Assembler(Protocol[MessageT, ResultT]):
+    """Collects the messages of one stream into a result."""
+
+    def add(self, message: MessageT) -> None:
+        """Takes the next message of the stream."""
+
+    def result(self) -> ResultT:
+        """The assembled result."""
+
+
+def _assembled(messages: Iterable[MessageT], assembler: _Assembler[MessageT, ResultT]) -> ResultT:
+    """The result of `assembler` fed every message of a stream."""
+    for message in messages:
+        assembler.add(message)
+    return assembler.result()
+
+
+async def _assembled_async(messages: AsyncIterable[MessageT], assembler: _Assembler[MessageT, ResultT]) -> ResultT:
+    """The result of `assembler` fed every message of an async stream."""
+    async for message in messages:
+        assembler.add(message)
+    return assembler.result()
 
 
 class _ClientBase:
@@ -164,10 +191,7 @@ class Client(_ClientBase):
             cache: "use", "bypass" or "refresh".
         """
         messages = self.stream_attention(inputs, timeout=timeout, **options)  # checks the options
-        assembler = assembler_for(options)
-        for message in messages:
-            assembler.add(message)
-        return assembler.result()
+        return _assembled(messages, assembler_for(options))
 
     def stream_ablation(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
@@ -207,10 +231,7 @@ class Client(_ClientBase):
         fills `importance`.
         """
         messages = self.stream_ablation(input, timeout=timeout, **options)  # checks the options
-        assembler = AblationAssembler()
-        for message in messages:
-            assembler.add(message)
-        return assembler.result()
+        return _assembled(messages, AblationAssembler())
 
     def stream_saliency(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
@@ -249,10 +270,7 @@ class Client(_ClientBase):
         for integrated gradients the steps and convergence delta of every refinement.
         """
         messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
-        assembler = SaliencyAssembler()
-        for message in messages:
-            assembler.add(message)
-        return assembler.result()
+        return _assembled(messages, SaliencyAssembler())
 
     def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
         call = method(request, **self._call_kwargs(timeout))
@@ -313,10 +331,7 @@ class AsyncClient(_ClientBase):
     ) -> AttentionResult:
         """Attention maps of one input or a batch; see `Client.attention` for the arguments."""
         messages = self.stream_attention(inputs, timeout=timeout, **options)  # checks the options
-        assembler = assembler_for(options)
-        async for message in messages:
-            assembler.add(message)
-        return assembler.result()
+        return await _assembled_async(messages, assembler_for(options))
 
     def stream_ablation(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
@@ -330,10 +345,7 @@ class AsyncClient(_ClientBase):
     ) -> AblationResult:
         """Head ablation, importance or joint ablation; see `Client.ablate` for the arguments."""
         messages = self.stream_ablation(input, timeout=timeout, **options)  # checks the options
-        assembler = AblationAssembler()
-        async for message in messages:
-            assembler.add(message)
-        return assembler.result()
+        return await _assembled_async(messages, AblationAssembler())
 
     def stream_saliency(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
@@ -347,10 +359,7 @@ class AsyncClient(_ClientBase):
     ) -> SaliencyResult:
         """Per-token attributions of a target score; see `Client.saliency` for the arguments."""
         messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
-        assembler = SaliencyAssembler()
-        async for message in messages:
-            assembler.add(message)
-        return assembler.result()
+        return await _assembled_async(messages, SaliencyAssembler())
 
     async def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> AsyncIterator[Any]:
         call = method(request, **self._call_kwargs(timeout))
