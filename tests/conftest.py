@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from services import stop_process
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -94,14 +95,7 @@ class RunningServer:
 
     def stop(self) -> int:
         """SIGTERM, then wait for the graceful stop; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout=60)
 
 
 def start_server(*arguments: str, env: dict[str, str] | None = None) -> RunningServer:
@@ -133,6 +127,7 @@ def start_server(*arguments: str, env: dict[str, str] | None = None) -> RunningS
     ready.wait(SERVER_START_TIMEOUT_SECONDS)
     if not address:
         process.kill()
+        process.wait()
         raise RuntimeError("server did not start:\n" + "".join(output))
     return RunningServer(process=process, address=address[0], output=output)
 

@@ -45,6 +45,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen, timeout: float) -> int:  # type: ignore[type-arg]
+    """SIGTERM, then SIGKILL if the process has not exited after `timeout` s; returns
+    its exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def wait_until(condition, timeout: float, interval: float = 0.05, message: str = "condition"):  # type: ignore[no-untyped-def]
     """Polls `condition()` until it returns something truthy; fails after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -115,13 +128,8 @@ class RedisServer:
     def stop(self) -> None:
         """Stops the server if it runs."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.process.send_signal(signal.SIGCONT)  # a paused server would not act on SIGTERM
+            stop_process(self.process, timeout=10)
 
 
 @dataclass
@@ -171,13 +179,8 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """Stops Prometheus."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=20)
         self.log.close()
 
 

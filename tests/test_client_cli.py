@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import RunningServer, start_server
 
 from introspect_client import (
     AsyncClient,
@@ -40,8 +39,6 @@ from introspect_client.tensors import encode_tensor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-READY = re.compile(r"introspect serving .* on (?P<address>\S+:\d+)")
-START_TIMEOUT_SECONDS = 180
 SMALL_MESSAGE_BYTES = 64 * 1024  # the server's minimum: long inputs need many chunks per layer
 LAYERS, HEADS = 6, 12  # all-MiniLM-L6-v2; also checked against its config below
 LONG_TEXT = " ".join(f"sentence {i} talks about topic number {i * 7}." for i in range(30))
@@ -54,55 +51,19 @@ TOLERANCE = 1e-4
 # Fixtures: a server process, the reference model
 
 
-@dataclass
-class Served:
-    """A running server: its address and its output so far."""
-
-    address: str
-    output: list[str]
-
-
 @pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    """`python -m introspect` on a free loopback port with a 64 KiB max message size."""
-    command = [
-        sys.executable, "-m", "introspect", "--port", "0", "--host", "127.0.0.1",
-        "--max-message-bytes", str(SMALL_MESSAGE_BYTES),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    found: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            match = READY.search(line)
-            if match and not found:
-                found.append(match.group("address"))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    ready.wait(START_TIMEOUT_SECONDS)
-    if not found:
-        process.kill()
-        process.wait()
-        pytest.fail("server did not start:\n" + "".join(output))
+def served() -> Iterator[RunningServer]:
+    """`python -m introspect` (the packaged MiniLM) on a free loopback port with a 64 KiB
+    max message size."""
+    running = start_server("--max-message-bytes", str(SMALL_MESSAGE_BYTES))
     try:
-        yield Served(found[0], output)
+        yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        running.stop()
 
 
 @pytest.fixture(scope="module")
-def client(served: Served) -> Iterator[Client]:
+def client(served: RunningServer) -> Iterator[Client]:
     """A sync client of the module's server."""
     with Client(served.address, timeout=120) as connected:
         yield connected
@@ -439,7 +400,7 @@ def test_reduced_views_top_k_and_dtypes_match_numpy_references(client: Client, r
     np.testing.assert_allclose(brain, everything[1], atol=4e-3, rtol=0)
 
 
-async def test_sync_and_async_clients_return_identical_results(served: Served, client: Client) -> None:
+async def test_sync_and_async_clients_return_identical_results(served: RunningServer, client: Client) -> None:
     inputs: list[Any] = [LONG_TEXT, PAIR]
     # "bypass": every call computes afresh, so even the raw headers (`cached`) agree.
     options: dict[str, Any] = {"layers": [0, 2, 5], "heads": [0, 6, 11], "cache": "bypass"}
@@ -478,7 +439,7 @@ def test_bad_layer_raises_introspect_error_with_field_violation(client: Client) 
         client.attention(SHORT_TEXT, view="sideways")  # rejected before sending
 
 
-async def test_bad_layer_raises_introspect_error_in_the_async_client(served: Served) -> None:
+async def test_bad_layer_raises_introspect_error_in_the_async_client(served: RunningServer) -> None:
     async with AsyncClient(served.address) as async_client:
         with pytest.raises(IntrospectError) as caught:
             await async_client.attention(SHORT_TEXT, layers=[9])
@@ -499,7 +460,7 @@ def test_unreachable_server_is_an_introspect_error() -> None:
 # CLI
 
 
-def test_cli_models_json_lists_minilm(served: Served, reference: Reference) -> None:
+def test_cli_models_json_lists_minilm(served: RunningServer, reference: Reference) -> None:
     # The server address comes from INTROSPECT_SERVER when --server is not given.
     finished = run_cli("models", "--json", env={"INTROSPECT_SERVER": served.address})
     assert finished.returncode == 0, finished.stderr
@@ -509,7 +470,7 @@ def test_cli_models_json_lists_minilm(served: Served, reference: Reference) -> N
     assert models["minilm"]["architecture"] == "BertModel"
 
 
-def test_cli_models_table(served: Served, client: Client) -> None:
+def test_cli_models_table(served: RunningServer, client: Client) -> None:
     finished = run_cli("models", "--server", served.address)
     assert finished.returncode == 0, finished.stderr
     lines = finished.stdout.splitlines()
@@ -519,7 +480,7 @@ def test_cli_models_table(served: Served, client: Client) -> None:
     assert row[:3] == ["minilm", "BertModel", f"{LAYERS}x{HEADS}"] and fingerprint.startswith(row[-1])
 
 
-def test_cli_attention_json_equals_client_arrays(served: Served, client: Client, reference: Reference) -> None:
+def test_cli_attention_json_equals_client_arrays(served: RunningServer, client: Client, reference: Reference) -> None:
     # Defaults: the last layer, mean over all heads.
     finished = run_cli("attention", "--server", served.address, "--text", SHORT_TEXT, "--json")
     assert finished.returncode == 0, finished.stderr
@@ -544,7 +505,7 @@ def test_cli_attention_json_equals_client_arrays(served: Served, client: Client,
     np.testing.assert_allclose(document["layers"]["2"][0], reference.attentions(PAIR)[2, 7], atol=TOLERANCE)
 
 
-def test_cli_attention_summary_names_the_most_attended_key(served: Served, client: Client) -> None:
+def test_cli_attention_summary_names_the_most_attended_key(served: RunningServer, client: Client) -> None:
     finished = run_cli("attention", "--server", served.address, "--text", SHORT_TEXT, "--layer", "1")
     assert finished.returncode == 0, finished.stderr
     item = client.attention(SHORT_TEXT, layers=[1], view="head_mean")[0]
@@ -557,7 +518,7 @@ def test_cli_attention_summary_names_the_most_attended_key(served: Served, clien
         assert float(probability.strip("()")) == pytest.approx(float(matrix[row].max()), abs=1e-3)
 
 
-def test_cli_attention_png_is_a_readable_heatmap(served: Served, tmp_path: Path) -> None:
+def test_cli_attention_png_is_a_readable_heatmap(served: RunningServer, tmp_path: Path) -> None:
     from matplotlib.image import imread
 
     short_png, long_png = tmp_path / "short.png", tmp_path / "long.png"
@@ -571,7 +532,7 @@ def test_cli_attention_png_is_a_readable_heatmap(served: Served, tmp_path: Path)
     assert long.shape[0] > short.shape[0] and long.shape[1] > short.shape[1]  # grows with the tokens
 
 
-def test_cli_errors_print_one_line_and_exit_1(served: Served) -> None:
+def test_cli_errors_print_one_line_and_exit_1(served: RunningServer) -> None:
     finished = run_cli("attention", "--server", served.address, "--text", SHORT_TEXT, "--layer", "9")
     assert finished.returncode == 1
     assert finished.stderr.startswith("error: INVALID_ARGUMENT: layers: layer [9] out of range")
