@@ -22,13 +22,9 @@ from .requests import TARGET_KINDS, TargetSpec
 OUTPUT_CHANGE_METRIC = {CAUSAL_LM: "kl_divergence", SEQUENCE_CLASSIFIER: "kl_divergence", ENCODER: "cosine_distance"}
 
 
-def check_target_supported(model: LoadedModel, spec: TargetSpec | None) -> TargetSpec:
-    """INVALID_ARGUMENT unless the model can serve the target; names those it supports."""
-    return check_target_kind(model.description, spec)
-
-
 def check_target_kind(description: ModelDescription, spec: TargetSpec | None) -> TargetSpec:
-    """check_target_supported on a model's description: cheap, usable before queueing."""
+    """INVALID_ARGUMENT unless the model can serve the target; names those it supports.
+    Needs only the model's description, so it runs before the request is queued."""
     supported = description.supported_targets
     if spec is None:
         raise InvalidInput("target", f"a target is required; model {description.name!r} supports {list(supported)}")
@@ -43,6 +39,17 @@ def check_target_kind(description: ModelDescription, spec: TargetSpec | None) ->
     return spec
 
 
+def _forward_arguments(
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Keyword arguments of a model forward: the mask and whichever inputs are given."""
+    given = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "token_type_ids": token_type_ids}
+    return {"attention_mask": attention_mask, **{name: value for name, value in given.items() if value is not None}}
+
+
 def model_outputs(
     model: LoadedModel,
     attention_mask: torch.Tensor,
@@ -52,14 +59,7 @@ def model_outputs(
 ) -> torch.Tensor:
     """Runs the whole model; returns logits [batch, tokens, vocab] (causal LM), logits
     [batch, classes] (classifier) or last hidden states [batch, tokens, hidden] (encoder)."""
-    arguments: dict[str, torch.Tensor] = {"attention_mask": attention_mask}
-    if input_ids is not None:
-        arguments["input_ids"] = input_ids
-    if inputs_embeds is not None:
-        arguments["inputs_embeds"] = inputs_embeds
-    if token_type_ids is not None:
-        arguments["token_type_ids"] = token_type_ids
-    output = model.model(**arguments)
+    output = model.model(**_forward_arguments(attention_mask, input_ids, inputs_embeds, token_type_ids))
     if model.description.kind == ENCODER:
         return output.last_hidden_state
     return output.logits
@@ -143,14 +143,10 @@ def target_scores(
     if model.description.kind != CAUSAL_LM:
         outputs = model_outputs(model, attention_mask, input_ids, inputs_embeds, token_type_ids)
         return target.score(outputs, attention_mask)
-    arguments: dict[str, object] = {"attention_mask": attention_mask, "use_cache": False}
-    if input_ids is not None:
-        arguments["input_ids"] = input_ids
-    if inputs_embeds is not None:
-        arguments["inputs_embeds"] = inputs_embeds
+    arguments = _forward_arguments(attention_mask, input_ids, inputs_embeds)
     length = attention_mask.shape[1]
     # the last `length - position` positions' logits, of which the target's is the first
-    logits = model.model(**arguments, logits_to_keep=length - target.position).logits
+    logits = model.model(**arguments, use_cache=False, logits_to_keep=length - target.position).logits
     return target.score_next_token_logits(logits[:, 0])
 
 
@@ -167,7 +163,7 @@ def _absolute_position(position: int, length: int) -> int:
 def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch) -> BoundTarget:
     """Resolves a target for the first input of `batch`: positions, the predicted token
     or class when none is given, and the reference embedding of a similarity target."""
-    spec = check_target_supported(model, spec)
+    spec = check_target_kind(model.description, spec)
     description = model.description
     length = batch.inputs[0].length
     position = token_id = contrast = class_index = None
