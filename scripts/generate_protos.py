@@ -1,10 +1,11 @@
-"""Regenerate the Python code for protos/ into clients/python/introspect_client/_proto.
+"""Regenerate the Python code for protos/ into the contract package (contract/python/introspect_contract).
 
 Run: python scripts/generate_protos.py            (writes the generated files)
      python scripts/generate_protos.py --check    (exit 1 if the committed files are stale)
 
 Generated imports are rewritten to be package-relative, so the generated modules live
-inside ``introspect_client`` and never clash with the server package ``introspect``.
+inside ``introspect_contract`` (imported by the client and the server alike) and never
+clash with the server package ``introspect``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-OUTPUT_DIR = ROOT / "clients" / "python" / "introspect_client" / "_proto"
+OUTPUT_DIR = ROOT / "contract" / "python" / "introspect_contract"
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 PROTO_FILES = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
 _ABSOLUTE_IMPORT = re.compile(r"^from introspect\.v1 import (\w+_pb2)", re.MULTILINE)
 
@@ -40,7 +42,6 @@ def generate(into: Path) -> dict[str, str]:
         generated = {}
         for path in sorted(Path(scratch).rglob("*.py*")):
             generated[path.name] = _ABSOLUTE_IMPORT.sub(r"from . import \1", path.read_text())
-    generated["__init__.py"] = '"""Generated from protos/ by scripts/generate_protos.py. Do not edit."""\n'
     return generated
 
 
@@ -55,7 +56,7 @@ def main() -> int:
             for name, text in generated.items()
             if not (OUTPUT_DIR / name).exists() or (OUTPUT_DIR / name).read_text() != text
         ]
-        extra = {p.name for p in OUTPUT_DIR.glob("*.py*")} - set(generated)
+        extra = {p.name for p in OUTPUT_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)} - set(generated)
         if stale or extra:
             print(f"generated code is stale: {sorted(stale) + sorted(extra)}; run scripts/generate_protos.py")
             return 1

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from introspect_client._proto import introspect_pb2 as pb
-from introspect_client._proto import introspect_pb2_grpc as pb_grpc
+from introspect_contract import pb
+from introspect_contract import pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 INSTALL_HINT = (

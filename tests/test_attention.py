@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import RunningServer, reference_inputs, reference_model, reference_tokenizer, start_server
 from introspect_client import Client, IntrospectError
-from introspect_client._proto import introspect_pb2 as pb
-from introspect_client._proto import introspect_pb2_grpc as pb_grpc
+from introspect_contract import pb
+from introspect_contract import pb_grpc
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from introspect.cache import MemoryBackend, Outcome, Policy, RedisBackend, ResultCache, codec, result_key
 from introspect.rpc.caching import canonical_request, input_messages
 from introspect_client import Client
-from introspect_client._proto import introspect_pb2 as pb
-from introspect_client._proto import introspect_pb2_grpc as pb_grpc
+from introspect_contract import pb
+from introspect_contract import pb_grpc
 from services import (
     RedisServer,
     attention_request,

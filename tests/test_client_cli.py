@@ -33,8 +33,8 @@ from introspect_client import (
     make_input,
     make_inputs,
 )
-from introspect_client._proto import introspect_pb2 as pb
-from introspect_client.tensors import encode_tensor
+from introspect_contract import pb
+from introspect_contract.tensors import encode_tensor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

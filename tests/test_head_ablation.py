@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import reference_model, reference_tokenizer
 from introspect_client import AsyncClient, Client, IntrospectError, targets
-from introspect_client._proto import introspect_pb2 as pb
+from introspect_contract import pb
 
 TOLERANCE = 1e-4
 TEXT = "The quick brown fox jumps over the lazy dog because it"

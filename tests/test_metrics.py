@@ -15,7 +15,7 @@ import grpc
 import pytest
 from conftest import RunningServer, start_server
 from introspect.metrics import LATENCY_BUCKETS
-from introspect_client._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from services import (
     PrometheusServer,
     attention_request,

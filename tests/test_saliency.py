@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import reference_model, reference_tokenizer, start_server
 from introspect_client import AsyncClient, Client, IntrospectError, targets
-from introspect_client._proto import introspect_pb2 as pb
-from introspect_client._proto import introspect_pb2_grpc as pb_grpc
+from introspect_contract import pb
+from introspect_contract import pb_grpc
 
 TEXT = "The quick brown fox jumps over"
 REFERENCE_TEXT = "A dog sleeps in the sun."

@@ -1,6 +1,6 @@
 """Plain result dataclasses that methods emit and the gRPC layer encodes (no torch).
 
-Arrays are numpy, already in their wire storage (see introspect_client.tensors).
+Arrays are numpy, already in their wire storage (see introspect_contract.tensors).
 """
 
 from __future__ import annotations

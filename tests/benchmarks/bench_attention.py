@@ -33,7 +33,7 @@ from introspect.methods import method_for  # noqa: E402
 from introspect.models import load_model  # noqa: E402
 from introspect.requests import AttentionQuery, InputSpec  # noqa: E402
 from introspect_client import Client  # noqa: E402
-from introspect_client._proto import introspect_pb2 as pb  # noqa: E402
+from introspect_contract import pb  # noqa: E402
 
 
 def text_of(tokenizer: AutoTokenizer, tokens: int) -> str:

@@ -34,8 +34,8 @@ import grpc  # noqa: E402
 from bench_attention import text_of  # noqa: E402
 from conftest import minilm_dir, start_server  # noqa: E402
 from introspect_client import Client  # noqa: E402
-from introspect_client._proto import introspect_pb2 as pb  # noqa: E402
-from introspect_client._proto import introspect_pb2_grpc as pb_grpc  # noqa: E402
+from introspect_contract import pb  # noqa: E402
+from introspect_contract import pb_grpc  # noqa: E402
 from services import RedisServer  # noqa: E402
 from timing import markdown_table, measure, percentile_ms  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402

@@ -9,7 +9,7 @@
 """
 
 from . import targets
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .ablation import (
     ABLATION_MODES,
     ABLATION_VALUES,

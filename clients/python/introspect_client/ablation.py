@@ -14,11 +14,11 @@ from typing import TypedDict
 
 import numpy as np
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .inputs import InputLike, InputsLike, make_input, make_inputs
 from .options import enum_value, set_target, shared_fields
 from .streams import HeaderFirst, SingleInputResult, single_input_fields
-from .tensors import decode_tensor
+from introspect_contract.tensors import decode_tensor
 
 ABLATION_MODES: dict[str, int] = {
     "per_head": pb.ABLATION_MODE_PER_HEAD,

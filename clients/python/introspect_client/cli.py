@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from . import cli_flags as flags
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
 from .cli_saliency import add_saliency_command
 from .client import Client
@@ -339,13 +339,23 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
     )
 
 
+def _serve(arguments: list[str]) -> int:
+    """`introspect serve`: the server lives in the `server` extra (torch, transformers);
+    the client never imports it but here, when asked to serve."""
+    try:
+        from introspect.server import main as serve
+    except ImportError as error:
+        print(f"error: the server is not installed ({error.name or error}): pip install 'introspect[server]'",
+              file=sys.stderr)
+        return 2
+    return serve(arguments)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `introspect` console script; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:
-        from introspect.server import main as serve  # the server needs torch: imported only here
-
-        return serve(arguments[1:])
+        return _serve(arguments[1:])
     args = build_parser().parse_args(arguments)
     try:
         with Client(args.server) as client:

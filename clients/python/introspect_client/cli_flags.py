@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from . import targets
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .client import Client
 from .options import CACHE_POLICIES
 

@@ -21,8 +21,8 @@ from typing import Any, Protocol, TypeVar, Unpack
 import grpc
 import grpc.aio
 
-from ._proto import introspect_pb2 as pb
-from ._proto import introspect_pb2_grpc as pb_grpc
+from introspect_contract import pb
+from introspect_contract import pb_grpc
 from .ablation import AblationAssembler, AblationOptions, AblationResult, ablation_request
 from .errors import translate_rpc_errors
 from .inputs import InputLike, InputsLike

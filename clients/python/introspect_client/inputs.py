@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 import numpy as np
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 
 InputLike: TypeAlias = str | tuple[str, str] | Sequence[int] | np.ndarray | pb.Input
 """One model input: text, text pair, token ids or an Input message."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .inputs import InputsLike, make_inputs
 
 VIEWS: dict[str, int] = {

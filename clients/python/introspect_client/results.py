@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .options import VIEW_NAMES
 from .streams import HeaderFirst, input_fields, stream_fields
-from .tensors import decode_tensor
+from introspect_contract.tensors import decode_tensor
 
 
 @dataclass

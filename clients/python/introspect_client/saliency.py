@@ -16,11 +16,11 @@ from typing import TypedDict
 
 import numpy as np
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .inputs import InputLike, make_input
 from .options import enum_value, set_target, shared_fields
 from .streams import HeaderFirst, SingleInputResult, single_input_fields
-from .tensors import decode_tensor
+from introspect_contract.tensors import decode_tensor
 
 SALIENCY_METHODS: dict[str, int] = {
     "gradient": pb.SALIENCY_METHOD_GRADIENT,

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 
 
 def stream_fields(header: pb.StreamHeader) -> dict[str, Any]:

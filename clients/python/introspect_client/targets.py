@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 from .inputs import InputLike, make_input
 
 

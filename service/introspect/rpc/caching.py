@@ -24,7 +24,7 @@ import grpc.aio
 from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from introspect_client._proto import introspect_pb2 as pb
+from introspect_contract import pb
 
 from ..cache import Policy, ResultCache, result_key
 from ..dataplane import DataPlane

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from introspect_client._proto import introspect_pb2 as pb
+from introspect_contract import pb
 
 from ..errors import InvalidInput
 from ..requests import (

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
-from introspect_client._proto import introspect_pb2 as pb
-from introspect_client.tensors import encode_storage
+from introspect_contract import pb
+from introspect_contract.tensors import encode_storage
 
 from ..models import ModelDescription
 from ..results import (

@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from introspect_client._proto import introspect_pb2 as pb
-from introspect_client._proto import introspect_pb2_grpc as pb_grpc
+from introspect_contract import pb
+from introspect_contract import pb_grpc
 
 from ..dataplane import DataPlane
 from . import decode, encode

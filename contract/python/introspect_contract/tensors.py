@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ._proto import introspect_pb2 as pb
+from introspect_contract import pb
 
 WIRE_DTYPES: dict[str, int] = {
     "float32": pb.DTYPE_FLOAT32,
