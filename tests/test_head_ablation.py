@@ -309,13 +309,13 @@ def test_growing_at_the_output_projections_agrees_with_growing_at_the_layer_inpu
     """The attention output projections are found without knowing the architecture, and
     the layer-input growth kept for models where they are not gives the same results."""
     from introspect.config import ModelSpec
-    from introspect.methods import layer_stack, method_for
+    from introspect.methods import method_for
     from introspect.models import load_model
     from introspect.requests import HeadAblationQuery, InputSpec, TargetSpec
 
     loaded = load_model(ModelSpec(name, model_dirs[name]), torch.device("cpu"), "float32")
-    found = layer_stack.output_projections(loaded)
-    assert found is not None
+    found = loaded.hooks.modules.projections
+    assert found is not None and loaded.hooks.z_at_projection
     assert all(module is projection(loaded.model, name, layer) for layer, module in enumerate(found))
     target = {"encoder": TargetSpec("embedding_norm"), "causal": TargetSpec("next_token"),
               "classifier": TargetSpec("class_score", class_index=1)}[CASES[name].kind]
@@ -328,7 +328,7 @@ def test_growing_at_the_output_projections_agrees_with_growing_at_the_layer_inpu
         return sink
 
     at_projections = {value: ablate(value) for value in ("zero", "mean")}
-    monkeypatch.setitem(layer_stack._PROJECTIONS, loaded.model, None)
+    monkeypatch.setattr(loaded.hooks, "z_at_projection", False)
     for value, expected in at_projections.items():
         at_layer_inputs = ablate(value)
         for field in ("target_delta", "output_change"):

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Sequence
 
 from .engine import Engine
 from .errors import ModelNotFound
-from .inputs import encode_input
 from .methods import method_for
 from .models import ModelDescription, ModelRegistry
 from .requests import InputSpec
@@ -57,7 +56,7 @@ class DataPlane:
 
         def tokenize() -> tuple[tuple[int, ...], ...]:
             return tuple(
-                encode_input(loaded, spec, True, f"inputs[{index}]").token_ids for index, spec in enumerate(inputs)
+                loaded.encode(spec, True, f"inputs[{index}]").token_ids for index, spec in enumerate(inputs)
             )
 
         return loaded.description, await asyncio.to_thread(tokenize)

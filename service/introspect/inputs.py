@@ -1,16 +1,23 @@
-"""Inputs: text or token ids -> token ids the model sees -> padded batch tensors."""
+"""Text inputs: text or token ids -> token ids the model sees -> padded batch tensors.
+
+The model wrapper (models.py) owns one processor per modality it takes; this is the text
+one (the model's own tokenizer, never loaded with remote code).
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from .errors import InvalidInput, require
-from .models import LoadedModel
 from .requests import InputSpec
 from .results import EncodedInput
+
+_UNBOUNDED_TOKENIZER_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -30,67 +37,104 @@ class EncodedBatch:
         return arguments
 
 
-def pad_token_id(model: LoadedModel) -> int:
-    """The id used for padding: the tokenizer's pad, else EOS, else 0."""
-    tokenizer = model.tokenizer
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
+class TextProcessor:
+    """A model's tokenizer, safe to use from several threads (fast tokenizers are not:
+    "Already borrowed"), with the special token ids methods need."""
 
+    modality = "text"
 
-def encode_input(model: LoadedModel, spec: InputSpec, truncate: bool, field: str) -> EncodedInput:
-    """Tokenizes one input, enforcing the model's length limit (or truncating if allowed).
-    Safe to call from any thread."""
-    with model.tokenizer_lock:
-        return _encode_input(model, spec, truncate, field)
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, uses_token_types: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.uses_token_types = uses_token_types
+        self._lock = threading.Lock()
 
+    @property
+    def pad_token_id(self) -> int:
+        """The id used for padding: the tokenizer's pad, else EOS, else 0."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
 
-def _encode_input(model: LoadedModel, spec: InputSpec, truncate: bool, field: str) -> EncodedInput:
-    description = model.description
-    limit = description.max_tokens
-    tokenizer = model.tokenizer
-    token_type_ids: tuple[int, ...] | None = None
-    if spec.token_ids is not None:
-        ids = spec.token_ids
-        require(len(ids) > 0, f"{field}.token_ids", "must not be empty")
-        bad = [token for token in ids if not 0 <= token < description.vocab_size]
-        require(not bad, f"{field}.token_ids", f"ids {bad[:5]} are outside the vocabulary [0, {description.vocab_size})")
-        original_length = len(ids)
-        if original_length > limit and truncate:
-            ids = ids[:limit]
-    else:
-        require(bool(spec.text and spec.text.strip()), f"{field}.text", "must not be empty")
-        encoding = tokenizer(spec.text, spec.text_pair or None, add_special_tokens=True, truncation=False)
-        ids = tuple(int(token) for token in encoding["input_ids"])
-        original_length = len(ids)
-        if original_length > limit and truncate:
-            encoding = tokenizer(
-                spec.text, spec.text_pair or None, add_special_tokens=True, truncation=True, max_length=limit
-            )
+    @property
+    def mask_token_id(self) -> int | None:
+        """The mask token's id, if the tokenizer has one."""
+        return self.tokenizer.mask_token_id
+
+    @property
+    def has_pad_token(self) -> bool:
+        """Whether the tokenizer has a pad token of its own."""
+        return self.tokenizer.pad_token_id is not None
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the special tokens ([CLS], [SEP], BOS, ...)."""
+        return frozenset(int(token) for token in self.tokenizer.all_special_ids)
+
+    def max_tokens(self, position_limit: int) -> int:
+        """The longest input: the model's position limit, or the tokenizer's if smaller."""
+        limit = getattr(self.tokenizer, "model_max_length", 0) or 0
+        return min(position_limit, limit) if 0 < limit < _UNBOUNDED_TOKENIZER_LIMIT else position_limit
+
+    def tokens(self, ids: Sequence[int]) -> tuple[str, ...]:
+        """The tokenizer's string for each id; `<id N>` for an id it has no string for
+        (embedding tables are often padded past the tokenizer's vocabulary)."""
+        with self._lock:
+            strings = self.tokenizer.convert_ids_to_tokens(list(ids))
+        return tuple(f"<id {token}>" if string is None else str(string) for token, string in zip(ids, strings))
+
+    def encode(self, spec: InputSpec, truncate: bool, field: str, description: object) -> EncodedInput:
+        """Tokenizes one input, enforcing the model's length limit (or truncating if
+        allowed). `description` is the model's ModelDescription (limit, vocabulary)."""
+        with self._lock:
+            return self._encode(spec, truncate, field, description)
+
+    def _encode(self, spec: InputSpec, truncate: bool, field: str, description: object) -> EncodedInput:
+        limit: int = description.max_tokens  # type: ignore[attr-defined]
+        vocab_size: int = description.vocab_size  # type: ignore[attr-defined]
+        name: str = description.name  # type: ignore[attr-defined]
+        tokenizer = self.tokenizer
+        token_type_ids: tuple[int, ...] | None = None
+        if spec.token_ids is not None:
+            ids = spec.token_ids
+            require(len(ids) > 0, f"{field}.token_ids", "must not be empty")
+            bad = [token for token in ids if not 0 <= token < vocab_size]
+            require(not bad, f"{field}.token_ids", f"ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+            original_length = len(ids)
+            if original_length > limit and truncate:
+                ids = ids[:limit]
+        else:
+            require(bool(spec.text and spec.text.strip()), f"{field}.text", "must not be empty")
+            encoding = tokenizer(spec.text, spec.text_pair or None, add_special_tokens=True, truncation=False)
             ids = tuple(int(token) for token in encoding["input_ids"])
-        if "token_type_ids" in encoding and getattr(model.model.config, "type_vocab_size", 0):
-            token_type_ids = tuple(int(value) for value in encoding["token_type_ids"])
-    if len(ids) > limit:
-        raise InvalidInput(
-            field,
-            f"input has {len(ids)} tokens but model {description.name!r} accepts at most {limit}; "
-            "shorten it or set truncate=true",
+            original_length = len(ids)
+            if original_length > limit and truncate:
+                encoding = tokenizer(
+                    spec.text, spec.text_pair or None, add_special_tokens=True, truncation=True, max_length=limit
+                )
+                ids = tuple(int(token) for token in encoding["input_ids"])
+            if "token_type_ids" in encoding and self.uses_token_types:
+                token_type_ids = tuple(int(value) for value in encoding["token_type_ids"])
+        if len(ids) > limit:
+            raise InvalidInput(
+                field,
+                f"input has {len(ids)} tokens but model {name!r} accepts at most {limit}; "
+                "shorten it or set truncate=true",
+            )
+        strings = tokenizer.convert_ids_to_tokens(list(ids))
+        return EncodedInput(
+            token_ids=tuple(ids),
+            tokens=tuple(f"<id {token}>" if string is None else str(string) for token, string in zip(ids, strings)),
+            token_type_ids=token_type_ids,
+            truncated=len(ids) < original_length,
+            original_length=original_length,
         )
-    return EncodedInput(
-        token_ids=tuple(ids),
-        tokens=tuple(str(token) for token in tokenizer.convert_ids_to_tokens(list(ids))),
-        token_type_ids=token_type_ids,
-        truncated=len(ids) < original_length,
-        original_length=original_length,
-    )
 
 
-def batch_inputs(model: LoadedModel, encoded: Sequence[EncodedInput]) -> EncodedBatch:
-    """Right-pads encoded inputs into tensors on the model's device."""
+def batch_inputs(encoded: Sequence[EncodedInput], pad_token_id: int, device: torch.device) -> EncodedBatch:
+    """Right-pads encoded inputs into tensors on `device`."""
     width = max(item.length for item in encoded)
-    padding = pad_token_id(model)
-    ids = torch.full((len(encoded), width), padding, dtype=torch.long)
+    ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     with_types = any(item.token_type_ids is not None for item in encoded)
     types = torch.zeros((len(encoded), width), dtype=torch.long) if with_types else None
@@ -99,16 +143,9 @@ def batch_inputs(model: LoadedModel, encoded: Sequence[EncodedInput]) -> Encoded
         mask[row, : item.length] = 1
         if types is not None and item.token_type_ids is not None:
             types[row, : item.length] = torch.tensor(item.token_type_ids, dtype=torch.long)
-    device = model.device
     return EncodedBatch(
         inputs=tuple(encoded),
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         token_type_ids=types.to(device) if types is not None else None,
     )
-
-
-def encode_batch(model: LoadedModel, specs: Sequence[InputSpec], truncate: bool, field: str = "inputs") -> EncodedBatch:
-    """Encodes and pads several inputs."""
-    require(len(specs) > 0, field, "at least one input is required")
-    return batch_inputs(model, [encode_input(model, spec, truncate, f"{field}[{i}]") for i, spec in enumerate(specs)])

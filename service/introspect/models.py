@@ -1,55 +1,49 @@
-"""Model registry: name -> loaded model, tokenizer, fingerprint and description.
+"""The model wrapper and the registry of loaded models.
 
-Models load from local directories only, as safetensors, never with trust_remote_code.
+A LoadedModel is everything methods need of a model, whatever its architecture, kind or
+modality: its processor (inputs -> what the model sees), its kind (output head, targets,
+outputs), a forward from inputs or input embeddings, its layers as hook points (hooks.py)
+and, for language models, the unembedding (final norm and output embeddings). Methods use
+these and never branch on the model's kind or modality themselves.
+
+Models load from local directories only, as safetensors, never with trust_remote_code,
+with the introspect attention function (probe.py). A model the server cannot serve
+exactly is refused at load with a ModelLoadError naming the reason: an encoder-decoder,
+a model that does not use transformers' attention interface, one that takes images, or
+one whose outputs or attention maps differ from its own eager attention on a short padded
+batch (discovery.check_parity), whatever feature causes it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.auto_factory import _get_model_class
 
-from . import probe
+from . import discovery, hooks, probe
 from .config import DEFAULT_MODEL_NAME, ModelSpec, Settings
-from .errors import ModelNotFound
+from .errors import InvalidInput, ModelNotFound
+from .inputs import EncodedBatch, TextProcessor, batch_inputs
+from .kinds import ModelKind, kind_of
+from .requests import InputSpec
+from .results import EncodedInput
 
 log = logging.getLogger(__name__)
 
-ENCODER, CAUSAL_LM, SEQUENCE_CLASSIFIER = "encoder", "causal_lm", "sequence_classifier"
-_LOADER_BY_KIND = {
-    ENCODER: AutoModel,
-    CAUSAL_LM: AutoModelForCausalLM,
-    SEQUENCE_CLASSIFIER: AutoModelForSequenceClassification,
-}
-SUPPORTED_TARGETS: dict[str, tuple[str, ...]] = {
-    ENCODER: ("embedding_similarity", "embedding_norm"),
-    CAUSAL_LM: ("next_token", "logit_difference"),
-    SEQUENCE_CLASSIFIER: ("class_score",),
-}
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DTYPE_NAMES = {value: name for name, value in _TORCH_DTYPES.items()}
 _FINGERPRINTED_FILES = ("*.safetensors", "config.json")
-_UNBOUNDED_TOKENIZER_LIMIT = 1_000_000
 
 
 class ModelLoadError(RuntimeError):
-    """A configured model could not be loaded; the message says why."""
+    """A configured model could not be loaded, or cannot be served exactly; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -72,23 +66,29 @@ class ModelDescription:
     vocab_size: int
     num_labels: int
     load_seconds: float
-
-    @property
-    def supported_targets(self) -> tuple[str, ...]:
-        """Names of the Target kinds this model can score."""
-        return SUPPORTED_TARGETS[self.kind]
+    supported_targets: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ("text",)
+    intermediate_size: int = 0
 
 
-@dataclass
 class LoadedModel:
-    """A model ready to serve."""
+    """A model ready to serve (see the module docstring)."""
 
-    description: ModelDescription
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    layer_of_module: dict[int, int]
-    # Fast tokenizers are not safe to use from two threads at once ("Already borrowed").
-    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(
+        self,
+        description: ModelDescription,
+        model: PreTrainedModel,
+        kind: ModelKind,
+        processors: Mapping[str, TextProcessor],
+        registry: hooks.ModelHooks,
+        unembedding: discovery.Unembedding | None,
+    ) -> None:
+        self.description = description
+        self.model = model
+        self.kind = kind
+        self.processors = dict(processors)
+        self.hooks = registry
+        self.unembedding = unembedding
 
     @property
     def name(self) -> str:
@@ -100,9 +100,44 @@ class LoadedModel:
         """Where the weights live."""
         return self.model.device
 
-    def probe_session(self, **options: object) -> probe.ProbeSession:
-        """A probe session for one forward pass of this model."""
-        return probe.ProbeSession(layer_of_module=self.layer_of_module, **options)  # type: ignore[arg-type]
+    @property
+    def text(self) -> TextProcessor:
+        """The text processor (every model served today takes text)."""
+        return self.processors["text"]
+
+    def processor(self, spec: InputSpec, field: str) -> TextProcessor:
+        """The processor for an input's modality; INVALID_ARGUMENT naming the field and
+        the modalities the model takes when it has none."""
+        processor = self.processors.get(spec.modality)
+        if processor is None:
+            raise InvalidInput(field, f"model {self.name!r} takes {' or '.join(self.processors)} inputs, "
+                                      f"not {spec.modality}")
+        return processor
+
+    def encode(self, spec: InputSpec, truncate: bool, field: str) -> EncodedInput:
+        """One input as the model sees it (within the model's length limit, or cut to it
+        when `truncate`); safe from any thread."""
+        return self.processor(spec, field).encode(spec, truncate, field, self.description)
+
+    def encode_batch(self, specs: tuple[InputSpec, ...] | list[InputSpec], truncate: bool,
+                     field: str = "inputs") -> EncodedBatch:
+        """Several inputs encoded and padded into one batch on the model's device."""
+        if not specs:
+            raise InvalidInput(field, "at least one input is required")
+        return self.batch([self.encode(spec, truncate, f"{field}[{i}]") for i, spec in enumerate(specs)])
+
+    def batch(self, encoded: list[EncodedInput]) -> EncodedBatch:
+        """Encoded inputs right-padded into tensors on the model's device."""
+        return batch_inputs(encoded, self.text.pad_token_id, self.device)
+
+    def outputs(self, arguments: Mapping[str, torch.Tensor], last_positions: int | None = None) -> torch.Tensor:
+        """The model's outputs (see ModelKind.outputs) for keyword arguments such as
+        input_ids or inputs_embeds, attention_mask and token_type_ids."""
+        return self.kind.outputs(self.model, arguments, last_positions)
+
+    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The input-embedding layer's output [batch, tokens, hidden] for token ids."""
+        return self.model.get_input_embeddings()(input_ids)
 
 
 def default_model_spec() -> ModelSpec:
@@ -138,16 +173,6 @@ def fingerprint_directory(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_kind(config: PretrainedConfig) -> str:
-    """Decides the output head from the architectures the config names."""
-    architectures = config.architectures or []
-    if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
-        return CAUSAL_LM
-    if any(name.endswith("ForSequenceClassification") for name in architectures):
-        return SEQUENCE_CLASSIFIER
-    return ENCODER
-
-
 def _config_value(config: PretrainedConfig, *names: str, default: int = 0) -> int:
     for name in names:
         value = getattr(config, name, None)
@@ -162,71 +187,119 @@ def _weight_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
 
-def _discover_attention_layers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[int, int]:
-    """Maps each attention module to its layer by the order a forward pass calls them."""
-    session = probe.ProbeSession(layer_of_module={}, discovered_modules=[])
-    ids = torch.tensor([[tokenizer.pad_token_id or 0, tokenizer.pad_token_id or 0]], device=model.device)
-    with probe.probing(session), torch.inference_mode():
-        model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    modules = session.discovered_modules or []
-    if not modules:
-        raise ModelLoadError(
-            f"{type(model).__name__} does not use transformers' attention interface; "
-            "it cannot be introspected"
-        )
-    return {id(module): layer for layer, module in enumerate(modules)}
+def _refusal(config: PretrainedConfig, kind: ModelKind) -> str | None:
+    """Why a model cannot be served, known from its config and class alone."""
+    model_type = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        return (f"model type {model_type!r} is an encoder-decoder (decoder inputs, cross-attention); "
+                "introspect serves encoders and decoders on their own")
+    try:
+        model_class = _get_model_class(config, kind.loader._model_mapping)
+    except (KeyError, ValueError):
+        return f"model type {model_type!r} has no {kind.loader.__name__} class"
+    if getattr(model_class, "main_input_name", "input_ids") != "input_ids":
+        return (f"model type {model_type!r} takes {model_class.main_input_name} (not token ids); "
+                "image and audio models are not served yet")
+    if not getattr(model_class, "_supports_attention_backend", False):
+        return (f"{model_class.__name__} does not use transformers' attention interface, so its attention "
+                "cannot be read or edited exactly")
+    return None
 
 
 def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel:
-    """Loads one local Hugging Face directory with the introspect attention function."""
+    """Loads one local Hugging Face directory with the introspect attention function;
+    ModelLoadError naming the model, the directory and the reason when it cannot be
+    served exactly."""
     started = time.perf_counter()
     path = spec.path
+
+    def refuse(reason: str) -> ModelLoadError:
+        return ModelLoadError(f"model {spec.name!r} ({path}): {reason}")
+
     if not path.is_dir():
-        raise ModelLoadError(f"model {spec.name!r}: {path} is not a directory")
+        raise refuse("not a directory")
     if not list(path.glob("*.safetensors")):
-        raise ModelLoadError(f"model {spec.name!r}: no .safetensors weights in {path} (only safetensors load)")
-    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    kind = model_kind(config)
-    torch_dtype = _weight_dtype(dtype, device)
-    model = _LOADER_BY_KIND[kind].from_pretrained(
-        path,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-        attn_implementation=probe.ATTENTION_IMPLEMENTATION,
-        dtype=torch_dtype,
-    )
+        raise refuse("no .safetensors weights (only safetensors load)")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable config is a refusal with its reason
+        raise refuse(f"config.json cannot be read ({type(error).__name__}: {_first_line(error)})") from None
+    kind = kind_of(config)
+    reason = _refusal(config, kind)
+    if reason is not None:
+        raise refuse(reason)
+    try:
+        model = kind.loader.from_pretrained(
+            path,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+            attn_implementation=probe.ATTENTION_IMPLEMENTATION,
+            dtype=_weight_dtype(dtype, device),
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - transformers raises many kinds; each is a refusal
+        raise refuse(f"cannot be loaded ({type(error).__name__}: {_first_line(error)})") from None
     model.to(device).eval()
     model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    layer_of_module = _discover_attention_layers(model, tokenizer)
+    try:
+        text = TextProcessor(tokenizer, uses_token_types=bool(getattr(config, "type_vocab_size", 0)))
+        return _wrap(spec, model, kind, text, device, started)
+    except discovery.DiscoveryError as error:
+        raise refuse(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - a forward that fails at load is a refusal, not a traceback
+        raise refuse(f"a short forward through introspect's attention fails ({type(error).__name__}: "
+                     f"{_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, text: TextProcessor, device: torch.device,
+          started: float) -> LoadedModel:
+    """Finds the model's layers and hook points, proves parity with eager attention and
+    describes it."""
     config = model.config
     num_heads = _config_value(config, "num_attention_heads", "n_head")
-    tokenizer_limit = getattr(tokenizer, "model_max_length", 0) or 0
+    hidden_size = _config_value(config, "hidden_size", "n_embd", "d_model")
+    intermediate_size = _config_value(config, "intermediate_size", "n_inner", "ffn_dim")
+    vocab_size = _config_value(config, "vocab_size")
+    inputs = discovery.probe_inputs(model, text.pad_token_id, vocab_size)
+    modules = discovery.layer_modules(model, kind, inputs, num_heads, intermediate_size or None, hidden_size)
+    registry = hooks.ModelHooks(modules, num_heads)
+    registry.install()
+    registry.z_at_projection = discovery.verify_z_at_projection(registry, kind, model, inputs)
+    discovery.check_parity(model, kind, registry, inputs, probe.ATTENTION_IMPLEMENTATION)
+    unembedding = discovery.unembedding(model, kind, registry, inputs)
     position_limit = _config_value(config, "max_position_embeddings", "n_positions", default=512)
-    max_tokens = min(position_limit, tokenizer_limit) if 0 < tokenizer_limit < _UNBOUNDED_TOKENIZER_LIMIT else position_limit
-    hidden_size = _config_value(config, "hidden_size", "n_embd")
     description = ModelDescription(
         name=spec.name,
         architecture=(config.architectures or [type(model).__name__])[0],
         model_type=str(config.model_type),
-        kind=kind,
-        num_layers=len(layer_of_module),
+        kind=kind.name,
+        num_layers=registry.num_layers,
         num_heads=num_heads,
         num_key_value_heads=_config_value(config, "num_key_value_heads", default=num_heads),
         head_dim=_config_value(config, "head_dim", default=hidden_size // max(num_heads, 1)),
-        max_tokens=max_tokens,
+        max_tokens=text.max_tokens(position_limit),
         dtype=_DTYPE_NAMES.get(model.dtype, str(model.dtype)),
         device=str(device if device.index is not None or device.type == "cpu" else torch.device(device.type, 0)),
-        fingerprint=fingerprint_directory(path),
+        fingerprint=fingerprint_directory(spec.path),
         hidden_size=hidden_size,
-        vocab_size=_config_value(config, "vocab_size"),
-        num_labels=int(getattr(config, "num_labels", 0)) if kind == SEQUENCE_CLASSIFIER else 0,
+        vocab_size=vocab_size,
+        num_labels=int(getattr(config, "num_labels", 0)) if kind.name == "sequence_classifier" else 0,
         load_seconds=time.perf_counter() - started,
+        supported_targets=kind.targets,
+        modalities=("text",),
+        intermediate_size=intermediate_size,
     )
-    log.info("loaded model %s (%s, %d layers) from %s in %.1fs", spec.name, description.architecture,
-             description.num_layers, path, description.load_seconds)
-    return LoadedModel(description=description, model=model, tokenizer=tokenizer, layer_of_module=layer_of_module)
+    log.info("loaded model %s (%s, %d layers, attn.z at the %s) from %s in %.1fs", spec.name,
+             description.architecture, description.num_layers,
+             "output projections" if registry.z_at_projection else "attention function", spec.path,
+             description.load_seconds)
+    return LoadedModel(description, model, kind, {"text": text}, registry, unembedding)
 
 
 class ModelRegistry:
@@ -250,5 +323,5 @@ class ModelRegistry:
             raise ModelNotFound(f"model {name!r} is not loaded; available: {sorted(self._models)}")
         return model
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[LoadedModel]:
         return iter(sorted(self._models.values(), key=lambda model: model.name))

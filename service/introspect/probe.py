@@ -1,74 +1,39 @@
-"""One hook point inside attention, for every architecture that uses transformers'
-attention interface.
+"""The attention function every served model runs, registered with transformers'
+attention interface as "introspect".
 
-Models are loaded with ``attn_implementation="introspect"``. Without an active probe
-session the function is plain SDPA. A session, scoped to one call with `probing()`, can
+It is exact against the model's own eager attention, for every keyword the attention
+interface passes that changes the result:
 
-* receive the softmax probabilities [batch, heads, query, key] of chosen layers (computed
-  in float32 from the post-rotary query and key, only for those layers), and
-* edit the per-head attention output [batch, query, heads, head_dim] before the output
-  projection (zero, gate or replace single heads per batch row).
+* masks: boolean (True attends) or additive float, via the mask interface (a mask
+  function is registered under the same name: without it padded batches get wrong
+  masks); without a mask a causal module gets the upper-left causal mask;
+* grouped-query heads (key/value heads repeated over their query heads);
+* sliding windows (they arrive in the mask);
+* attention sinks (`s_aux`, gpt-oss): a learned logit per head appended as an extra key
+  column before the softmax and dropped after it, so rows sum to less than 1;
+* logit softcapping (`softcap`, Gemma 2): scores -> softcap * tanh(scores / softcap),
+  before the mask;
+* additive position biases (`position_bias`, MPNet- and MPT-style), added to the scores.
 
-The session lives in a ContextVar, so hook state on the shared model is never visible to
-another request.
+Without hooks, and without sinks or softcapping, the output comes from SDPA. When a call
+reads or writes `attn.probs` (see hooks.py), or the model needs sinks or softcapping,
+probabilities are computed in float32 from the post-rotary query and key and the output
+is probabilities x values, as eager attention computes it. `attn.z` hooks act on the
+output here unless the registry takes them at the output projection.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from . import hooks
+
 ATTENTION_IMPLEMENTATION = "introspect"
-
-ProbabilitiesCallback = Callable[[int, torch.Tensor], None]
-"""Called with (layer, probabilities [batch, heads, query, key] float32)."""
-OutputEditor = Callable[[int, torch.Tensor], torch.Tensor]
-"""Called with (layer, output [batch, query, heads, head_dim]); returns the edited output."""
-
-
-class StopForward(Exception):
-    """Raised inside a forward pass once everything a request needs has been computed."""
-
-
-@dataclass
-class ProbeSession:
-    """What one call wants from the attention layers of one forward pass."""
-
-    layer_of_module: dict[int, int]
-    capture_layers: frozenset[int] = frozenset()
-    on_probabilities: ProbabilitiesCallback | None = None
-    edit_output: OutputEditor | None = None
-    stop_after_layer: int | None = None
-    discovered_modules: list[torch.nn.Module] | None = field(default=None, repr=False)
-
-    def layer_index(self, module: torch.nn.Module) -> int:
-        """The 0-based layer of an attention module (discovered once at model load)."""
-        if self.discovered_modules is not None:
-            if not any(seen is module for seen in self.discovered_modules):
-                self.discovered_modules.append(module)
-            return next(i for i, seen in enumerate(self.discovered_modules) if seen is module)
-        return self.layer_of_module[id(module)]
-
-
-_active_session: ContextVar[ProbeSession | None] = ContextVar("introspect_probe", default=None)
-
-
-@contextmanager
-def probing(session: ProbeSession) -> Iterator[ProbeSession]:
-    """Activates `session` for forward passes run inside the block, and always removes it."""
-    token = _active_session.set(session)
-    try:
-        yield session
-    finally:
-        _active_session.reset(token)
 
 
 def attention_probabilities(
@@ -78,16 +43,23 @@ def attention_probabilities(
     attention_mask: torch.Tensor | None,
     scaling: float | None,
     is_causal: bool | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    position_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T * scaling + mask) in float32, [batch, heads, query, key].
+    """Eager attention's probabilities in float32, [batch, heads, query, key].
 
-    Matches transformers' eager attention: boolean masks (True = attend) or additive
-    float masks; without a mask, a causal module gets the upper-left causal mask SDPA
-    would apply. Rows with no key to attend to are zeros, not NaN.
+    query [batch, heads, query, head_dim]; key [batch, kv_heads, key, head_dim]; sinks
+    [heads] (one logit per head). Rows with no key to attend to (and no sink) are zeros,
+    not NaN.
     """
     key = repeat_kv(key, query.shape[1] // key.shape[1])
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:
+        scores = scores + position_bias[..., : scores.shape[-1]].float()
     query_length, key_length = scores.shape[-2], scores.shape[-1]
     if attention_mask is not None:
         mask = attention_mask[:, :, :, :key_length]
@@ -100,7 +72,12 @@ def attention_probabilities(
         if causal and query_length > 1:
             allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=scores.device).tril()
             scores = scores.masked_fill(~allowed, float("-inf"))
-    probabilities = torch.softmax(scores, dim=-1)
+    if sinks is not None:
+        sink_column = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, query_length, 1)
+        with_sinks = torch.cat([scores, sink_column], dim=-1)
+        probabilities = torch.softmax(with_sinks - with_sinks.amax(dim=-1, keepdim=True), dim=-1)[..., :-1]
+    else:
+        probabilities = torch.softmax(scores, dim=-1)
     return torch.nan_to_num(probabilities, nan=0.0)
 
 
@@ -114,19 +91,29 @@ def introspect_attention(
     scaling: float | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    """The registered attention function: SDPA, plus whatever the active session asks."""
-    session = _active_session.get()
-    if session is None:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    layer = session.layer_index(module)
-    if layer in session.capture_layers and session.on_probabilities is not None:
+    """The registered attention function: output [batch, query, heads, head_dim]."""
+    call = hooks.attention_call(module)
+    softcap = kwargs.get("softcap")
+    sinks = kwargs.get("s_aux")
+    position_bias = kwargs.get("position_bias")
+    hookset, layer, z_here = call if call is not None else (None, -1, False)
+    reads_probabilities = hookset is not None and hookset.wants(hooks.ATTN_PROBS, layer)
+    if reads_probabilities or softcap is not None or sinks is not None:
         is_causal = kwargs.get("is_causal")
         probabilities = attention_probabilities(
-            module, query, key, attention_mask, scaling, is_causal if isinstance(is_causal, bool) else None
+            module,
+            query,
+            key,
+            attention_mask,
+            scaling,
+            is_causal if isinstance(is_causal, bool) else None,
+            softcap=softcap if isinstance(softcap, (int, float)) else None,
+            sinks=sinks if isinstance(sinks, torch.Tensor) else None,
+            position_bias=position_bias if isinstance(position_bias, torch.Tensor) else None,
         )
-        session.on_probabilities(layer, probabilities)
+        if reads_probabilities:
+            assert hookset is not None
+            probabilities = hookset.apply(hooks.ATTN_PROBS, layer, probabilities)
         value = repeat_kv(value, query.shape[1] // value.shape[1])
         # [batch, heads, query, head_dim] -> [batch, query, heads, head_dim], as SDPA returns
         output = torch.matmul(probabilities.to(value.dtype), value).transpose(1, 2).contiguous()
@@ -134,10 +121,8 @@ def introspect_attention(
         output, _ = sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if session.edit_output is not None:
-        output = session.edit_output(layer, output)
-    if session.stop_after_layer is not None and layer >= session.stop_after_layer:
-        raise StopForward()
+    if hookset is not None and z_here:
+        output = hookset.apply(hooks.ATTN_Z, layer, output)
     return output, None
 
 

@@ -21,6 +21,11 @@ class InputSpec:
     text_pair: str | None = None
     token_ids: tuple[int, ...] | None = None
 
+    @property
+    def modality(self) -> str:
+        """What the input is: "text" (text or token ids)."""
+        return "text"
+
 
 @dataclass(frozen=True)
 class AttentionQuery:

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInput, require
-from .inputs import EncodedBatch, encode_batch
-from .models import CAUSAL_LM, ENCODER, SEQUENCE_CLASSIFIER, LoadedModel, ModelDescription
+from .inputs import EncodedBatch
+from .kinds import ModelKind
+from .models import LoadedModel, ModelDescription
 from .requests import TARGET_KINDS, TargetSpec
 
-OUTPUT_CHANGE_METRIC = {CAUSAL_LM: "kl_divergence", SEQUENCE_CLASSIFIER: "kl_divergence", ENCODER: "cosine_distance"}
+NEXT_TOKEN_TARGETS = ("next_token", "logit_difference")
 
 
 def check_target_kind(description: ModelDescription, spec: TargetSpec | None) -> TargetSpec:
@@ -59,10 +60,7 @@ def model_outputs(
 ) -> torch.Tensor:
     """Runs the whole model; returns logits [batch, tokens, vocab] (causal LM), logits
     [batch, classes] (classifier) or last hidden states [batch, tokens, hidden] (encoder)."""
-    output = model.model(**_forward_arguments(attention_mask, input_ids, inputs_embeds, token_type_ids))
-    if model.description.kind == ENCODER:
-        return output.last_hidden_state
-    return output.logits
+    return model.outputs(_forward_arguments(attention_mask, input_ids, inputs_embeds, token_type_ids))
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,8 +74,8 @@ class BoundTarget:
     """A target resolved for one model and one input."""
 
     kind: str
-    model_kind: str
-    position: int | None  # absolute position (causal LM)
+    model_kind: ModelKind
+    position: int | None  # absolute position (next-token targets)
     token_id: int | None
     contrast_token_id: int | None
     class_index: int | None
@@ -87,11 +85,11 @@ class BoundTarget:
     @property
     def output_change_metric(self) -> str:
         """Name of the whole-output comparison: KL divergence or cosine distance."""
-        return OUTPUT_CHANGE_METRIC[self.model_kind]
+        return self.model_kind.output_change_metric
 
     def score(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The target per batch row [batch] (float32), from model_outputs()."""
-        if self.model_kind == CAUSAL_LM:
+        if self.kind in NEXT_TOKEN_TARGETS:
             return self.score_next_token_logits(outputs[:, self.position])
         if self.kind == "class_score":
             logits = outputs.float()
@@ -113,9 +111,9 @@ class BoundTarget:
     def output_summary(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per row: log-probabilities of the next-token (at the target position) or class
         distribution, or the pooled embedding for encoders. [batch, D] float32."""
-        if self.model_kind == CAUSAL_LM:
+        if self.kind in NEXT_TOKEN_TARGETS:
             return torch.log_softmax(outputs[:, self.position].float(), dim=-1)
-        if self.model_kind == SEQUENCE_CLASSIFIER:
+        if self.kind == "class_score":
             return torch.log_softmax(outputs.float(), dim=-1)
         return mean_pool(outputs.float(), attention_mask)
 
@@ -137,16 +135,15 @@ def target_scores(
     token_type_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Runs the model and scores the target per row [batch] (float32), differentiable
-    when the inputs are. Causal LMs compute logits at the target position only (no
-    [batch, tokens, vocab] tensor) and keep no KV cache; the input may then end at the
-    target position, since later tokens cannot change it."""
-    if model.description.kind != CAUSAL_LM:
-        outputs = model_outputs(model, attention_mask, input_ids, inputs_embeds, token_type_ids)
-        return target.score(outputs, attention_mask)
-    arguments = _forward_arguments(attention_mask, input_ids, inputs_embeds)
+    when the inputs are. Next-token targets compute logits from the target position on
+    only (no [batch, tokens, vocab] tensor); the input may then end at the target
+    position, since later tokens cannot change it (ModelKind.relevant_length)."""
+    arguments = _forward_arguments(attention_mask, input_ids, inputs_embeds, token_type_ids)
+    if target.kind not in NEXT_TOKEN_TARGETS:
+        return target.score(model.outputs(arguments), attention_mask)
     length = attention_mask.shape[1]
     # the last `length - position` positions' logits, of which the target's is the first
-    logits = model.model(**arguments, use_cache=False, logits_to_keep=length - target.position).logits
+    logits = model.outputs(arguments, last_positions=length - target.position)
     return target.score_next_token_logits(logits[:, 0])
 
 
@@ -197,13 +194,13 @@ def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch
                 class_index = int(outputs[0].argmax())
         if spec.kind == "embedding_similarity":
             require(spec.reference is not None, "target.embedding_similarity.reference", "a reference input is required")
-            reference = encode_batch(model, [spec.reference], truncate=True, field="target.embedding_similarity.reference")
+            reference = model.encode_batch([spec.reference], truncate=True, field="target.embedding_similarity.reference")
             hidden = model_outputs(model, reference.attention_mask, reference.input_ids,
                                    token_type_ids=reference.token_type_ids)
             reference_embedding = mean_pool(hidden.float(), reference.attention_mask)[0]
     return BoundTarget(
         kind=spec.kind,
-        model_kind=description.kind,
+        model_kind=model.kind,
         position=position,
         token_id=token_id,
         contrast_token_id=contrast,

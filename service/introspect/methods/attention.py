@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import probe
+from .. import hooks
 from ..engine import Sink
 from ..errors import require
-from ..inputs import encode_batch
 from ..models import LoadedModel, ModelDescription
 from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
 from ..results import AttentionLayerResult, StreamStart
@@ -76,7 +75,7 @@ def prepare(description: ModelDescription, query: AttentionQuery) -> AttentionOp
 
 def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, sink: Sink) -> None:
     """Encodes the inputs, then streams each requested layer as the forward pass reaches it."""
-    batch = encode_batch(model, query.inputs, query.truncate)
+    batch = model.encode_batch(query.inputs, query.truncate)
     shortest = min(item.length for item in batch.inputs)
     require(options.top_k <= shortest, "top_k", f"{options.top_k} exceeds the shortest input ({shortest} tokens)")
     description = model.description
@@ -86,6 +85,7 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
     all_heads = options.heads == tuple(range(description.num_heads))
     head_index = torch.tensor(options.heads, device=model.device)
     rollouts: list[torch.Tensor | None] = [None] * len(batch.inputs)
+    last_layer = max(options.layers_computed)
 
     def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
         # probabilities: [batch, heads, query, key] float32
@@ -106,17 +106,12 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
                 "rollout": lambda: rollouts[row][None],  # type: ignore[index]
             }[options.view]()
             sink.emit(_layer_result(row, layer, view_values, options))
+        if layer == last_layer:
+            raise hooks.StopForward()  # the layers after it are not needed
 
-    session = model.probe_session(
-        capture_layers=options.layers_computed,
-        on_probabilities=on_probabilities,
-        stop_after_layer=max(options.layers_computed),
-    )
-    with probe.probing(session), torch.inference_mode():
-        try:
-            model.model.base_model(**batch.model_inputs())
-        except probe.StopForward:
-            pass
+    capture = hooks.HookSet({hooks.ATTN_PROBS: on_probabilities}, {hooks.ATTN_PROBS: options.layers_computed})
+    with model.hooks.active(capture), torch.inference_mode():
+        model.model.base_model(**batch.model_inputs())
 
 
 def _layer_result(row: int, layer: int, values: torch.Tensor, options: AttentionOptions) -> AttentionLayerResult:

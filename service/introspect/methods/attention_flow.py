@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from networkx.algorithms.flow import build_residual_network, shortest_augmenting_path
 
-from .. import probe
+from .. import hooks
 from ..errors import require
 from ..models import ModelDescription
 from ..requests import SaliencyQuery
@@ -60,10 +60,7 @@ def layer_attention(problem: AttributionProblem) -> tuple[float, list[torch.Tens
         # probabilities: [1, heads, query, key]
         layers[layer] = residual_attention(head_mean(probabilities[0].double())[0], RESIDUAL_WEIGHT)
 
-    session = problem.model.probe_session(
-        capture_layers=frozenset(range(problem.model.description.num_layers)), on_probabilities=on_probabilities
-    )
-    with probe.probing(session), torch.no_grad():
+    with problem.model.hooks.active(hooks.HookSet({hooks.ATTN_PROBS: on_probabilities})), torch.no_grad():
         score = float(problem.scores(problem.embeddings[None])[0])
     return score, [layers[layer] for layer in sorted(layers)]
 

@@ -18,8 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import require
-from ..inputs import encode_batch, pad_token_id
-from ..models import CAUSAL_LM, LoadedModel, ModelDescription
+from ..models import LoadedModel, ModelDescription
 from ..requests import SaliencyQuery
 from ..results import EncodedInput, SaliencyResult
 from ..targets import BoundTarget, bind_target, target_scores
@@ -61,7 +60,7 @@ class AttributionProblem:
     def attention_row(self) -> int:
         """The position whose attention rollout / flow explains the target: a causal LM's
         target position, else the first token ([CLS], which classifier heads read)."""
-        return self.target.position if self.target.model_kind == CAUSAL_LM else 0  # type: ignore[return-value]
+        return self.model.kind.explained_position(self.target.position)
 
     def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Target per row [batch] float32 of embeddings [batch, length, hidden]."""
@@ -87,7 +86,7 @@ class AttributionProblem:
         """Word embeddings [len(token_ids), hidden] float32 of some token ids."""
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.model.device)
         with torch.no_grad():
-            return self.model.model.get_input_embeddings()(ids)[0].float()
+            return self.model.input_embeddings(ids)[0].float()
 
     def auto_batch_size(self, with_gradients: bool) -> int:
         """Rows per forward (and backward) that fit ACTIVATION_BUDGET_BYTES, roughly:
@@ -137,13 +136,13 @@ class AttributionProblem:
 def attribution_problem(model: LoadedModel, query: SaliencyQuery) -> AttributionProblem:
     """Encodes the query's input and binds its target (INVALID_ARGUMENT for a bad input
     or target)."""
-    batch = encode_batch(model, [query.input], query.truncate, field="input")
+    batch = model.encode_batch([query.input], query.truncate, field="input")
     target = bind_target(model, query.target, batch)
-    length = batch.inputs[0].length if target.position is None else target.position + 1
+    length = model.kind.relevant_length(target.position, batch.inputs[0].length)
     input_ids = batch.input_ids[:, :length]
-    special_ids = set(model.tokenizer.all_special_ids)
+    special_ids = model.text.special_ids
     with torch.no_grad():
-        embeddings = model.model.get_input_embeddings()(input_ids)[0].float()
+        embeddings = model.input_embeddings(input_ids)[0].float()
     return AttributionProblem(
         model=model,
         target=target,
@@ -158,10 +157,9 @@ def attribution_problem(model: LoadedModel, query: SaliencyQuery) -> Attribution
 
 def default_baseline(model: LoadedModel) -> str:
     """BASELINE_UNSPECIFIED: the pad token, else the mask token, else zeros."""
-    tokenizer = model.tokenizer
-    if tokenizer.pad_token_id is not None:
+    if model.text.has_pad_token:
         return "pad"
-    return "mask" if tokenizer.mask_token_id is not None else "zero"
+    return "mask" if model.text.mask_token_id is not None else "zero"
 
 
 def baseline_embeddings(problem: AttributionProblem, baseline: str, token_ids: tuple[int, ...], field: str) -> torch.Tensor:
@@ -186,7 +184,7 @@ def baseline_embeddings(problem: AttributionProblem, baseline: str, token_ids: t
     if baseline == "zero":
         replacement = torch.zeros_like(problem.embeddings[0])
     else:
-        token = pad_token_id(model) if baseline == "pad" else model.tokenizer.mask_token_id
+        token = model.text.pad_token_id if baseline == "pad" else model.text.mask_token_id
         require(token is not None, field, f"model {model.name!r} has no {baseline} token; use zero or tokens")
         replacement = problem.word_embeddings([int(token)])[0]  # type: ignore[arg-type]
     keep = problem.special[:, None]

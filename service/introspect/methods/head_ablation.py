@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import probe
+from .. import hooks
 from ..engine import Sink
-from ..errors import Unimplemented, require
-from ..inputs import EncodedBatch, batch_inputs, encode_batch, encode_input
-from ..models import CAUSAL_LM, LoadedModel, ModelDescription
+from ..errors import require
+from ..inputs import EncodedBatch
+from ..kinds import KINDS
+from ..models import LoadedModel, ModelDescription
 from ..requests import ABLATION_MODES, ABLATION_VALUES, HeadAblationQuery
 from ..results import (
     AblationBaselineResult,
@@ -40,7 +41,7 @@ from ..wire import to_wire
 from . import Method
 from .head_importance import head_importance
 from .heads import ScoringForward, ablation_keep, head_editor, head_means, rows_per_forward
-from .layer_stack import LayerStackError, growing_batch, layer_modules
+from .layer_stack import growing_batch
 
 MAX_CONTINUATION_TOKENS = 64
 MAX_MEAN_REFERENCES = 256
@@ -87,7 +88,7 @@ def prepare(description: ModelDescription, query: HeadAblationQuery) -> HeadAbla
             f"must be in [0, {MAX_CONTINUATION_TOKENS}], got {tokens}")
     if tokens:
         require(query.mode == "joint", "continuation_tokens", "continuations are generated in joint mode only")
-        require(description.kind == CAUSAL_LM, "continuation_tokens",
+        require(KINDS[description.kind].causal, "continuation_tokens",
                 f"continuations need a causal language model; model {description.name!r} is of kind "
                 f"{description.kind!r}")
     require(not query.mean_references or query.value == "mean", "mean_references",
@@ -120,12 +121,7 @@ class _Ablation:
 def run(model: LoadedModel, query: HeadAblationQuery, options: HeadAblationOptions, sink: Sink) -> None:
     """Encodes the input (and mean references), binds the target, then streams the
     baseline and the results of the chosen mode."""
-    if options.mode != "importance":
-        try:
-            layer_modules(model)
-        except LayerStackError as error:
-            raise Unimplemented(f"head ablation is not available for model {model.name!r}: {error}") from error
-    batch = encode_batch(model, [query.input], query.truncate, field="input")
+    batch = model.encode_batch([query.input], query.truncate, field="input")
     description = model.description
     if options.continuation_tokens:
         length = batch.inputs[0].length
@@ -152,13 +148,13 @@ def run(model: LoadedModel, query: HeadAblationQuery, options: HeadAblationOptio
 def _reference_batches(model: LoadedModel, query: HeadAblationQuery) -> list[EncodedBatch]:
     """The mean references encoded and padded into batches of bounded size."""
     encoded = [
-        encode_input(model, spec, query.truncate, f"mean_references[{index}]")
+        model.encode(spec, query.truncate, f"mean_references[{index}]")
         for index, spec in enumerate(query.mean_references)
     ]
     if not encoded:
         return []
     size = rows_per_forward(model, max(item.length for item in encoded))
-    return [batch_inputs(model, encoded[start : start + size]) for start in range(0, len(encoded), size)]
+    return [model.batch(encoded[start : start + size]) for start in range(0, len(encoded), size)]
 
 
 def _baseline(forward: ScoringForward, score: float) -> AblationBaselineResult:
@@ -183,7 +179,7 @@ def _ablated_forward(
     model = forward.model
     copies = Counter(min(layer for layer, _ in heads) for heads in ablations)
     edit = head_editor(_keep_after_clean_row(model, ablations), means, check)
-    with growing_batch(model, copies, edit), torch.inference_mode():
+    with growing_batch(model.hooks, copies, edit), torch.inference_mode():
         outputs = forward.outputs()
     return forward.score(outputs), forward.summary(outputs)
 
@@ -244,10 +240,9 @@ def _joint(ablation: _Ablation) -> None:
         base, ablated = greedy_continuations(
             forward.model, ablation.batch, options.heads, means, options.continuation_tokens, check
         )
-    tokenizer = forward.model.tokenizer
-    with forward.model.tokenizer_lock:
-        base_tokens = tuple(tokenizer.convert_ids_to_tokens(base)) if base else ()
-        ablated_tokens = tuple(tokenizer.convert_ids_to_tokens(ablated)) if ablated else ()
+    text = forward.model.text
+    base_tokens = text.tokens(base) if base else ()
+    ablated_tokens = text.tokens(ablated) if ablated else ()
     ablation.sink.emit(
         JointAblationResult(
             heads=options.heads,
@@ -271,15 +266,13 @@ def greedy_continuations(
 ) -> tuple[list[int], list[int]]:
     """Greedy continuations of the first input of `batch`, `steps` tokens each, without
     and with `heads` knocked out: two rows decoded side by side, each step one full
-    forward without a KV cache (exact, and the probe edits every position)."""
+    forward without a KV cache (exact, and the attn.z hook edits every position)."""
     length = batch.inputs[0].length
     ids = batch.input_ids[:1, :length].expand(2, -1)
-    session = model.probe_session(edit_output=head_editor(_keep_after_clean_row(model, [heads]), means, check))
-    with probe.probing(session), torch.inference_mode():
+    edit = head_editor(_keep_after_clean_row(model, [heads]), means, check)
+    with model.hooks.active(hooks.HookSet({hooks.ATTN_Z: edit})), torch.inference_mode():
         for _ in range(steps):
-            logits = model.model(
-                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1
-            ).logits[:, -1]
+            logits = model.outputs({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, last_positions=1)[:, -1]
             ids = torch.cat([ids, logits.argmax(dim=-1, keepdim=True)], dim=1)
     generated = ids[:, length:].tolist()
     return generated[0], generated[1]

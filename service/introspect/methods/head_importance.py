@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import probe
+from .. import hooks
 from .heads import ScoringForward, head_editor
 
 
@@ -25,8 +25,7 @@ def head_importance(
     description = model.description
     gates = torch.ones(description.num_layers, description.num_heads, device=model.device, requires_grad=True)
     keep = {layer: gates[layer].view(1, 1, -1, 1) for layer in range(description.num_layers)}
-    session = model.probe_session(edit_output=head_editor(keep, means, on_layer))
-    with probe.probing(session), torch.enable_grad():
+    with model.hooks.active(hooks.HookSet({hooks.ATTN_Z: head_editor(keep, means, on_layer)})), torch.enable_grad():
         score = forward.score(forward.outputs())[0]
         (gradient,) = torch.autograd.grad(score, gates)
     return float(score.detach()), gradient.float()

@@ -1,6 +1,6 @@
 """Editing single attention heads, shared by head ablation and head importance.
 
-Every edit is one formula at the probe's hook point, on the per-head attention output
+Every edit is one formula at the `attn.z` hook point (hooks.py), on the per-head attention output
 before the output projection, output [batch, query, heads, head_dim]:
 
     edited = output * keep + (1 - keep) * mean        (the `mean` term only for mean ablation)
@@ -17,10 +17,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .. import probe
+from .. import hooks
 from ..inputs import EncodedBatch
-from ..models import CAUSAL_LM, ENCODER, LoadedModel
-from ..targets import BoundTarget, model_outputs
+from ..models import LoadedModel
+from ..targets import BoundTarget
+from .layer_stack import HeadEdit
 
 # Activation memory one ablation forward may use when the request does not set a batch
 # size: on CPU a fixed amount, on an accelerator a share of the free memory.
@@ -32,8 +33,8 @@ def head_editor(
     keep: Mapping[int, torch.Tensor],
     means: torch.Tensor | None,
     on_layer: Callable[[int], None] | None = None,
-) -> probe.OutputEditor:
-    """The probe's edit_output for `keep[layer]` [rows, 1, heads, 1] (layers absent are not
+) -> HeadEdit:
+    """The attn.z hook for `keep[layer]` [rows, 1, heads, 1] (layers absent are not
     edited) and, for mean ablation, `means` [layers, heads, head_dim].
 
     A growing batch has fewer rows at early layers than `keep` describes: the first
@@ -69,8 +70,9 @@ def ablation_keep(
 class ScoringForward:
     """How to run the model on one input to score a target and summarise the output.
 
-    For causal LMs the input ends at the target position (later tokens cannot change
-    it) and only that position's logits are computed; `target` is rebound to them.
+    The input ends where later tokens can no longer change the target (a causal model's
+    target position: ModelKind.relevant_length); for next-token targets only that
+    position's logits are computed, and `target` is rebound to them.
     """
 
     model: LoadedModel
@@ -81,27 +83,18 @@ class ScoringForward:
     @classmethod
     def create(cls, model: LoadedModel, batch: EncodedBatch, target: BoundTarget) -> ScoringForward:
         """The scoring forward of the first input of `batch`."""
-        arguments = batch.model_inputs()
-        if model.description.kind == CAUSAL_LM:
-            assert target.position is not None
-            arguments = {name: value[:1, : target.position + 1] for name, value in arguments.items()}
-            target = replace(target, position=0)
-        else:
-            arguments = {name: value[:1] for name, value in arguments.items()}
+        length = model.kind.relevant_length(target.position, batch.inputs[0].length)
+        arguments = {name: value[:1, :length] for name, value in batch.model_inputs().items()}
+        if target.position is not None:
+            target = replace(target, position=target.position - length + 1)  # -> the last position kept
         return cls(model, arguments, arguments["attention_mask"], target)
 
     def outputs(self) -> torch.Tensor:
-        """Runs the model: logits [batch, 1, vocab] at the target position (causal LM),
-        logits [batch, classes] (classifier) or last hidden states [batch, tokens, hidden]
-        (encoder). The batch is 1 unless a growing batch (layer_stack) adds rows."""
-        if self.model.description.kind == CAUSAL_LM:
-            return self.model.model(**self.arguments, use_cache=False, logits_to_keep=1).logits
-        return model_outputs(
-            self.model,
-            self.attention_mask,
-            self.arguments["input_ids"],
-            token_type_ids=self.arguments.get("token_type_ids"),
-        )
+        """Runs the model: logits [batch, 1, vocab] at the target position (next-token
+        targets), logits [batch, classes] (classifier) or last hidden states [batch,
+        tokens, hidden] (encoder). The batch is 1 unless a growing batch (layer_stack)
+        adds rows."""
+        return self.model.outputs(self.arguments, last_positions=1 if self.target.position is not None else None)
 
     def score(self, outputs: torch.Tensor) -> torch.Tensor:
         """The target per row [batch] (float32)."""
@@ -122,33 +115,30 @@ def head_means(model: LoadedModel, batches: Sequence[EncodedBatch]) -> torch.Ten
         weights = batch.attention_mask.to(torch.float32)[:, :, None, None]  # [batch, tokens, 1, 1]
         count += int(batch.attention_mask.sum())
 
-        def observe(layer: int, output: torch.Tensor, weights: torch.Tensor = weights) -> torch.Tensor:
+        def observe(layer: int, output: torch.Tensor, weights: torch.Tensor = weights) -> None:
             total = (output.float() * weights).sum(dim=(0, 1))  # [heads, head_dim]
             sums[layer] = sums[layer] + total if layer in sums else total
-            return output
 
-        session = model.probe_session(edit_output=observe, stop_after_layer=description.num_layers - 1)
-        with probe.probing(session), torch.inference_mode():
-            try:
-                model.model(**batch.model_inputs())
-            except probe.StopForward:
-                pass
+        def observe_then_stop_at_last(layer: int, output: torch.Tensor, observe=observe) -> None:
+            observe(layer, output)
+            if layer == description.num_layers - 1:
+                raise hooks.StopForward()
+
+        with model.hooks.active(hooks.HookSet({hooks.ATTN_Z: observe_then_stop_at_last})), torch.inference_mode():
+            model.outputs(batch.model_inputs())
     return torch.stack([sums[layer] for layer in range(description.num_layers)]) / max(count, 1)
 
 
 def rows_per_forward(model: LoadedModel, tokens: int) -> int:
     """How many ablated rows one forward may carry within the activation memory budget."""
     description = model.description
-    config = model.model.config
     hidden = description.hidden_size
-    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    intermediate = description.intermediate_size or 4 * hidden
     itemsize = torch.empty((), dtype=model.model.dtype).element_size()
-    # the widest transient activations of one row in one layer, with room for copies
+    # the widest transient activations of one row in one layer, with room for copies,
+    # plus the float32 output summary (a next-token distribution or pooled states)
     per_row = 3 * tokens * (3 * hidden + intermediate + description.num_heads * tokens) * itemsize
-    if description.kind == CAUSAL_LM:
-        per_row += 3 * description.vocab_size * 4
-    elif description.kind == ENCODER:
-        per_row += tokens * hidden * 4
+    per_row += 3 * description.vocab_size * 4 if model.kind.has_lm_head else tokens * hidden * 4
     return max(1, _memory_budget(model.device) // per_row)
 
 
