@@ -52,12 +52,15 @@ class Unembedding:
 
     final_norm: nn.Module | None
     head: nn.Module
+    scale: float = 1.0  # logits multiplied by it (Cohere's logit_scale, 1 / Granite's logits_scaling)
     softcap: float | None = None  # final logit softcapping (Gemma 2): softcap * tanh(logits / softcap)
 
     def __call__(self, residual: torch.Tensor) -> torch.Tensor:
         """Logits [..., vocab] of residual stream states [..., d_model]."""
         normed = residual if self.final_norm is None else self.final_norm(residual)
         logits = self.head(normed)
+        if self.scale != 1.0:
+            logits = logits * self.scale
         return logits if self.softcap is None else torch.tanh(logits / self.softcap) * self.softcap
 
 
@@ -86,7 +89,8 @@ def layer_modules(model: PreTrainedModel, kind: ModelKind, inputs: dict[str, tor
                              "as in ALBERT): its layers cannot be told apart") from None
     attention = tuple(discovery.modules)
     if not attention:
-        raise DiscoveryError("the forward never calls transformers' attention interface")
+        raise DiscoveryError(f"{type(model).__name__} does not use transformers' attention interface, so its "
+                             "attention cannot be read or edited exactly")
     names = {id(module): name for name, module in model.named_modules()}
     blocks = [_enclosing_list_element(model, names[id(module)]) for module in attention]
     if any(block is None for block in blocks) or len({id(block) for block in blocks}) != len(blocks):
@@ -165,30 +169,17 @@ def _mlps(blocks: Sequence[nn.Module], intermediate_size: int | None, hidden_siz
     return tuple(found)
 
 
-def verify_z_at_projection(registry: hooks.ModelHooks, kind: ModelKind, model: PreTrainedModel,
-                           inputs: dict[str, torch.Tensor]) -> bool:
-    """Whether taking attn.z at the output projections gives what taking it inside the
-    attention function gives, on a batch grown there (one copy of row 0 per layer with
-    head 0 of the copy zeroed at its layer) as growing batches use it."""
-    if registry.modules.projections is None:
-        return False
-    single = {name: value[:1] for name, value in inputs.items()}
-    from .methods.layer_stack import one_copy_per_layer  # the growing batch is the thing verified
+def verify_growth(registry: hooks.ModelHooks, kind: ModelKind, model: PreTrainedModel,
+                  inputs: dict[str, torch.Tensor]) -> str:
+    """How batches of head edits grow through this model (see methods/layer_stack.py)."""
+    from .methods.layer_stack import verified_growth  # the growing batch is the thing verified
 
-    results = []
-    for at_projection in (True, False):
-        registry.z_at_projection = at_projection
-        try:
-            with registry.active(one_copy_per_layer(registry, at_projection)), torch.inference_mode():
-                results.append(kind.outputs(model, single).float())
-        except Exception as error:  # noqa: BLE001 - any failure means: attn.z inside the function
-            log.info("attn.z at the output projections fails (%r)", error)
-            registry.z_at_projection = False
-            return False
-    registry.z_at_projection = False
-    grown, reference = results
-    tolerance = torch.finfo(model.dtype).eps ** 0.5 * max(1.0, float(reference.abs().max()))
-    return grown.shape == reference.shape and bool(torch.allclose(grown, reference, rtol=0, atol=tolerance))
+    def run(rows: int) -> torch.Tensor:
+        single = {name: value[:1].expand(rows, *value.shape[1:]) for name, value in inputs.items()}
+        with torch.inference_mode():
+            return kind.outputs(model, single)
+
+    return verified_growth(registry, run)
 
 
 def unembedding(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelHooks,
@@ -211,15 +202,20 @@ def unembedding(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelHo
     adders = [
         (lambda module=module: module.register_forward_pre_hook(watch))
         for module in model.modules()
-        if id(module) not in block_ids and module is not head and _is_weighted_leaf(module)
+        if id(module) not in block_ids and module is not head and next(module.children(), None) is None
+        and not isinstance(module, (nn.Dropout, nn.Identity))
     ]
     keep = hooks.HookSet({hooks.RESID_POST: lambda layer, value: residual.append(value)}, {hooks.RESID_POST: frozenset({last})})
     with _temporary_hooks(adders), registry.active(keep), torch.inference_mode():
         logits = kind.outputs(model, single)
     if not residual:
         return None
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    candidate = Unembedding(norms[0] if len(norms) == 1 else None, head, softcap if softcap else None)
+    config = model.config
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+    if len(norms) > 1:
+        return None
+    candidate = Unembedding(norms[0] if norms else None, head, scale, softcap if softcap else None)
     with torch.inference_mode():
         lens = candidate(residual[0]).float()
     reference = logits.float()

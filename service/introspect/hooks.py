@@ -45,6 +45,11 @@ MLP_OUT = "mlp.out"
 RESID_POST = "resid.post"
 POINTS = (RESID_PRE, ATTN_IN, ATTN_PROBS, ATTN_Z, ATTN_OUT, MLP_OUT, RESID_POST)
 
+# How a batch can grow mid-forward (methods/layer_stack.py), decided at load:
+GROWTH_AT_PROJECTION = "projection"  # copies join at resid.pre and at attn.z, taken at the output projection
+GROWTH_AT_LAYER_INPUT = "layer_input"  # copies join at resid.pre; attn.z inside the attention function
+GROWTH_NONE = "none"  # the model cannot grow its batch: every row runs from the start
+
 Hook = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
@@ -106,15 +111,20 @@ class ModelHooks:
         self.modules = modules
         self.num_heads = num_heads
         self._layer_of_attention = {id(module): layer for layer, module in enumerate(modules.attention)}
-        # Where attn.z is taken: at the projection input when that is verified to be the
-        # attention function's output (growing batches need it there), else in the function.
-        self.z_at_projection = False
+        # How batches grow; attn.z is taken at the projection input when they grow there
+        # (verified at load to equal the attention function's output), else in the function.
+        self.growth = GROWTH_NONE
         self._handles: list[Any] = []
 
     @property
     def num_layers(self) -> int:
         """Number of layers with attention."""
         return len(self.modules.blocks)
+
+    @property
+    def z_at_projection(self) -> bool:
+        """Whether attn.z hooks act at the output projection's input."""
+        return self.growth == GROWTH_AT_PROJECTION
 
     @property
     def available(self) -> tuple[str, ...]:

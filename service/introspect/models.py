@@ -187,6 +187,9 @@ def _weight_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
 
+_NO_INTERFACE = "does not use transformers' attention interface, so its attention cannot be read or edited exactly"
+
+
 def _refusal(config: PretrainedConfig, kind: ModelKind) -> str | None:
     """Why a model cannot be served, known from its config and class alone."""
     model_type = config.model_type
@@ -200,10 +203,13 @@ def _refusal(config: PretrainedConfig, kind: ModelKind) -> str | None:
     if getattr(model_class, "main_input_name", "input_ids") != "input_ids":
         return (f"model type {model_type!r} takes {model_class.main_input_name} (not token ids); "
                 "image and audio models are not served yet")
-    if not getattr(model_class, "_supports_attention_backend", False):
-        return (f"{model_class.__name__} does not use transformers' attention interface, so its attention "
-                "cannot be read or edited exactly")
     return None
+
+
+def _declares_attention_interface(config: PretrainedConfig, kind: ModelKind) -> bool:
+    """Whether the model's class declares transformers' attention interface (some that
+    do not still call it: the discovery forward decides)."""
+    return bool(getattr(_get_model_class(config, kind.loader._model_mapping), "_supports_attention_backend", False))
 
 
 def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel:
@@ -228,18 +234,26 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel
     reason = _refusal(config, kind)
     if reason is not None:
         raise refuse(reason)
+    no_interface = f"{_get_model_class(config, kind.loader._model_mapping).__name__} {_NO_INTERFACE}"
     try:
-        model = kind.loader.from_pretrained(
+        model, loading = kind.loader.from_pretrained(
             path,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
             attn_implementation=probe.ATTENTION_IMPLEMENTATION,
             dtype=_weight_dtype(dtype, device),
+            output_loading_info=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds; each is a refusal
+        if not _declares_attention_interface(config, kind):
+            raise refuse(no_interface) from None
         raise refuse(f"cannot be loaded ({type(error).__name__}: {_first_line(error)})") from None
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise refuse(f"the weights lack {len(missing)} parameters of {type(model).__name__} (e.g. {missing[0]}): "
+                     "they would be random; the directory does not hold this model")
     model.to(device).eval()
     model.requires_grad_(False)
     try:
@@ -248,6 +262,8 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel
     except discovery.DiscoveryError as error:
         raise refuse(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a forward that fails at load is a refusal, not a traceback
+        if not _declares_attention_interface(config, kind):
+            raise refuse(no_interface) from None
         raise refuse(f"a short forward through introspect's attention fails ({type(error).__name__}: "
                      f"{_first_line(error)})") from None
 
@@ -270,7 +286,7 @@ def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, text: TextPr
     modules = discovery.layer_modules(model, kind, inputs, num_heads, intermediate_size or None, hidden_size)
     registry = hooks.ModelHooks(modules, num_heads)
     registry.install()
-    registry.z_at_projection = discovery.verify_z_at_projection(registry, kind, model, inputs)
+    registry.growth = discovery.verify_growth(registry, kind, model, inputs)
     discovery.check_parity(model, kind, registry, inputs, probe.ATTENTION_IMPLEMENTATION)
     unembedding = discovery.unembedding(model, kind, registry, inputs)
     position_limit = _config_value(config, "max_position_embeddings", "n_positions", default=512)
@@ -295,10 +311,8 @@ def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, text: TextPr
         modalities=("text",),
         intermediate_size=intermediate_size,
     )
-    log.info("loaded model %s (%s, %d layers, attn.z at the %s) from %s in %.1fs", spec.name,
-             description.architecture, description.num_layers,
-             "output projections" if registry.z_at_projection else "attention function", spec.path,
-             description.load_seconds)
+    log.info("loaded model %s (%s, %d layers, batches grow at: %s) from %s in %.1fs", spec.name,
+             description.architecture, description.num_layers, registry.growth, spec.path, description.load_seconds)
     return LoadedModel(description, model, kind, {"text": text}, registry, unembedding)
 
 

@@ -179,8 +179,8 @@ def _ablated_forward(
     model = forward.model
     copies = Counter(min(layer for layer, _ in heads) for heads in ablations)
     edit = head_editor(_keep_after_clean_row(model, ablations), means, check)
-    with growing_batch(model.hooks, copies, edit), torch.inference_mode():
-        outputs = forward.outputs()
+    with growing_batch(model.hooks, copies, edit) as rows, torch.inference_mode():
+        outputs = forward.outputs(rows)
     return forward.score(outputs), forward.summary(outputs)
 
 

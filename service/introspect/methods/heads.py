@@ -89,12 +89,13 @@ class ScoringForward:
             target = replace(target, position=target.position - length + 1)  # -> the last position kept
         return cls(model, arguments, arguments["attention_mask"], target)
 
-    def outputs(self) -> torch.Tensor:
-        """Runs the model: logits [batch, 1, vocab] at the target position (next-token
-        targets), logits [batch, classes] (classifier) or last hidden states [batch,
-        tokens, hidden] (encoder). The batch is 1 unless a growing batch (layer_stack)
-        adds rows."""
-        return self.model.outputs(self.arguments, last_positions=1 if self.target.position is not None else None)
+    def outputs(self, rows: int = 1) -> torch.Tensor:
+        """Runs the model on `rows` copies of the input: logits [batch, 1, vocab] at the
+        target position (next-token targets), logits [batch, classes] (classifier) or
+        last hidden states [batch, tokens, hidden] (encoder). A growing batch
+        (layer_stack) may add rows."""
+        arguments = {name: value.expand(rows, *value.shape[1:]) for name, value in self.arguments.items()}
+        return self.model.outputs(arguments, last_positions=1 if self.target.position is not None else None)
 
     def score(self, outputs: torch.Tensor) -> torch.Tensor:
         """The target per row [batch] (float32)."""

@@ -16,7 +16,9 @@ masks and rotary position embeddings the model computes once for one row broadca
 the grown batch. Driving the model's own forward (instead of calling layers by hand)
 keeps this architecture-agnostic. Where the registry takes `attn.z` inside the attention
 function (the projection could not be verified at load), the copies join at `resid.pre`
-only and recompute layer L's attention.
+only and recompute layer L's attention; where the model cannot grow its batch at all
+mid-forward (it reshapes with the batch size it started with, as GPT-BigCode does), every
+row runs from the start (`ModelHooks.growth`, decided at load by `verified_growth`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def growing_hooks(registry: hooks.ModelHooks, copies_at_layer: Mapping[int, int]
     attn.z exactly once, with all the rows the batch has there (those added at that layer
     included)."""
     growing = {layer: copies for layer, copies in copies_at_layer.items() if copies}
+    if registry.growth == hooks.GROWTH_NONE:
+        return hooks.HookSet({hooks.ATTN_Z: edit})
     at_projection = registry.z_at_projection
 
     def grow(layer: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -60,24 +64,46 @@ def growing_hooks(registry: hooks.ModelHooks, copies_at_layer: Mapping[int, int]
 
 
 @contextmanager
-def growing_batch(registry: hooks.ModelHooks, copies_at_layer: Mapping[int, int], edit: HeadEdit) -> Iterator[None]:
-    """Inside the block, a forward of a one-row batch grows as `growing_hooks` says."""
+def growing_batch(registry: hooks.ModelHooks, copies_at_layer: Mapping[int, int], edit: HeadEdit) -> Iterator[int]:
+    """Inside the block, a forward grows as `growing_hooks` says; the block gets the
+    number of rows the forward must start with: 1, or every row where the model cannot
+    grow its batch mid-forward (the edit then sees all rows at every layer)."""
+    rows = 1 if registry.growth != hooks.GROWTH_NONE else 1 + sum(copies_at_layer.values())
     with registry.active(growing_hooks(registry, copies_at_layer, edit)):
-        yield
+        yield rows
 
 
-def one_copy_per_layer(registry: hooks.ModelHooks, at_projection: bool) -> hooks.HookSet:
-    """The load-time check of growing at the projections: one copy of row 0 per layer,
-    head 0 of each copy zeroed at its layer (`at_projection` is the registry's setting
-    under test)."""
+def verified_growth(registry: hooks.ModelHooks, run: Callable[[int], torch.Tensor]) -> str:
+    """The cheapest way of growing batches that gives exactly what running every row from
+    the start gives, on one copy of row 0 per layer with head 0 of that copy zeroed at its
+    layer. `run(rows)` runs the model's forward on `rows` copies of one input."""
+    layers = registry.num_layers
+    keep = {layer: torch.ones(layers + 1, 1, registry.num_heads, 1) for layer in range(layers)}
+    for layer in range(layers):
+        keep[layer][layer + 1, 0, 0, 0] = 0.0
 
-    def zero_head_0_of_last_row(_layer: int, output: torch.Tensor) -> torch.Tensor:
-        edited = output.clone()
-        edited[-1, :, 0] = 0
-        return edited
+    def zero_head_0(layer: int, output: torch.Tensor) -> torch.Tensor:
+        return output * keep[layer][: output.shape[0]].to(output)
 
-    assert registry.z_at_projection == at_projection
-    return growing_hooks(registry, dict.fromkeys(range(registry.num_layers), 1), zero_head_0_of_last_row)
+    results = {}
+    for growth in (hooks.GROWTH_NONE, hooks.GROWTH_AT_PROJECTION, hooks.GROWTH_AT_LAYER_INPUT):
+        if growth == hooks.GROWTH_AT_PROJECTION and registry.modules.projections is None:
+            continue
+        registry.growth = growth
+        try:
+            with growing_batch(registry, dict.fromkeys(range(layers), 1), zero_head_0) as rows:
+                results[growth] = run(rows).float()
+        except Exception:  # noqa: BLE001 - a model that cannot grow this way is served another way
+            continue
+    registry.growth = hooks.GROWTH_NONE
+    reference = results[hooks.GROWTH_NONE]
+    tolerance = torch.finfo(reference.dtype).eps ** 0.5 * max(1.0, float(reference.abs().max()))
+    for growth in (hooks.GROWTH_AT_PROJECTION, hooks.GROWTH_AT_LAYER_INPUT):
+        grown = results.get(growth)
+        if grown is not None and grown.shape == reference.shape and torch.allclose(grown, reference, rtol=0,
+                                                                                    atol=tolerance):
+            return growth
+    return hooks.GROWTH_NONE
 
 
 def _with_copies_of_row_0(values: torch.Tensor, copies: int) -> torch.Tensor:
