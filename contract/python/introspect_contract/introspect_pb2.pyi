@@ -7,13 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    DTYPE_UNSPECIFIED: _ClassVar[DType]
-    DTYPE_FLOAT32: _ClassVar[DType]
-    DTYPE_FLOAT16: _ClassVar[DType]
-    DTYPE_BFLOAT16: _ClassVar[DType]
-    DTYPE_INT32: _ClassVar[DType]
+    DTYPE_UNSPECIFIED: _ClassVar[Dtype]
+    DTYPE_FLOAT32: _ClassVar[Dtype]
+    DTYPE_FLOAT16: _ClassVar[Dtype]
+    DTYPE_BFLOAT16: _ClassVar[Dtype]
+    DTYPE_INT32: _ClassVar[Dtype]
 
 class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,7 +24,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 
 class CachePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    CACHE_POLICY_USE: _ClassVar[CachePolicy]
+    CACHE_POLICY_UNSPECIFIED: _ClassVar[CachePolicy]
     CACHE_POLICY_BYPASS: _ClassVar[CachePolicy]
     CACHE_POLICY_REFRESH: _ClassVar[CachePolicy]
 
@@ -76,16 +76,16 @@ class AblationValue(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ABLATION_VALUE_UNSPECIFIED: _ClassVar[AblationValue]
     ABLATION_VALUE_ZERO: _ClassVar[AblationValue]
     ABLATION_VALUE_MEAN: _ClassVar[AblationValue]
-DTYPE_UNSPECIFIED: DType
-DTYPE_FLOAT32: DType
-DTYPE_FLOAT16: DType
-DTYPE_BFLOAT16: DType
-DTYPE_INT32: DType
+DTYPE_UNSPECIFIED: Dtype
+DTYPE_FLOAT32: Dtype
+DTYPE_FLOAT16: Dtype
+DTYPE_BFLOAT16: Dtype
+DTYPE_INT32: Dtype
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_ENCODER: ModelKind
 MODEL_KIND_CAUSAL_LM: ModelKind
 MODEL_KIND_SEQUENCE_CLASSIFIER: ModelKind
-CACHE_POLICY_USE: CachePolicy
+CACHE_POLICY_UNSPECIFIED: CachePolicy
 CACHE_POLICY_BYPASS: CachePolicy
 CACHE_POLICY_REFRESH: CachePolicy
 ATTENTION_VIEW_UNSPECIFIED: AttentionView
@@ -126,9 +126,9 @@ class Tensor(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
+    dtype: Dtype
     data: bytes
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -145,6 +145,12 @@ class GetModelRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "architecture", "model_type", "num_layers", "num_heads", "num_key_value_heads", "max_tokens", "dtype", "device", "fingerprint", "kind", "hidden_size", "vocab_size", "num_labels", "supported_targets")
@@ -228,7 +234,7 @@ class StreamHeader(_message.Message):
     cached: bool
     def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TokenizedInput, _Mapping]]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
-class AttentionRequest(_message.Message):
+class StreamAttentionRequest(_message.Message):
     __slots__ = ("model", "inputs", "truncate", "layers", "heads", "view", "top_k", "dtype", "rollout_residual_weight", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -247,10 +253,10 @@ class AttentionRequest(_message.Message):
     heads: _containers.RepeatedScalarFieldContainer[int]
     view: AttentionView
     top_k: int
-    dtype: DType
+    dtype: Dtype
     rollout_residual_weight: float
     cache: CachePolicy
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
 
 class AttentionChunk(_message.Message):
     __slots__ = ("input_index", "layer", "heads", "query_start", "query_end", "view", "values", "key_indices", "layer_complete")
@@ -274,7 +280,7 @@ class AttentionChunk(_message.Message):
     layer_complete: bool
     def __init__(self, input_index: _Optional[int] = ..., layer: _Optional[int] = ..., heads: _Optional[_Iterable[int]] = ..., query_start: _Optional[int] = ..., query_end: _Optional[int] = ..., view: _Optional[_Union[AttentionView, str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., key_indices: _Optional[_Union[Tensor, _Mapping]] = ..., layer_complete: _Optional[bool] = ...) -> None: ...
 
-class AttentionResponse(_message.Message):
+class StreamAttentionResponse(_message.Message):
     __slots__ = ("header", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -372,7 +378,7 @@ class OcclusionOptions(_message.Message):
     batch_size: int
     def __init__(self, span: _Optional[int] = ..., stride: _Optional[int] = ..., replacement: _Optional[_Union[Baseline, str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
-class SaliencyRequest(_message.Message):
+class StreamSaliencyRequest(_message.Message):
     __slots__ = ("model", "input", "truncate", "target", "method", "integrated_gradients", "smoothgrad", "occlusion", "per_dimension", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -418,7 +424,7 @@ class SaliencyChunk(_message.Message):
     token_end: int
     def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ...) -> None: ...
 
-class SaliencyResponse(_message.Message):
+class StreamSaliencyResponse(_message.Message):
     __slots__ = ("header", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -434,7 +440,7 @@ class HeadRef(_message.Message):
     head: int
     def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
 
-class HeadAblationRequest(_message.Message):
+class StreamHeadAblationRequest(_message.Message):
     __slots__ = ("model", "input", "truncate", "target", "mode", "value", "heads", "mean_references", "continuation_tokens", "batch_size", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -508,7 +514,7 @@ class AblationBaseline(_message.Message):
     num_heads: int
     def __init__(self, target_score: _Optional[float] = ..., output_change_metric: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ...) -> None: ...
 
-class HeadAblationResponse(_message.Message):
+class StreamHeadAblationResponse(_message.Message):
     __slots__ = ("header", "baseline", "layer", "joint", "importance")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
