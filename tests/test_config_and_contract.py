@@ -105,3 +105,18 @@ def test_a_model_directory_without_safetensors_is_refused(tmp_path: Path) -> Non
 
     with pytest.raises(ModelLoadError, match="safetensors"):
         load_model(ModelSpec("unsafe", tmp_path), torch.device("cpu"), "auto")
+
+
+def test_tensor_codec_round_trips_uint8_pixels() -> None:
+    """Raw image pixels (ImageInput.pixels) travel as DTYPE_UINT8."""
+    import numpy as np
+    from introspect_contract import pb
+    from introspect_contract.tensors import decode_tensor, encode_tensor
+
+    pixels = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    tensor = encode_tensor(pixels, "uint8")
+    assert tensor.dtype == pb.DTYPE_UINT8 and len(tensor.data) == pixels.size
+    decoded = decode_tensor(tensor)
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, pixels)
+    image = pb.Input(image=pb.ImageInput(pixels=tensor))
+    assert image.WhichOneof("source") == "image"

@@ -63,6 +63,11 @@ class IntrospectionStub:
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationRequest.SerializeToString,
                 response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationResponse.FromString,
                 _registered_method=True)
+        self.StreamLogitLens = channel.unary_stream(
+                '/introspect.v1.Introspection/StreamLogitLens',
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.FromString,
+                _registered_method=True)
 
 
 class IntrospectionServicer:
@@ -108,6 +113,14 @@ class IntrospectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamLogitLens(self, request, context):
+        """Logit lens (nostalgebraist 2020): what the model would predict from the residual
+        stream after each block, streamed layer by layer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +148,11 @@ def add_IntrospectionServicer_to_server(servicer, server):
                     servicer.StreamHeadAblation,
                     request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationRequest.FromString,
                     response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationResponse.SerializeToString,
+            ),
+            'StreamLogitLens': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogitLens,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +294,33 @@ class Introspection:
             '/introspect.v1.Introspection/StreamHeadAblation',
             introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationRequest.SerializeToString,
             introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogitLens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/introspect.v1.Introspection/StreamLogitLens',
+            introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.FromString,
             options,
             channel_credentials,
             insecure,
