@@ -2,6 +2,7 @@
 # The test command: installs everything the suite needs on a fresh machine, then runs it.
 #   - Debian packages redis-server and prometheus (real servers the suite starts itself)
 #   - a virtual environment in .venv with the CPU build of torch and the dev extras
+#   - buf (contract lint and breaking-change checks), pinned in package-lock.json
 # Extra arguments go to pytest (e.g. scripts/test.sh -k attention).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+npm ci --no-audit --no-fund
 
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv

@@ -241,7 +241,7 @@ class StreamReply:
         return self.metadata.get("introspect-cache", "")
 
 
-async def stream_attention(address: str, request: pb.AttentionRequest, timeout: float = 60) -> StreamReply:
+async def stream_attention(address: str, request: pb.StreamAttentionRequest, timeout: float = 60) -> StreamReply:
     """One StreamAttention call over the raw generated stub."""
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
@@ -251,9 +251,9 @@ async def stream_attention(address: str, request: pb.AttentionRequest, timeout: 
     return StreamReply(metadata=metadata, messages=messages)
 
 
-def attention_request(text: str, model: str, cache: int = pb.CACHE_POLICY_USE, **fields: object) -> pb.AttentionRequest:
-    """An AttentionRequest for one text."""
-    return pb.AttentionRequest(model=model, inputs=[pb.Input(text=pb.TextInput(text=text))], cache=cache, **fields)  # type: ignore[arg-type]
+def attention_request(text: str, model: str, cache: int = pb.CACHE_POLICY_UNSPECIFIED, **fields: object) -> pb.StreamAttentionRequest:
+    """An StreamAttentionRequest for one text."""
+    return pb.StreamAttentionRequest(model=model, inputs=[pb.Input(text=pb.TextInput(text=text))], cache=cache, **fields)  # type: ignore[arg-type]
 
 
 def long_text(words: int) -> str:

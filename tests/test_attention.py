@@ -145,7 +145,7 @@ def test_chunks_stay_under_the_max_message_size(
 ) -> None:
     text = " ".join(["transformers look inside"] * 60)  # ~180 tokens: 12 heads x 180 x 180 x 4 B = 1.5 MB/layer
     limit = 65536
-    request = pb.AttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text=text))], layers=[0, 5])
+    request = pb.StreamAttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text=text))], layers=[0, 5])
     channel = grpc.insecure_channel(small_message_server.address)
     messages = list(pb_grpc.IntrospectionStub(channel).StreamAttention(request))
     channel.close()
@@ -204,14 +204,14 @@ def test_bad_requests_get_a_status_that_says_what_to_fix(
 @pytest.mark.parametrize(
     ("malformed", "field"),
     [
-        (pb.AttentionRequest(model="minilm"), "inputs"),
-        (pb.AttentionRequest(model="minilm", inputs=[pb.Input()]), "inputs[0]"),
-        (pb.AttentionRequest(model="minilm", inputs=[pb.Input(token_ids=pb.TokenIds())]), "inputs[0].token_ids"),
-        (pb.AttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text="a"))], view=42), "view"),
-        (pb.AttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text="a"))], dtype=pb.DTYPE_INT32), "dtype"),
+        (pb.StreamAttentionRequest(model="minilm"), "inputs"),
+        (pb.StreamAttentionRequest(model="minilm", inputs=[pb.Input()]), "inputs[0]"),
+        (pb.StreamAttentionRequest(model="minilm", inputs=[pb.Input(token_ids=pb.TokenIds())]), "inputs[0].token_ids"),
+        (pb.StreamAttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text="a"))], view=42), "view"),
+        (pb.StreamAttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text="a"))], dtype=pb.DTYPE_INT32), "dtype"),
     ],
 )
-def test_malformed_protos_name_the_field(address: str, malformed: pb.AttentionRequest, field: str) -> None:
+def test_malformed_protos_name_the_field(address: str, malformed: pb.StreamAttentionRequest, field: str) -> None:
     from grpc_status import rpc_status
     from google.rpc import error_details_pb2
 
@@ -232,9 +232,9 @@ def test_empty_requests_of_every_stream_rpc_say_what_is_missing(address: str) ->
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.IntrospectionStub(channel)
     calls = {
-        "attention": stub.StreamAttention(pb.AttentionRequest(model="minilm")),
-        "saliency": stub.StreamSaliency(pb.SaliencyRequest(model="minilm")),
-        "ablation": stub.StreamHeadAblation(pb.HeadAblationRequest(model="minilm")),
+        "attention": stub.StreamAttention(pb.StreamAttentionRequest(model="minilm")),
+        "saliency": stub.StreamSaliency(pb.StreamSaliencyRequest(model="minilm")),
+        "ablation": stub.StreamHeadAblation(pb.StreamHeadAblationRequest(model="minilm")),
     }
     for name, call in calls.items():
         with pytest.raises(grpc.RpcError) as error:
@@ -246,7 +246,7 @@ def test_empty_requests_of_every_stream_rpc_say_what_is_missing(address: str) ->
 
 def test_deadline_and_cancellation_leave_the_server_serving(address: str, client: Client) -> None:
     text = " ".join(["deadline"] * 400)
-    request = pb.AttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text=text))] * 4)
+    request = pb.StreamAttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text=text))] * 4)
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.IntrospectionStub(channel)
     with pytest.raises(grpc.RpcError) as error:

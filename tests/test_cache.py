@@ -78,7 +78,7 @@ def test_key_covers_fingerprint_rpc_request_token_ids_and_serving_settings() -> 
 
 
 def test_canonical_request_ignores_the_policy_and_resolves_the_model() -> None:
-    use = attention_request("a text", model="", cache=pb.CACHE_POLICY_USE, layers=[1])
+    use = attention_request("a text", model="", cache=pb.CACHE_POLICY_UNSPECIFIED, layers=[1])
     refresh = attention_request("a text", model="minilm", cache=pb.CACHE_POLICY_REFRESH, layers=[1])
     assert canonical_request(use, "minilm") == canonical_request(refresh, "minilm")
     other_layer = attention_request("a text", "minilm", layers=[2])
@@ -86,7 +86,7 @@ def test_canonical_request_ignores_the_policy_and_resolves_the_model() -> None:
 
 
 def test_every_input_of_a_request_is_found_wherever_it_is() -> None:
-    request = pb.HeadAblationRequest(
+    request = pb.StreamHeadAblationRequest(
         input=pb.Input(text=pb.TextInput(text="main")),
         target=pb.Target(
             embedding_similarity=pb.EmbeddingSimilarityTarget(reference=pb.Input(token_ids=pb.TokenIds(ids=[5])))
@@ -244,7 +244,7 @@ async def test_bypass_neither_reads_nor_writes_and_refresh_recomputes(memory_ser
     assert bypass.cache == "bypass"
     assert (await stream_attention(server.address, attention_request(text, "gpt2"))).cache == "hit"
     # Same question by token ids, and another model: different results, different keys.
-    ids_request = pb.AttentionRequest(model="gpt2", inputs=[pb.Input(token_ids=pb.TokenIds(ids=[101, 2023, 102]))])
+    ids_request = pb.StreamAttentionRequest(model="gpt2", inputs=[pb.Input(token_ids=pb.TokenIds(ids=[101, 2023, 102]))])
     assert (await stream_attention(server.address, ids_request)).cache == "miss"
     assert (await stream_attention(server.address, attention_request(text, "minilm"))).cache == "miss"
 
@@ -395,7 +395,7 @@ def _health(address: str) -> int:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
 
 
-async def _timed(address: str, request: pb.AttentionRequest) -> tuple[str, float]:
+async def _timed(address: str, request: pb.StreamAttentionRequest) -> tuple[str, float]:
     started = time.monotonic()
     reply = await stream_attention(address, request, timeout=10)
     assert reply.messages[0].HasField("header") and len(reply.messages) > 1

@@ -171,7 +171,7 @@ def test_attention_request_maps_names_and_rejects_unknown_ones() -> None:
 def _chunks_of(
     full: np.ndarray, input_index: int, layer: int, heads: list[int], rows_per_chunk: int, heads_per_chunk: int,
     indices: np.ndarray | None = None, dtype: str = "float32",
-) -> list[pb.AttentionResponse]:
+) -> list[pb.StreamAttentionResponse]:
     """Splits a [heads_or_1, query, width] array into chunks the way a server may."""
     messages = []
     head_count, query = full.shape[0], full.shape[1]
@@ -185,13 +185,13 @@ def _chunks_of(
             )
             if indices is not None:
                 chunk.key_indices.CopyFrom(encode_tensor(indices[h:h_end, q:q_end], "int32"))
-            messages.append(pb.AttentionResponse(chunk=chunk))
+            messages.append(pb.StreamAttentionResponse(chunk=chunk))
     messages[-1].chunk.layer_complete = True
     return messages
 
 
-def _header(lengths: list[int]) -> pb.AttentionResponse:
-    return pb.AttentionResponse(
+def _header(lengths: list[int]) -> pb.StreamAttentionResponse:
+    return pb.StreamAttentionResponse(
         header=pb.StreamHeader(
             model="fake", fingerprint="f" * 64,
             inputs=[
@@ -203,7 +203,7 @@ def _header(lengths: list[int]) -> pb.AttentionResponse:
     )
 
 
-def _interleave(streams: list[list[pb.AttentionResponse]], rng: np.random.Generator) -> list[pb.AttentionResponse]:
+def _interleave(streams: list[list[pb.StreamAttentionResponse]], rng: np.random.Generator) -> list[pb.StreamAttentionResponse]:
     """Merges per-(input, layer) chunk lists in random order, keeping each list's last
     chunk (layer_complete) last within its list; the others are shuffled."""
     queues = []
@@ -281,10 +281,13 @@ def test_reassembly_rejects_a_stream_with_missing_rows() -> None:
         assembler.result()
 
 
-def test_client_package_imports_without_torch_transformers_or_matplotlib() -> None:
+def test_client_and_contract_import_without_torch_transformers_or_matplotlib() -> None:
     blocked = ("torch", "transformers", "matplotlib", "introspect")
     code = (
         f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
+        "import pkgutil, introspect_contract\n"
+        "for module in pkgutil.walk_packages(introspect_contract.__path__, 'introspect_contract.'):\n"
+        "    __import__(module.name)\n"
         "import introspect_client, introspect_client.cli, introspect_client.plot\n"
         "from introspect_client import Client, AsyncClient, IntrospectError\n"
         "print('ok')\n"

@@ -1,4 +1,5 @@
-"""Settings precedence and the generated code's freshness."""
+"""Settings precedence, the generated code's freshness, the contract's buf checks and the
+server's import boundary."""
 
 from __future__ import annotations
 
@@ -60,12 +61,39 @@ def test_generated_code_is_fresh() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_client_imports_without_torch() -> None:
-    code = (
-        "import sys, introspect_client, introspect_client.cli; "
-        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)"
+def test_contract_passes_buf_lint_and_breaking() -> None:
+    """buf lint, and buf breaking against the released contract (and the latest v* tag).
+    Never skipped: a missing buf fails here (scripts/test.sh installs it with npm ci)."""
+    script = ROOT / "scripts" / "check_contract.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (
+        f"{script.name} failed ({result.returncode}); buf missing? run 'npm ci --no-audit --no-fund'\n"
+        + result.stdout
+        + result.stderr
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    assert "buf breaking against protos/released/" in result.stdout
+
+
+def test_server_never_imports_the_client_package() -> None:
+    """Every module of the server package (but __main__, which serves) imports with
+    introspect_client blocked."""
+    code = (
+        "import importlib.abc, pkgutil, sys\n"
+        "class Blocker(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'introspect_client' or name.startswith('introspect_client.'):\n"
+        "            raise ImportError(f'the server imported {name}')\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "import introspect\n"
+        "modules = pkgutil.walk_packages(introspect.__path__, 'introspect.')\n"
+        "names = [m.name for m in modules if m.name != 'introspect.__main__']\n"
+        "for name in names:\n"
+        "    __import__(name)\n"
+        "print(len(names))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 20
 
 
 def test_a_model_directory_without_safetensors_is_refused(tmp_path: Path) -> None:
@@ -77,3 +105,18 @@ def test_a_model_directory_without_safetensors_is_refused(tmp_path: Path) -> Non
 
     with pytest.raises(ModelLoadError, match="safetensors"):
         load_model(ModelSpec("unsafe", tmp_path), torch.device("cpu"), "auto")
+
+
+def test_tensor_codec_round_trips_uint8_pixels() -> None:
+    """Raw image pixels (ImageInput.pixels) travel as DTYPE_UINT8."""
+    import numpy as np
+    from introspect_contract import pb
+    from introspect_contract.tensors import decode_tensor, encode_tensor
+
+    pixels = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    tensor = encode_tensor(pixels, "uint8")
+    assert tensor.dtype == pb.DTYPE_UINT8 and len(tensor.data) == pixels.size
+    decoded = decode_tensor(tensor)
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, pixels)
+    image = pb.Input(image=pb.ImageInput(pixels=tensor))
+    assert image.WhichOneof("source") == "image"

@@ -48,7 +48,7 @@ def observed(model_dirs: dict[str, Path]) -> Iterator[tuple[RunningServer, int]]
 async def traffic(observed: tuple[RunningServer, int]) -> tuple[RunningServer, int]:
     """Sends the known calls once."""
     server, port = observed
-    policies = [pb.CACHE_POLICY_USE] * (OK_CALLS - 1) + [pb.CACHE_POLICY_BYPASS]
+    policies = [pb.CACHE_POLICY_UNSPECIFIED] * (OK_CALLS - 1) + [pb.CACHE_POLICY_BYPASS]
     for policy in policies:
         await stream_attention(server.address, attention_request("counted calls", "gpt2", cache=policy))
     for _ in range(NOT_FOUND_CALLS):

@@ -495,7 +495,7 @@ def test_bad_options_name_the_field(client: Client, arguments: dict[str, object]
 
 def test_unset_method_lists_the_methods_and_long_flow_inputs_are_refused(address: str, client: Client) -> None:
     channel = grpc.insecure_channel(address)
-    request = pb.SaliencyRequest(model="minilm", input=pb.Input(text=pb.TextInput(text=TEXT)), target=targets.embedding_norm())
+    request = pb.StreamSaliencyRequest(model="minilm", input=pb.Input(text=pb.TextInput(text=TEXT)), target=targets.embedding_norm())
     with pytest.raises(grpc.RpcError) as error:
         list(pb_grpc.IntrospectionStub(channel).StreamSaliency(request))
     channel.close()

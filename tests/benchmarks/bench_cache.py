@@ -55,15 +55,15 @@ def serve_bytes(sizes: list[int]) -> None:
     """The floor server: streams messages of `sizes` bytes (pre-serialized chunks of
     random data) for every StreamAttention call; prints its port."""
     chunks = [pb.AttentionChunk(values=pb.Tensor(data=os.urandom(max(size - 16, 0)))) for size in sizes]
-    payloads = [pb.AttentionResponse(chunk=chunk).SerializeToString() for chunk in chunks]
+    payloads = [pb.StreamAttentionResponse(chunk=chunk).SerializeToString() for chunk in chunks]
 
-    async def stream(request: pb.AttentionRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def stream(request: pb.StreamAttentionRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         for payload in payloads:
             yield payload
 
     async def run() -> None:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
-        handler = grpc.unary_stream_rpc_method_handler(stream, request_deserializer=pb.AttentionRequest.FromString)
+        handler = grpc.unary_stream_rpc_method_handler(stream, request_deserializer=pb.StreamAttentionRequest.FromString)
         service = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"StreamAttention": handler}),))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -84,7 +84,7 @@ def floor_timings(sizes: list[int], repeats: int) -> list[float]:
         port = process.stdout.readline().strip()
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=MAX_RECEIVE) as channel:
             stub = pb_grpc.IntrospectionStub(channel)
-            return measure(lambda: list(stub.StreamAttention(pb.AttentionRequest())), repeats, warmup=3)
+            return measure(lambda: list(stub.StreamAttention(pb.StreamAttentionRequest())), repeats, warmup=3)
     finally:
         process.kill()
         process.wait()

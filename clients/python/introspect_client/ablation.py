@@ -1,4 +1,4 @@
-"""Head ablation on the client: building a HeadAblationRequest and assembling the
+"""Head ablation on the client: building a StreamHeadAblationRequest and assembling the
 StreamHeadAblation stream (header, baseline, then per-layer results, one joint result
 or one importance grid) into an `AblationResult`.
 
@@ -78,8 +78,8 @@ def ablation_request(
     batch_size: int = 0,
     truncate: bool = False,
     cache: str = "use",
-) -> pb.HeadAblationRequest:
-    """Builds a HeadAblationRequest.
+) -> pb.StreamHeadAblationRequest:
+    """Builds a StreamHeadAblationRequest.
 
     Args:
         input: one input (text, (text, text_pair), token ids or an Input).
@@ -99,7 +99,7 @@ def ablation_request(
         truncate: cut inputs longer than the model's limit instead of failing.
         cache: result cache policy: "use", "bypass" or "refresh".
     """
-    request = pb.HeadAblationRequest(
+    request = pb.StreamHeadAblationRequest(
         input=make_input(input),
         mode=enum_value(ABLATION_MODES, mode, "mode"),  # type: ignore[arg-type]
         value=enum_value(ABLATION_VALUES, value, "value"),  # type: ignore[arg-type]
@@ -173,7 +173,7 @@ class AblationAssembler(HeaderFirst):
         self._joint: JointAblationResult | None = None
         self._importance: np.ndarray | None = None
 
-    def add(self, message: pb.HeadAblationResponse) -> None:
+    def add(self, message: pb.StreamHeadAblationResponse) -> None:
         """Takes the next message of the stream."""
         kind = self._payload_kind(message)
         if kind == "header":

@@ -158,11 +158,11 @@ class Client(_ClientBase):
     def get_model(self, name: str, *, timeout: float | None = None) -> pb.ModelInfo:
         """Description of the model `name` ("" for the server's default model)."""
         with translate_rpc_errors():
-            return self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout))
+            return self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout)).model
 
     def stream_attention(
         self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
-    ) -> Iterator[pb.AttentionResponse]:
+    ) -> Iterator[pb.StreamAttentionResponse]:
         """The raw StreamAttention messages as they arrive: a header, then chunks.
 
         Takes the same arguments as `attention`. Options are checked before the call is
@@ -195,7 +195,7 @@ class Client(_ClientBase):
 
     def stream_ablation(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
-    ) -> Iterator[pb.HeadAblationResponse]:
+    ) -> Iterator[pb.StreamHeadAblationResponse]:
         """The raw StreamHeadAblation messages as they arrive: a header, the baseline, then
         one message per layer (per_head), one joint result or one importance grid.
 
@@ -235,7 +235,7 @@ class Client(_ClientBase):
 
     def stream_saliency(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
-    ) -> Iterator[pb.SaliencyResponse]:
+    ) -> Iterator[pb.StreamSaliencyResponse]:
         """The raw StreamSaliency messages as they arrive: a header, then partial results
         (integrated-gradients refinements, occlusion spans, SmoothGrad batches) and the
         final one.
@@ -317,11 +317,11 @@ class AsyncClient(_ClientBase):
     async def get_model(self, name: str, *, timeout: float | None = None) -> pb.ModelInfo:
         """Description of the model `name` ("" for the server's default model)."""
         with translate_rpc_errors():
-            return await self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout))
+            return (await self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout))).model
 
     def stream_attention(
         self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
-    ) -> AsyncIterator[pb.AttentionResponse]:
+    ) -> AsyncIterator[pb.StreamAttentionResponse]:
         """The raw StreamAttention messages as they arrive (`async for`); see `Client.attention`."""
         request = attention_request(inputs, **options)
         return self._stream(self._stub.StreamAttention, request, timeout)
@@ -335,7 +335,7 @@ class AsyncClient(_ClientBase):
 
     def stream_ablation(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
-    ) -> AsyncIterator[pb.HeadAblationResponse]:
+    ) -> AsyncIterator[pb.StreamHeadAblationResponse]:
         """The raw StreamHeadAblation messages as they arrive (`async for`); see `Client.ablate`."""
         request = ablation_request(input, **options)
         return self._stream(self._stub.StreamHeadAblation, request, timeout)
@@ -349,7 +349,7 @@ class AsyncClient(_ClientBase):
 
     def stream_saliency(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
-    ) -> AsyncIterator[pb.SaliencyResponse]:
+    ) -> AsyncIterator[pb.StreamSaliencyResponse]:
         """The raw StreamSaliency messages as they arrive (`async for`); see `Client.saliency`."""
         request = saliency_request(input, **options)
         return self._stream(self._stub.StreamSaliency, request, timeout)

@@ -26,9 +26,9 @@ VALUE_DTYPES: dict[str, int] = {
     "float16": pb.DTYPE_FLOAT16,
     "bfloat16": pb.DTYPE_BFLOAT16,
 }
-"""Value dtype name -> DType."""
+"""Value dtype name -> Dtype."""
 CACHE_POLICIES: dict[str, int] = {
-    "use": pb.CACHE_POLICY_USE,
+    "use": pb.CACHE_POLICY_UNSPECIFIED,
     "bypass": pb.CACHE_POLICY_BYPASS,
     "refresh": pb.CACHE_POLICY_REFRESH,
 }
@@ -72,7 +72,7 @@ def shared_fields(model: str, truncate: bool, cache: str) -> dict[str, Any]:
     return {"model": model, "truncate": bool(truncate), "cache": enum_value(CACHE_POLICIES, cache, "cache")}
 
 
-def set_target(request: pb.SaliencyRequest | pb.HeadAblationRequest, target: pb.Target | None) -> None:
+def set_target(request: pb.StreamSaliencyRequest | pb.StreamHeadAblationRequest, target: pb.Target | None) -> None:
     """Copies `target` into `request`; None leaves it unset. TypeError for anything but a
     Target message."""
     if target is None:
@@ -94,8 +94,8 @@ def attention_request(
     rollout_residual_weight: float | None = None,
     truncate: bool = False,
     cache: str = "use",
-) -> pb.AttentionRequest:
-    """Builds an AttentionRequest.
+) -> pb.StreamAttentionRequest:
+    """Builds an StreamAttentionRequest.
 
     Args:
         inputs: one input or a batch (see `make_inputs`).
@@ -109,7 +109,7 @@ def attention_request(
         truncate: cut inputs longer than the model's limit instead of failing.
         cache: result cache policy: "use", "bypass" or "refresh".
     """
-    request = pb.AttentionRequest(
+    request = pb.StreamAttentionRequest(
         inputs=make_inputs(inputs),
         layers=int_list(layers, "layers"),
         heads=int_list(heads, "heads"),

@@ -165,7 +165,7 @@ class AttentionAssembler(HeaderFirst):
         self._pending: dict[tuple[int, int], list[_Piece]] = {}
         self._done: set[tuple[int, int]] = set()
 
-    def add(self, message: pb.AttentionResponse) -> None:
+    def add(self, message: pb.StreamAttentionResponse) -> None:
         """Takes the next message of the stream."""
         kind = self._payload_kind(message)
         if kind == "header":

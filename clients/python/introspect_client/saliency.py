@@ -1,4 +1,4 @@
-"""Saliency on the client: building a SaliencyRequest and assembling the StreamSaliency
+"""Saliency on the client: building a StreamSaliencyRequest and assembling the StreamSaliency
 stream (header, then partial and final chunks) into a `SaliencyResult`.
 
     result = client.saliency("The capital of France is", model="gpt2",
@@ -103,8 +103,8 @@ def saliency_request(
     per_dimension: bool = False,
     truncate: bool = False,
     cache: str = "use",
-) -> pb.SaliencyRequest:
-    """Builds a SaliencyRequest.
+) -> pb.StreamSaliencyRequest:
+    """Builds a StreamSaliencyRequest.
 
     Args:
         input: one input (text, (text, text_pair), token ids or an Input).
@@ -147,7 +147,7 @@ def saliency_request(
         integrated.baseline = pb.BASELINE_TOKENS
         integrated.baseline_token_ids.extend(_token_ids(baseline, "baseline"))
     method_value = enum_value(SALIENCY_METHODS, method, "method")
-    request = pb.SaliencyRequest(
+    request = pb.StreamSaliencyRequest(
         input=make_input(input),
         method=method_value,  # type: ignore[arg-type]
         integrated_gradients=integrated,
@@ -218,7 +218,7 @@ class SaliencyAssembler(HeaderFirst):
         self._final = False
         self._refinements: dict[int, Refinement] = {}
 
-    def add(self, message: pb.SaliencyResponse) -> None:
+    def add(self, message: pb.StreamSaliencyResponse) -> None:
         """Takes the next message of the stream."""
         kind = self._payload_kind(message)
         if kind == "header":

@@ -7,13 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    DTYPE_UNSPECIFIED: _ClassVar[DType]
-    DTYPE_FLOAT32: _ClassVar[DType]
-    DTYPE_FLOAT16: _ClassVar[DType]
-    DTYPE_BFLOAT16: _ClassVar[DType]
-    DTYPE_INT32: _ClassVar[DType]
+    DTYPE_UNSPECIFIED: _ClassVar[Dtype]
+    DTYPE_FLOAT32: _ClassVar[Dtype]
+    DTYPE_FLOAT16: _ClassVar[Dtype]
+    DTYPE_BFLOAT16: _ClassVar[Dtype]
+    DTYPE_INT32: _ClassVar[Dtype]
+    DTYPE_UINT8: _ClassVar[Dtype]
 
 class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -21,10 +22,19 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_ENCODER: _ClassVar[ModelKind]
     MODEL_KIND_CAUSAL_LM: _ClassVar[ModelKind]
     MODEL_KIND_SEQUENCE_CLASSIFIER: _ClassVar[ModelKind]
+    MODEL_KIND_IMAGE_CLASSIFIER: _ClassVar[ModelKind]
+    MODEL_KIND_IMAGE_ENCODER: _ClassVar[ModelKind]
+    MODEL_KIND_IMAGE_TEXT_DUAL_ENCODER: _ClassVar[ModelKind]
+
+class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODALITY_UNSPECIFIED: _ClassVar[Modality]
+    MODALITY_TEXT: _ClassVar[Modality]
+    MODALITY_IMAGE: _ClassVar[Modality]
 
 class CachePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    CACHE_POLICY_USE: _ClassVar[CachePolicy]
+    CACHE_POLICY_UNSPECIFIED: _ClassVar[CachePolicy]
     CACHE_POLICY_BYPASS: _ClassVar[CachePolicy]
     CACHE_POLICY_REFRESH: _ClassVar[CachePolicy]
 
@@ -76,16 +86,23 @@ class AblationValue(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ABLATION_VALUE_UNSPECIFIED: _ClassVar[AblationValue]
     ABLATION_VALUE_ZERO: _ClassVar[AblationValue]
     ABLATION_VALUE_MEAN: _ClassVar[AblationValue]
-DTYPE_UNSPECIFIED: DType
-DTYPE_FLOAT32: DType
-DTYPE_FLOAT16: DType
-DTYPE_BFLOAT16: DType
-DTYPE_INT32: DType
+DTYPE_UNSPECIFIED: Dtype
+DTYPE_FLOAT32: Dtype
+DTYPE_FLOAT16: Dtype
+DTYPE_BFLOAT16: Dtype
+DTYPE_INT32: Dtype
+DTYPE_UINT8: Dtype
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_ENCODER: ModelKind
 MODEL_KIND_CAUSAL_LM: ModelKind
 MODEL_KIND_SEQUENCE_CLASSIFIER: ModelKind
-CACHE_POLICY_USE: CachePolicy
+MODEL_KIND_IMAGE_CLASSIFIER: ModelKind
+MODEL_KIND_IMAGE_ENCODER: ModelKind
+MODEL_KIND_IMAGE_TEXT_DUAL_ENCODER: ModelKind
+MODALITY_UNSPECIFIED: Modality
+MODALITY_TEXT: Modality
+MODALITY_IMAGE: Modality
+CACHE_POLICY_UNSPECIFIED: CachePolicy
 CACHE_POLICY_BYPASS: CachePolicy
 CACHE_POLICY_REFRESH: CachePolicy
 ATTENTION_VIEW_UNSPECIFIED: AttentionView
@@ -126,9 +143,9 @@ class Tensor(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
+    dtype: Dtype
     data: bytes
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -146,8 +163,14 @@ class GetModelRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "model_type", "num_layers", "num_heads", "num_key_value_heads", "max_tokens", "dtype", "device", "fingerprint", "kind", "hidden_size", "vocab_size", "num_labels", "supported_targets")
+    __slots__ = ("name", "architecture", "model_type", "num_layers", "num_heads", "num_key_value_heads", "max_tokens", "dtype", "device", "fingerprint", "kind", "hidden_size", "vocab_size", "num_labels", "supported_targets", "modalities")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +186,7 @@ class ModelInfo(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_LABELS_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     model_type: str
@@ -178,7 +202,8 @@ class ModelInfo(_message.Message):
     vocab_size: int
     num_labels: int
     supported_targets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ..., num_key_value_heads: _Optional[int] = ..., max_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., num_labels: _Optional[int] = ..., supported_targets: _Optional[_Iterable[str]] = ...) -> None: ...
+    modalities: _containers.RepeatedScalarFieldContainer[Modality]
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ..., num_key_value_heads: _Optional[int] = ..., max_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., num_labels: _Optional[int] = ..., supported_targets: _Optional[_Iterable[str]] = ..., modalities: _Optional[_Iterable[_Union[Modality, str]]] = ...) -> None: ...
 
 class TextInput(_message.Message):
     __slots__ = ("text", "text_pair")
@@ -194,13 +219,23 @@ class TokenIds(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ImageInput(_message.Message):
+    __slots__ = ("encoded", "pixels")
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    PIXELS_FIELD_NUMBER: _ClassVar[int]
+    encoded: bytes
+    pixels: Tensor
+    def __init__(self, encoded: _Optional[bytes] = ..., pixels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
 class Input(_message.Message):
-    __slots__ = ("text", "token_ids")
+    __slots__ = ("text", "token_ids", "image")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     text: TextInput
     token_ids: TokenIds
-    def __init__(self, text: _Optional[_Union[TextInput, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+    image: ImageInput
+    def __init__(self, text: _Optional[_Union[TextInput, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ...) -> None: ...
 
 class TokenizedInput(_message.Message):
     __slots__ = ("input_index", "token_ids", "tokens", "truncated", "original_length")
@@ -228,7 +263,7 @@ class StreamHeader(_message.Message):
     cached: bool
     def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TokenizedInput, _Mapping]]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
-class AttentionRequest(_message.Message):
+class StreamAttentionRequest(_message.Message):
     __slots__ = ("model", "inputs", "truncate", "layers", "heads", "view", "top_k", "dtype", "rollout_residual_weight", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -247,10 +282,10 @@ class AttentionRequest(_message.Message):
     heads: _containers.RepeatedScalarFieldContainer[int]
     view: AttentionView
     top_k: int
-    dtype: DType
+    dtype: Dtype
     rollout_residual_weight: float
     cache: CachePolicy
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
 
 class AttentionChunk(_message.Message):
     __slots__ = ("input_index", "layer", "heads", "query_start", "query_end", "view", "values", "key_indices", "layer_complete")
@@ -274,7 +309,7 @@ class AttentionChunk(_message.Message):
     layer_complete: bool
     def __init__(self, input_index: _Optional[int] = ..., layer: _Optional[int] = ..., heads: _Optional[_Iterable[int]] = ..., query_start: _Optional[int] = ..., query_end: _Optional[int] = ..., view: _Optional[_Union[AttentionView, str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., key_indices: _Optional[_Union[Tensor, _Mapping]] = ..., layer_complete: _Optional[bool] = ...) -> None: ...
 
-class AttentionResponse(_message.Message):
+class StreamAttentionResponse(_message.Message):
     __slots__ = ("header", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -372,7 +407,7 @@ class OcclusionOptions(_message.Message):
     batch_size: int
     def __init__(self, span: _Optional[int] = ..., stride: _Optional[int] = ..., replacement: _Optional[_Union[Baseline, str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
-class SaliencyRequest(_message.Message):
+class StreamSaliencyRequest(_message.Message):
     __slots__ = ("model", "input", "truncate", "target", "method", "integrated_gradients", "smoothgrad", "occlusion", "per_dimension", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -418,7 +453,7 @@ class SaliencyChunk(_message.Message):
     token_end: int
     def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ...) -> None: ...
 
-class SaliencyResponse(_message.Message):
+class StreamSaliencyResponse(_message.Message):
     __slots__ = ("header", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -434,7 +469,7 @@ class HeadRef(_message.Message):
     head: int
     def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
 
-class HeadAblationRequest(_message.Message):
+class StreamHeadAblationRequest(_message.Message):
     __slots__ = ("model", "input", "truncate", "target", "mode", "value", "heads", "mean_references", "continuation_tokens", "batch_size", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -508,7 +543,7 @@ class AblationBaseline(_message.Message):
     num_heads: int
     def __init__(self, target_score: _Optional[float] = ..., output_change_metric: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ...) -> None: ...
 
-class HeadAblationResponse(_message.Message):
+class StreamHeadAblationResponse(_message.Message):
     __slots__ = ("header", "baseline", "layer", "joint", "importance")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -521,3 +556,49 @@ class HeadAblationResponse(_message.Message):
     joint: JointAblation
     importance: HeadImportance
     def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., baseline: _Optional[_Union[AblationBaseline, _Mapping]] = ..., layer: _Optional[_Union[LayerAblation, _Mapping]] = ..., joint: _Optional[_Union[JointAblation, _Mapping]] = ..., importance: _Optional[_Union[HeadImportance, _Mapping]] = ...) -> None: ...
+
+class StreamLogitLensRequest(_message.Message):
+    __slots__ = ("model", "input", "truncate", "layers", "positions", "top_k", "token_id", "cache")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: Input
+    truncate: bool
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    top_k: int
+    token_id: int
+    cache: CachePolicy
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., token_id: _Optional[int] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+
+class LogitLensLayer(_message.Message):
+    __slots__ = ("layer", "positions", "top_token_ids", "top_probabilities", "top_tokens", "chosen_token_ids", "chosen_probabilities")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    TOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    TOP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    top_token_ids: Tensor
+    top_probabilities: Tensor
+    top_tokens: _containers.RepeatedScalarFieldContainer[str]
+    chosen_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    chosen_probabilities: Tensor
+    def __init__(self, layer: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., top_token_ids: _Optional[_Union[Tensor, _Mapping]] = ..., top_probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., top_tokens: _Optional[_Iterable[str]] = ..., chosen_token_ids: _Optional[_Iterable[int]] = ..., chosen_probabilities: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StreamLogitLensResponse(_message.Message):
+    __slots__ = ("header", "layer")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    layer: LogitLensLayer
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., layer: _Optional[_Union[LogitLensLayer, _Mapping]] = ...) -> None: ...

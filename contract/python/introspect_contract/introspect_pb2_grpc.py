@@ -46,22 +46,27 @@ class IntrospectionStub:
         self.GetModel = channel.unary_unary(
                 '/introspect.v1.Introspection/GetModel',
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=introspect_dot_v1_dot_introspect__pb2.ModelInfo.FromString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.GetModelResponse.FromString,
                 _registered_method=True)
         self.StreamAttention = channel.unary_stream(
                 '/introspect.v1.Introspection/StreamAttention',
-                request_serializer=introspect_dot_v1_dot_introspect__pb2.AttentionRequest.SerializeToString,
-                response_deserializer=introspect_dot_v1_dot_introspect__pb2.AttentionResponse.FromString,
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamAttentionRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamAttentionResponse.FromString,
                 _registered_method=True)
         self.StreamSaliency = channel.unary_stream(
                 '/introspect.v1.Introspection/StreamSaliency',
-                request_serializer=introspect_dot_v1_dot_introspect__pb2.SaliencyRequest.SerializeToString,
-                response_deserializer=introspect_dot_v1_dot_introspect__pb2.SaliencyResponse.FromString,
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamSaliencyRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamSaliencyResponse.FromString,
                 _registered_method=True)
         self.StreamHeadAblation = channel.unary_stream(
                 '/introspect.v1.Introspection/StreamHeadAblation',
-                request_serializer=introspect_dot_v1_dot_introspect__pb2.HeadAblationRequest.SerializeToString,
-                response_deserializer=introspect_dot_v1_dot_introspect__pb2.HeadAblationResponse.FromString,
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationResponse.FromString,
+                _registered_method=True)
+        self.StreamLogitLens = channel.unary_stream(
+                '/introspect.v1.Introspection/StreamLogitLens',
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.FromString,
                 _registered_method=True)
 
 
@@ -108,6 +113,14 @@ class IntrospectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamLogitLens(self, request, context):
+        """Logit lens (nostalgebraist 2020): what the model would predict from the residual
+        stream after each block, streamed layer by layer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,22 +132,27 @@ def add_IntrospectionServicer_to_server(servicer, server):
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=introspect_dot_v1_dot_introspect__pb2.GetModelRequest.FromString,
-                    response_serializer=introspect_dot_v1_dot_introspect__pb2.ModelInfo.SerializeToString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.GetModelResponse.SerializeToString,
             ),
             'StreamAttention': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamAttention,
-                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.AttentionRequest.FromString,
-                    response_serializer=introspect_dot_v1_dot_introspect__pb2.AttentionResponse.SerializeToString,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamAttentionRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamAttentionResponse.SerializeToString,
             ),
             'StreamSaliency': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamSaliency,
-                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.SaliencyRequest.FromString,
-                    response_serializer=introspect_dot_v1_dot_introspect__pb2.SaliencyResponse.SerializeToString,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamSaliencyRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamSaliencyResponse.SerializeToString,
             ),
             'StreamHeadAblation': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamHeadAblation,
-                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.HeadAblationRequest.FromString,
-                    response_serializer=introspect_dot_v1_dot_introspect__pb2.HeadAblationResponse.SerializeToString,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationResponse.SerializeToString,
+            ),
+            'StreamLogitLens': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogitLens,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -194,7 +212,7 @@ class Introspection:
             target,
             '/introspect.v1.Introspection/GetModel',
             introspect_dot_v1_dot_introspect__pb2.GetModelRequest.SerializeToString,
-            introspect_dot_v1_dot_introspect__pb2.ModelInfo.FromString,
+            introspect_dot_v1_dot_introspect__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -220,8 +238,8 @@ class Introspection:
             request,
             target,
             '/introspect.v1.Introspection/StreamAttention',
-            introspect_dot_v1_dot_introspect__pb2.AttentionRequest.SerializeToString,
-            introspect_dot_v1_dot_introspect__pb2.AttentionResponse.FromString,
+            introspect_dot_v1_dot_introspect__pb2.StreamAttentionRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamAttentionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -247,8 +265,8 @@ class Introspection:
             request,
             target,
             '/introspect.v1.Introspection/StreamSaliency',
-            introspect_dot_v1_dot_introspect__pb2.SaliencyRequest.SerializeToString,
-            introspect_dot_v1_dot_introspect__pb2.SaliencyResponse.FromString,
+            introspect_dot_v1_dot_introspect__pb2.StreamSaliencyRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamSaliencyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -274,8 +292,35 @@ class Introspection:
             request,
             target,
             '/introspect.v1.Introspection/StreamHeadAblation',
-            introspect_dot_v1_dot_introspect__pb2.HeadAblationRequest.SerializeToString,
-            introspect_dot_v1_dot_introspect__pb2.HeadAblationResponse.FromString,
+            introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamHeadAblationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogitLens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/introspect.v1.Introspection/StreamLogitLens',
+            introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.FromString,
             options,
             channel_credentials,
             insecure,

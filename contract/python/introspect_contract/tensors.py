@@ -17,6 +17,7 @@ WIRE_DTYPES: dict[str, int] = {
     "float16": pb.DTYPE_FLOAT16,
     "bfloat16": pb.DTYPE_BFLOAT16,
     "int32": pb.DTYPE_INT32,
+    "uint8": pb.DTYPE_UINT8,
 }
 DTYPE_NAMES: dict[int, str] = {value: name for name, value in WIRE_DTYPES.items()}
 _NUMPY_STORAGE: dict[str, np.dtype] = {
@@ -24,6 +25,7 @@ _NUMPY_STORAGE: dict[str, np.dtype] = {
     "float16": np.dtype("<f2"),
     "bfloat16": np.dtype("<u2"),
     "int32": np.dtype("<i4"),
+    "uint8": np.dtype("u1"),
 }
 ITEM_BYTES: dict[str, int] = {name: dtype.itemsize for name, dtype in _NUMPY_STORAGE.items()}
 

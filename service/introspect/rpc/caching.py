@@ -39,7 +39,7 @@ METADATA_KEY = "introspect-cache"
 """Initial metadata key saying what the cache did: hit, miss, bypass or refresh."""
 
 _POLICIES = {
-    pb.CACHE_POLICY_USE: Policy.USE,
+    pb.CACHE_POLICY_UNSPECIFIED: Policy.USE,
     pb.CACHE_POLICY_BYPASS: Policy.BYPASS,
     pb.CACHE_POLICY_REFRESH: Policy.REFRESH,
 }

@@ -54,8 +54,8 @@ def input_specs(messages: Iterable[pb.Input], field: str = "inputs") -> tuple[In
     return tuple(input_spec(message, f"{field}[{i}]") for i, message in enumerate(messages))
 
 
-def attention_query(request: pb.AttentionRequest) -> AttentionQuery:
-    """Decodes an AttentionRequest."""
+def attention_query(request: pb.StreamAttentionRequest) -> AttentionQuery:
+    """Decodes an StreamAttentionRequest."""
     return AttentionQuery(
         model=request.model,
         inputs=input_specs(request.inputs),
@@ -119,8 +119,8 @@ _ABLATION_VALUES = {
 }
 
 
-def head_ablation_query(request: pb.HeadAblationRequest) -> HeadAblationQuery:
-    """Decodes a HeadAblationRequest."""
+def head_ablation_query(request: pb.StreamHeadAblationRequest) -> HeadAblationQuery:
+    """Decodes a StreamHeadAblationRequest."""
     return HeadAblationQuery(
         model=request.model,
         input=input_spec(request.input, "input"),
@@ -161,8 +161,8 @@ _INTEGRATION_RULES = {
 }
 
 
-def saliency_query(request: pb.SaliencyRequest) -> SaliencyQuery:
-    """Decodes a SaliencyRequest; batch_size comes from the chosen method's options."""
+def saliency_query(request: pb.StreamSaliencyRequest) -> SaliencyQuery:
+    """Decodes a StreamSaliencyRequest; batch_size comes from the chosen method's options."""
     method = enum_name(_SALIENCY_METHODS, request.method)
     if request.method == pb.SALIENCY_METHOD_UNSPECIFIED:
         method = "unspecified"

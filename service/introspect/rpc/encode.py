@@ -207,12 +207,12 @@ class StreamEncoding:
 
 
 _HEADER: dict[type, tuple[str, PayloadEncoder]] = {StreamStart: ("header", _whole(stream_header))}
-ATTENTION = StreamEncoding(pb.AttentionResponse, {**_HEADER, AttentionLayerResult: ("chunk", attention_chunks)})
+ATTENTION = StreamEncoding(pb.StreamAttentionResponse, {**_HEADER, AttentionLayerResult: ("chunk", attention_chunks)})
 """StreamAttention: the header, then the chunks of every layer."""
-SALIENCY = StreamEncoding(pb.SaliencyResponse, {**_HEADER, SaliencyResult: ("chunk", saliency_chunks)})
+SALIENCY = StreamEncoding(pb.StreamSaliencyResponse, {**_HEADER, SaliencyResult: ("chunk", saliency_chunks)})
 """StreamSaliency: the header, then the chunks of every partial and the final result."""
 HEAD_ABLATION = StreamEncoding(
-    pb.HeadAblationResponse,
+    pb.StreamHeadAblationResponse,
     {
         **_HEADER,
         AblationBaselineResult: ("baseline", _whole(ablation_baseline)),

@@ -48,8 +48,8 @@ class IntrospectionServicer(pb_grpc.IntrospectionServicer):
         return pb.ListModelsResponse(models=[encode.model_info(d) for d in self._plane.list_models()])
 
     @translate_errors
-    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
-        return encode.model_info(self._plane.get_model(request.name))
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
+        return pb.GetModelResponse(model=encode.model_info(self._plane.get_model(request.name)))
 
     StreamAttention = _server_streaming(decode.attention_query, encode.ATTENTION)
     StreamSaliency = _server_streaming(decode.saliency_query, encode.SALIENCY)
