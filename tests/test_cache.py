@@ -62,16 +62,22 @@ def test_codec_round_trips_and_stores_incompressible_bodies_raw() -> None:
         codec.decode(b"\x07abc")
 
 
-def test_key_covers_fingerprint_rpc_request_token_ids_and_serving_settings() -> None:
-    base = ("f" * 64, "/introspect.v1.Introspection/StreamAttention", b"request", [[101, 7, 102]])
+def test_key_covers_fingerprint_rpc_request_processed_inputs_and_serving_settings() -> None:
+    from introspect.results import EncodedInput
+
+    def identities(*token_ids: list[int]) -> list[bytes]:
+        return [EncodedInput(tuple(ids), tuple(map(str, ids)), None, False, len(ids)).identity for ids in token_ids]
+
+    base = ("f" * 64, "/introspect.v1.Introspection/StreamAttention", b"request", identities([101, 7, 102]))
     key = result_key(*base)
     assert len(key) == 64 and key == result_key(*base)
     variants = [
         ("e" * 64, *base[1:]),
         (base[0], "/introspect.v1.Introspection/StreamSaliency", *base[2:]),
         (*base[:2], b"request2", base[3]),
-        (*base[:3], [[101, 8, 102]]),
-        (*base[:3], [[101, 7], [102]]),
+        (*base[:3], identities([101, 8, 102])),
+        (*base[:3], identities([101, 7], [102])),
+        (*base[:3], [b"pixels:" + bytes(12)]),  # an image's processed pixels are one input's identity too
         (*base, "dtype=float16"),
     ]
     assert len({result_key(*variant) for variant in variants} | {key}) == len(variants) + 1

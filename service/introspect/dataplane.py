@@ -47,16 +47,17 @@ class DataPlane:
 
     async def identify(
         self, model: str, inputs: Sequence[InputSpec]
-    ) -> tuple[ModelDescription, tuple[tuple[int, ...], ...]]:
-        """The model a request names and the token ids of its inputs, for cache keys.
+    ) -> tuple[ModelDescription, tuple[bytes, ...]]:
+        """The model a request names and its inputs as the model sees them (each one's
+        EncodedInput.identity: token ids, or pixels), for cache keys.
         Tokenizes off the event loop; inputs over the model's limit are cut here (the
         method still enforces the request's own truncation rule). Raises ModelNotFound
         or InvalidInput."""
         loaded = self.registry.get(model)
 
-        def tokenize() -> tuple[tuple[int, ...], ...]:
+        def tokenize() -> tuple[bytes, ...]:
             return tuple(
-                loaded.encode(spec, True, f"inputs[{index}]").token_ids for index, spec in enumerate(inputs)
+                loaded.encode(spec, True, f"inputs[{index}]").identity for index, spec in enumerate(inputs)
             )
 
         return loaded.description, await asyncio.to_thread(tokenize)

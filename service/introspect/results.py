@@ -5,6 +5,7 @@ Arrays are numpy, already in their wire storage (see introspect_contract.tensors
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,11 @@ class EncodedInput:
     def length(self) -> int:
         """Number of tokens."""
         return len(self.token_ids)
+
+    @property
+    def identity(self) -> bytes:
+        """What the model sees, as bytes for cache keys: its token ids, tagged."""
+        return b"token_ids:" + struct.pack(f"<{len(self.token_ids)}q", *self.token_ids)
 
 
 @dataclass(frozen=True)

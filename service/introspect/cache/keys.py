@@ -18,11 +18,12 @@ def result_key(
     fingerprint: str,
     rpc: str,
     canonical_request: bytes,
-    token_ids: Sequence[Sequence[int]],
+    processed_inputs: Sequence[bytes],
     serving: str = "",
 ) -> str:
     """Hex SHA-256 of the model's weight fingerprint, the RPC's full name, the canonical
-    request bytes, the token ids of every input (so a tokenizer change misses) and
+    request bytes, every input as the model sees it after processing (token ids, or
+    pixels: EncodedInput.identity, so a changed tokenizer or image processor misses) and
     `serving`: whatever else on the server shapes a result's bytes (the weight dtype, the
     message size limit that sets chunk sizes), so replicas configured differently that
     share Redis never replay each other's results."""
@@ -37,7 +38,7 @@ def result_key(
     part(rpc.encode())
     part(canonical_request)
     part(serving.encode())
-    part(_LENGTH.pack(len(token_ids)))
-    for ids in token_ids:
-        part(struct.pack(f"<{len(ids)}q", *ids))
+    part(_LENGTH.pack(len(processed_inputs)))
+    for processed in processed_inputs:
+        part(processed)
     return digest.hexdigest()

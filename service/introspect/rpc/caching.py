@@ -193,14 +193,14 @@ class CacheInterceptor(HandlerInterceptor):
                 self._keys.move_to_end(memo)
                 return key
             inputs = [decode.input_spec(message, path) for path, message in input_messages(request)]
-            description, token_ids = await self._plane.identify(description.name, inputs)
+            description, processed = await self._plane.identify(description.name, inputs)
         except IntrospectError:
             return None
         except Exception:
             log.exception("could not build a cache key for %s; serving it uncached", method.rpc)
             return None
         serving = f"dtype={description.dtype};max_message_bytes={self._max_message_bytes}"
-        key = result_key(description.fingerprint, method.path, canonical, token_ids, serving)
+        key = result_key(description.fingerprint, method.path, canonical, processed, serving)
         if len(canonical) <= _MEMO_MAX_REQUEST_BYTES:
             self._keys[memo] = key
             if len(self._keys) > _MEMO_ENTRIES:
