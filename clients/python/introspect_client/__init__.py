@@ -22,6 +22,7 @@ from .ablation import (
 from .client import DEFAULT_MAX_MESSAGE_BYTES, AsyncClient, Client
 from .errors import IntrospectError
 from .inputs import InputLike, InputsLike, make_input, make_inputs
+from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .options import CACHE_POLICIES, VALUE_DTYPES, VIEWS, AttentionOptions, attention_request
 from .results import AttentionAssembler, AttentionResult, InputAttention
 from .saliency import (
@@ -58,12 +59,16 @@ __all__ = [
     "InputsLike",
     "IntrospectError",
     "JointAblationResult",
+    "LogitLensAssembler",
+    "LogitLensOptions",
+    "LogitLensResult",
     "Refinement",
     "SaliencyAssembler",
     "SaliencyOptions",
     "SaliencyResult",
     "ablation_request",
     "attention_request",
+    "logit_lens_request",
     "make_input",
     "make_inputs",
     "pb",

@@ -26,6 +26,7 @@ from introspect_contract import pb_grpc
 from .ablation import AblationAssembler, AblationOptions, AblationResult, ablation_request
 from .errors import translate_rpc_errors
 from .inputs import InputLike, InputsLike
+from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .options import AttentionOptions, attention_request, int_list
 from .results import AttentionAssembler, AttentionResult
 from .saliency import SaliencyAssembler, SaliencyOptions, SaliencyResult, saliency_request
@@ -272,6 +273,37 @@ class Client(_ClientBase):
         messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
         return _assembled(messages, SaliencyAssembler())
 
+    def stream_logit_lens(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
+    ) -> Iterator[pb.StreamLogitLensResponse]:
+        """The raw StreamLogitLens messages as they arrive: a header, then one layer each.
+
+        Takes the same arguments as `logit_lens`; leaving the loop early cancels the call.
+        """
+        request = logit_lens_request(input, **options)
+        return self._stream(self._stub.StreamLogitLens, request, timeout)
+
+    def logit_lens(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
+    ) -> LogitLensResult:
+        """The logit lens: per layer and position, the residual stream through the model's
+        final norm and unembedding (models with an LM head).
+
+        Args:
+            input: a text, a (text, text_pair) tuple or a sequence of token ids.
+            timeout: deadline in seconds (default: the client's).
+            model: model name; "" selects the server's default.
+            layers: layers to read (0-based); empty means all.
+            positions: token positions (negative from the end); empty means all.
+            top_k: next tokens per layer and position (0: 5).
+            token_id: token whose probability is tracked (None: the model's own final
+                prediction at each position).
+            truncate: cut an input longer than the model's limit instead of failing.
+            cache: "use", "bypass" or "refresh".
+        """
+        messages = self.stream_logit_lens(input, timeout=timeout, **options)  # checks the options
+        return _assembled(messages, LogitLensAssembler())
+
     def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
         call = method(request, **self._call_kwargs(timeout))
         try:
@@ -360,6 +392,20 @@ class AsyncClient(_ClientBase):
         """Per-token attributions of a target score; see `Client.saliency` for the arguments."""
         messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
         return await _assembled_async(messages, SaliencyAssembler())
+
+    def stream_logit_lens(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
+    ) -> AsyncIterator[pb.StreamLogitLensResponse]:
+        """The raw StreamLogitLens messages as they arrive (`async for`); see `Client.logit_lens`."""
+        request = logit_lens_request(input, **options)
+        return self._stream(self._stub.StreamLogitLens, request, timeout)
+
+    async def logit_lens(
+        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
+    ) -> LogitLensResult:
+        """The logit lens; see `Client.logit_lens` for the arguments."""
+        messages = self.stream_logit_lens(input, timeout=timeout, **options)  # checks the options
+        return await _assembled_async(messages, LogitLensAssembler())
 
     async def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> AsyncIterator[Any]:
         call = method(request, **self._call_kwargs(timeout))
