@@ -77,5 +77,5 @@ def test_invalid_requests_name_the_field(
     with pytest.raises(IntrospectError) as raised:
         client.logit_lens(IDS, model=model, **options)  # type: ignore[arg-type]
     assert raised.value.code.name == "INVALID_ARGUMENT"
-    assert [violation.field for violation in raised.value.field_violations] == [field]
+    assert [violation for violation, _ in raised.value.field_violations] == [field]
     assert fragment in raised.value.message
