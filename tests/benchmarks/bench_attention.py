@@ -1,6 +1,6 @@
 """StreamAttention against plain transformers, side by side in one run.
 
-    python tests/benchmarks/bench_attention.py [--tokens 128 512] [--repeats 15]
+    python tests/benchmarks/bench_attention.py [--tokens 128 512] [--repeats 15] [--device cpu] [--model-dir DIR]
 
 For MiniLM (6 layers x 12 heads) at each input length, medians of:
   eager      transformers eager forward with output_attentions=True (all maps, in process)
@@ -10,6 +10,9 @@ For MiniLM (6 layers x 12 heads) at each input length, medians of:
              all layers and heads reassembled into numpy arrays (float32 and float16)
   first      time to the first chunk through the server
 and the payload bytes per layer in float32 and float16. Ratios are against eager.
+Everything runs on --device (cpu by default; cuda: in-process timings wait for the GPU),
+weights in float32; --model-dir replaces MiniLM by another BERT-like encoder directory
+(the GPU check's stand-in when the packaged MiniLM is not installed).
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from conftest import minilm_dir, start_server  # noqa: E402
-from timing import markdown_table, measure, median_ms  # noqa: E402
+from conftest import start_server  # noqa: E402
+from timing import markdown_table, measure, median_ms, model_dir, model_label, synchronized  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 from introspect.config import ModelSpec  # noqa: E402
 from introspect.methods import method_for  # noqa: E402
-from introspect.models import load_model  # noqa: E402
+from introspect.models import load_model, resolve_device  # noqa: E402
 from introspect.requests import AttentionQuery, InputSpec  # noqa: E402
 from introspect_client import Client  # noqa: E402
 from introspect_contract import pb  # noqa: E402
@@ -41,6 +44,11 @@ def text_of(tokenizer: AutoTokenizer, tokens: int) -> str:
     words = ("the model attends to every token it has seen so far " * tokens).split()
     ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][: tokens - 2]
     return tokenizer.decode(ids)
+
+
+def synchronized_on(device: torch.device):  # type: ignore[no-untyped-def]
+    """Decorator: timing.synchronized on `device`."""
+    return lambda function: synchronized(function, device)
 
 
 class NullSink:
@@ -57,26 +65,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--model-dir", help="an encoder directory (default: the packaged MiniLM)")
     arguments = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    path = minilm_dir()
+    device = resolve_device(arguments.device)
+    path = model_dir(arguments.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    eager = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
-    sdpa = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
-    loaded = load_model(ModelSpec("minilm", path), torch.device("cpu"), "float32")
-    server = start_server(f"--model=minilm={path}", "--max-message-bytes=4194304")
+    eager = AutoModel.from_pretrained(path, attn_implementation="eager").to(device).eval()
+    sdpa = AutoModel.from_pretrained(path, attn_implementation="sdpa").to(device).eval()
+    loaded = load_model(ModelSpec("minilm", path), device, "float32")
+    server = start_server(f"--model=minilm={path}", f"--device={device}", "--dtype=float32",
+                          "--max-message-bytes=4194304")
     rows = []
     try:
         with Client(server.address) as client:
             for tokens in arguments.tokens:
                 text = text_of(tokenizer, tokens)
-                encoded = tokenizer(text, return_tensors="pt")
+                encoded = tokenizer(text, return_tensors="pt").to(device)
                 assert encoded["input_ids"].shape[1] == tokens, encoded["input_ids"].shape
 
+                @synchronized_on(device)
                 def run_eager() -> object:
                     with torch.inference_mode():
                         return eager(**encoded, output_attentions=True).attentions
 
+                @synchronized_on(device)
                 def run_sdpa() -> object:
                     with torch.inference_mode():
                         return sdpa(**encoded).last_hidden_state
@@ -85,6 +99,7 @@ def main() -> None:
                 method = method_for(query)
                 options = method.prepare(loaded.description, query)
 
+                @synchronized_on(device)
                 def run_method() -> None:
                     method.run(loaded, query, options, NullSink())  # type: ignore[arg-type]
 
@@ -125,8 +140,10 @@ def main() -> None:
                              f"f16 {bytes_per_layer['float16'] / 1e6:.2f} MB"])
     finally:
         server.stop()
-    print(f"MiniLM (6 layers x 12 heads), all maps, {torch.get_num_threads()} torch threads, "
-          f"median of {arguments.repeats}; ratio = time / eager time\n")
+    config = eager.config
+    print(f"{model_label(arguments.model_dir)} ({config.num_hidden_layers} layers x {config.num_attention_heads} heads), all maps, "
+          f"float32 on {device}, {torch.get_num_threads()} torch threads, median of {arguments.repeats}; "
+          "ratio = time / eager time\n")
     print(markdown_table(["tokens", "what", "median ms", "vs eager"], rows))
 
 

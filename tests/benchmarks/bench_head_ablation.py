@@ -1,6 +1,6 @@
 """Exact head ablation against the obvious loop, side by side in one run.
 
-    python tests/benchmarks/bench_head_ablation.py [--tokens 128 ...] [--repeats 5] [--device auto] [--threads N]
+    python tests/benchmarks/bench_head_ablation.py [--tokens 128 ...] [--repeats 5] [--device auto] [--threads N] [--model-dir DIR]
 
 For MiniLM (6 layers x 12 heads, target: norm of the pooled embedding), medians of:
   naive loop   plain transformers (SDPA), 72 forwards, each with one head zeroed by a
@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from bench_attention import NullSink, text_of  # noqa: E402
-from conftest import minilm_dir, start_server  # noqa: E402
-from timing import markdown_table, measure, median_ms  # noqa: E402
+from conftest import start_server  # noqa: E402
+from timing import markdown_table, measure, median_ms, model_dir, model_label, synchronized  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
 from introspect.config import ModelSpec  # noqa: E402
@@ -94,7 +94,7 @@ def bench_length(
 ) -> tuple[list[list[object]], float]:
     """Table rows for one input length, and the largest |target delta| difference between
     the method and the naive loop."""
-    tokenizer = loaded.tokenizer
+    tokenizer = loaded.text.tokenizer
     text = text_of(tokenizer, tokens)
     encoded = {name: value.to(loaded.device) for name, value in tokenizer(text, return_tensors="pt").items()}
     assert encoded["input_ids"].shape[1] == tokens, encoded["input_ids"].shape
@@ -104,7 +104,8 @@ def bench_length(
                                   mode=mode, batch_size=arguments.batch_size)
         method = method_for(query)
         options = method.prepare(loaded.description, query)
-        return lambda: method.run(loaded, query, options, sink or NullSink())  # type: ignore[arg-type]
+        return synchronized(lambda: method.run(loaded, query, options, sink or NullSink()),  # type: ignore[arg-type]
+                            loaded.device)
 
     collected = Collect()
     method_runner("per_head", collected)()
@@ -155,11 +156,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--batch-size", type=int, default=0, help="ablated rows per forward (0: automatic)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads here and in the server (0: default)")
+    parser.add_argument("--model-dir", help="a BERT encoder directory (default: the packaged MiniLM)")
     arguments = parser.parse_args()
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
     device = resolve_device(arguments.device)
-    path = minilm_dir()
+    path = model_dir(arguments.model_dir)
     plain = AutoModel.from_pretrained(path, attn_implementation="sdpa").to(device).eval()
     loaded = load_model(ModelSpec("minilm", path), device, "float32")
     threads = {"OMP_NUM_THREADS": str(arguments.threads)} if arguments.threads else None
@@ -174,7 +176,8 @@ def main() -> None:
                 differences.append(difference)
     finally:
         server.stop()
-    print(f"MiniLM (6 layers x 12 heads), all 72 heads, zero ablation, target embedding_norm, {device}, "
+    config = plain.config
+    print(f"{model_label(arguments.model_dir)} ({config.num_hidden_layers} layers x {config.num_attention_heads} heads), all heads, zero ablation, target embedding_norm, {device}, "
           f"{torch.get_num_threads()} torch threads, median of {arguments.repeats} (forwards and importance: "
           f"{arguments.repeats * 4}); largest |target delta difference| from the loop: {max(differences):.1e}\n")
     print(markdown_table(["tokens", "what", "median ms", "ratio"], rows))

@@ -1,7 +1,7 @@
 """Integrated gradients: introspect against Captum's LayerIntegratedGradients, side by
 side in one run.
 
-    python tests/benchmarks/bench_saliency.py [--tokens 100] [--steps 50] [--repeats 5]
+    python tests/benchmarks/bench_saliency.py [--tokens 100] [--steps 50] [--repeats 5] [--device cpu] [--model-dir DIR]
 
 MiniLM (the packaged all-MiniLM-L6-v2), one English text cut to --tokens tokens, target:
 the norm of the mean-pooled embedding (--target similarity: cosine to a reference text),
@@ -27,6 +27,12 @@ other processes hits them alike. Each run is timed by the wall clock and by CPU 
 process plus the server process); with one torch thread (--threads 1, the default) CPU
 time is the work done, which other processes' load barely changes (with more threads,
 waiting threads spin and inflate it). Medians; ratios are Captum's CPU time / introspect's.
+
+--device cuda runs both sides (and the server) on the GPU; host CPU time says little
+there, so ratios are of wall time (in-process runs wait for the GPU before the clock
+stops). --model-dir replaces MiniLM by another BERT encoder directory (the GPU check's
+stand-in). Captum imports matplotlib for its plots only: where matplotlib is not
+installed (the GPU image), a stub module stands in for it, since nothing is drawn.
 """
 
 from __future__ import annotations
@@ -44,14 +50,53 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+
+
+def _stub_matplotlib_if_missing() -> None:
+    """Lets `import captum.attr` work without matplotlib: its visualization module
+    imports matplotlib (and mpl_toolkits) names at import time, used only to plot."""
+    import importlib.abc
+    import importlib.machinery
+    import types
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return
+
+    class Stub(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return type(name, (), {})
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+            if fullname.split(".")[0] in ("matplotlib", "mpl_toolkits"):
+                return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+            return None
+
+        def create_module(self, spec):  # type: ignore[no-untyped-def]
+            return Stub(spec.name)
+
+        def exec_module(self, module: types.ModuleType) -> None:
+            module.__path__ = []  # type: ignore[attr-defined]
+
+    sys.meta_path.insert(0, Finder())
+
+
+_stub_matplotlib_if_missing()
+
 from captum.attr import LayerIntegratedGradients  # noqa: E402
-from conftest import minilm_dir, start_server  # noqa: E402
-from timing import markdown_table  # noqa: E402
+from conftest import start_server  # noqa: E402
+from timing import markdown_table, model_dir, model_label  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from introspect.config import ModelSpec  # noqa: E402
 from introspect.methods import method_for  # noqa: E402
-from introspect.models import LoadedModel, load_model  # noqa: E402
+from introspect.models import LoadedModel, load_model, resolve_device  # noqa: E402
 from introspect.requests import InputSpec, SaliencyQuery, TargetSpec  # noqa: E402
 from introspect_client import Client, SaliencyResult, targets  # noqa: E402
 
@@ -97,9 +142,14 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int, pid: i
     }
 
 
+RATIO_OF = 1
+"""Which timing ratios compare: 1 (CPU time), or 0 (wall time: on a GPU)."""
+
+
 def row(setting: str, name: str, timing: tuple[float, float], captum: tuple[float, float], note: str) -> list[object]:
-    """A table row: wall and CPU milliseconds and the CPU-time ratio to Captum."""
-    return [setting, name, f"{timing[0] * 1000:.0f}", f"{timing[1] * 1000:.0f}", f"{captum[1] / timing[1]:.2f}x", note]
+    """A table row: wall and CPU milliseconds and the ratio to Captum (CPU or wall time)."""
+    return [setting, name, f"{timing[0] * 1000:.0f}", f"{timing[1] * 1000:.0f}",
+            f"{captum[RATIO_OF] / timing[RATIO_OF]:.2f}x", note]
 
 
 class ResultSink:
@@ -138,16 +188,21 @@ def main() -> None:
     parser.add_argument("--target", choices=("norm", "similarity"), default="norm")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.01, 0.001])
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--model-dir", help="a BERT encoder directory (default: the packaged MiniLM)")
     arguments = parser.parse_args()
+    global RATIO_OF
     torch.set_num_threads(arguments.threads)
     threads = {name: str(arguments.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    path = minilm_dir()
+    device = resolve_device(arguments.device)
+    RATIO_OF = 0 if device.type == "cuda" else 1
+    path = model_dir(arguments.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    loaded = load_model(ModelSpec("minilm", path), torch.device("cpu"), "float32")
+    loaded = load_model(ModelSpec("minilm", path), device, "float32")
     text = text_of(tokenizer, arguments.tokens)
-    input_ids = torch.tensor([tokenizer(text)["input_ids"]])
+    input_ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
     assert input_ids.shape[1] == arguments.tokens, input_ids.shape
-    special = torch.tensor([[token in tokenizer.all_special_ids for token in input_ids[0].tolist()]])
+    special = torch.tensor([[token in tokenizer.all_special_ids for token in input_ids[0].tolist()]], device=device)
     baseline_ids = torch.where(special, input_ids, torch.full_like(input_ids, tokenizer.pad_token_id))
 
     similarity = arguments.target == "similarity"
@@ -159,7 +214,7 @@ def main() -> None:
     reference = None
     if similarity:
         with torch.no_grad():
-            reference = loaded.model(**tokenizer(REFERENCE_TEXT, return_tensors="pt")).last_hidden_state.mean(dim=1)[0]
+            reference = loaded.model(**tokenizer(REFERENCE_TEXT, return_tensors="pt").to(device)).last_hidden_state.mean(dim=1)[0]
     captum = LayerIntegratedGradients(captum_forward(loaded, reference), loaded.model.get_input_embeddings())
     batch = arguments.batch_size
 
@@ -168,7 +223,7 @@ def main() -> None:
             input_ids, baselines=baseline_ids, n_steps=steps, method=CAPTUM_METHODS[rule],
             internal_batch_size=batch, return_convergence_delta=True,
         )
-        return attributions[0].sum(dim=-1).detach(), float(delta.abs())
+        return attributions[0].sum(dim=-1).detach().cpu(), float(delta.abs())
 
     def run_method(rule: str, steps: int, batch_size: int) -> object:
         query = SaliencyQuery(
@@ -178,9 +233,11 @@ def main() -> None:
         method = method_for(query)
         sink = ResultSink()
         method.run(loaded, query, method.prepare(loaded.description, query), sink)  # type: ignore[arg-type]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return sink.items[-1]
 
-    server = start_server(f"--model=minilm={path}", env=threads)
+    server = start_server(f"--model=minilm={path}", f"--device={device}", "--dtype=float32", env=threads)
     rows: list[list[object]] = []
     try:
         with Client(server.address) as client:
@@ -241,10 +298,11 @@ def main() -> None:
                     rows.append(row(label, name, timing, captum_timing, note))
     finally:
         server.stop()
-    print(f"MiniLM, {arguments.tokens} tokens of English prose, target {arguments.target}, pad baseline, "
-          f"{torch.get_num_threads()} torch threads, median of {arguments.repeats} interleaved runs; "
-          "ratio = Captum's CPU time / this CPU time\n")
-    print(markdown_table(["setting", "what", "wall ms", "CPU ms", "vs Captum (CPU)", "notes"], rows))
+    clock = "wall" if RATIO_OF == 0 else "CPU"
+    print(f"{model_label(arguments.model_dir)}, {arguments.tokens} tokens of English prose, target {arguments.target}, pad baseline, "
+          f"float32 on {device}, {torch.get_num_threads()} torch threads, median of {arguments.repeats} interleaved "
+          f"runs; ratio = Captum's {clock} time / this {clock} time\n")
+    print(markdown_table(["setting", "what", "wall ms", "CPU ms", f"vs Captum ({clock})", "notes"], rows))
 
 
 if __name__ == "__main__":

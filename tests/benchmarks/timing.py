@@ -35,3 +35,37 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def synchronized(function: Callable[[], object], device: object) -> Callable[[], object]:
+    """`function`, then a wait for the work it queued on `device` (CUDA kernels run
+    asynchronously: without the wait a timing would end before they do)."""
+    import torch
+
+    if torch.device(device).type != "cuda":  # type: ignore[arg-type]
+        return function
+
+    def run() -> object:
+        result = function()
+        torch.cuda.synchronize(device)  # type: ignore[arg-type]
+        return result
+
+    return run
+
+
+def model_label(argument: str | None) -> str:
+    """How the benchmarks name their model: MiniLM, or the --model-dir folder's name."""
+    from pathlib import Path
+
+    return Path(argument).name if argument else "MiniLM"
+
+
+def model_dir(argument: str | None) -> "Path":
+    """The benchmarks' model: --model-dir when given, else the packaged MiniLM."""
+    from pathlib import Path
+
+    if argument:
+        return Path(argument)
+    from conftest import minilm_dir
+
+    return minilm_dir()
