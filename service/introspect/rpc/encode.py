@@ -213,9 +213,10 @@ def stream_encoding(response_type: type[Message], payloads: Mapping[type, str]) 
         encoder = CHUNKERS.get(result_type)
         if encoder is None:
             message_type = GetMessageClass(fields[field].message_type)
-            missing = [item.name for item in dataclasses.fields(result_type) if item.name not in message_type.DESCRIPTOR.fields_by_name]
+            known = message_type.DESCRIPTOR.fields_by_name
+            missing = [item.name for item in dataclasses.fields(result_type) if item.name not in known]
             if missing:
-                raise TypeError(f"{result_type.__name__} fields {missing} are not in {message_type.DESCRIPTOR.full_name}")
+                raise TypeError(f"{result_type.__name__} fields {missing} are not in {message_type.__name__}")
             encoder = _whole(partial(encode_message, message_type=message_type))
         table[result_type] = (field, encoder)
     return StreamEncoding(response_type, table)
