@@ -120,3 +120,30 @@ def test_tensor_codec_round_trips_uint8_pixels() -> None:
     assert decoded.dtype == np.uint8 and np.array_equal(decoded, pixels)
     image = pb.Input(image=pb.ImageInput(pixels=tensor))
     assert image.WhichOneof("source") == "image"
+
+
+def test_enum_names_come_from_the_descriptors() -> None:
+    from introspect_contract import pb
+    from introspect_contract.enums import ATTENTION_VIEW, CACHE_POLICY, DTYPE, TARGET_KINDS
+
+    assert ATTENTION_VIEW.names == ("heads", "head_mean", "head_max", "rollout")
+    assert ATTENTION_VIEW.number("head_mean") == pb.ATTENTION_VIEW_HEAD_MEAN
+    assert ATTENTION_VIEW.name_of(pb.ATTENTION_VIEW_ROLLOUT) == "rollout"
+    assert ATTENTION_VIEW.name_of(pb.ATTENTION_VIEW_UNSPECIFIED) is None
+    assert CACHE_POLICY.names == ("bypass", "refresh") and DTYPE.number("uint8") == pb.DTYPE_UINT8
+    assert TARGET_KINDS[0] == "next_token"
+    with pytest.raises(ValueError, match="head_mean"):
+        ATTENTION_VIEW.number("mean")
+
+
+def test_every_registered_method_names_an_rpc_of_the_contract() -> None:
+    """The servicer builds each streaming RPC from the registry; the rest answer
+    UNIMPLEMENTED from the generated base class."""
+    from introspect.methods import METHODS
+    from introspect.rpc.servicer import SERVICE, IntrospectionServicer
+    from introspect_contract import pb_grpc
+
+    for method in METHODS:
+        assert method.rpc in SERVICE.methods_by_name
+        assert getattr(IntrospectionServicer, method.rpc) is not getattr(pb_grpc.IntrospectionServicer, method.rpc)
+    assert IntrospectionServicer.StreamLogitLens is pb_grpc.IntrospectionServicer.StreamLogitLens

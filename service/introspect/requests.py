@@ -1,15 +1,33 @@
 """Plain request dataclasses between the gRPC layer and the methods (no gRPC, no torch).
 
-The servicer decodes protobuf messages into these; methods validate them against the
-model and run them.
+The servicer decodes protobuf messages into these by field name (rpc/decode.py): a field
+here has the name of the request's field; an enum field holds the value's plain name
+(introspect_contract.enums), and an unset enum or `optional` field holds the default
+given here, the one place those defaults are decided. Methods validate the queries
+against the model and run them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-ATTENTION_VIEWS = ("heads", "head_mean", "head_max", "rollout")
-VALUE_DTYPES = ("float32", "float16", "bfloat16")
+from introspect_contract.enums import (
+    ABLATION_MODE,
+    ABLATION_VALUE,
+    ATTENTION_VIEW,
+    BASELINE,
+    DTYPE,
+    INTEGRATION_RULE,
+    SALIENCY_METHOD,
+    TARGET_KINDS,  # re-exported: the targets module checks kinds against it
+)
+
+DEFAULT = "default"
+"""An unset enum whose default the method resolves itself (it depends on other options
+or on the model), e.g. the integrated-gradients rule or baseline."""
+ATTENTION_VIEWS = ATTENTION_VIEW.names
+VALUE_DTYPES = tuple(name for name in DTYPE.names if "float" in name)
+"""Element types attention values may be returned in (the floating-point ones)."""
 DEFAULT_ROLLOUT_RESIDUAL_WEIGHT = 0.5
 
 
@@ -42,7 +60,6 @@ class AttentionQuery:
     rollout_residual_weight: float = DEFAULT_ROLLOUT_RESIDUAL_WEIGHT
 
 
-TARGET_KINDS = ("next_token", "logit_difference", "class_score", "embedding_similarity", "embedding_norm")
 
 
 @dataclass(frozen=True)
@@ -58,58 +75,65 @@ class TargetSpec:
     reference: InputSpec | None = None
 
 
-SALIENCY_METHODS = (
-    "gradient",
-    "gradient_x_input",
-    "integrated_gradients",
-    "smoothgrad",
-    "occlusion",
-    "attention_rollout",
-    "attention_flow",
-)
-BASELINES = ("default", "pad", "zero", "mask", "tokens")
-INTEGRATION_RULES = (
-    "gauss_legendre",
-    "riemann_left",
-    "riemann_right",
-    "riemann_middle",
-    "riemann_trapezoid",
-)
+SALIENCY_METHODS = SALIENCY_METHOD.names
+BASELINES = (DEFAULT, *BASELINE.names)
+INTEGRATION_RULES = INTEGRATION_RULE.names
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsSettings:
+    """IntegratedGradientsOptions of a request (0 meaning "the default")."""
+
+    baseline: str = DEFAULT
+    baseline_token_ids: tuple[int, ...] = ()
+    rule: str = DEFAULT  # Gauss-Legendre, or the trapezoid rule with a tolerance
+    steps: int = 0
+    batch_size: int = 0
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class SmoothGradSettings:
+    """SmoothGradOptions of a request (0 meaning "the default")."""
+
+    noise_level: float = 0.0
+    samples: int = 0
+    seed: int = 0
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class OcclusionSettings:
+    """OcclusionOptions of a request (0 meaning "the default")."""
+
+    span: int = 0
+    stride: int = 0
+    replacement: str = DEFAULT
+    batch_size: int = 0
 
 
 @dataclass(frozen=True)
 class SaliencyQuery:
     """What StreamSaliency was asked for, before validation against the model.
 
-    Numeric options keep the request's values (0 meaning "the default"); the saliency
-    method resolves the defaults and rejects values out of range.
+    Each technique reads its own settings; numeric options keep the request's values (0
+    meaning "the default"), and the technique resolves the defaults and rejects values
+    out of range. `method` is None when the request leaves it unset.
     """
 
     model: str
     input: InputSpec
     target: TargetSpec | None
-    method: str
+    method: str | None = None
     truncate: bool = False
     per_dimension: bool = False
-    # integrated gradients
-    baseline: str = "default"
-    baseline_token_ids: tuple[int, ...] = ()
-    rule: str = "default"  # Gauss-Legendre, or the trapezoid rule with a tolerance
-    steps: int = 0
-    batch_size: int = 0
-    tolerance: float = 0.0
-    # SmoothGrad
-    noise_level: float = 0.0
-    samples: int = 0
-    seed: int = 0
-    # occlusion
-    span: int = 0
-    stride: int = 0
-    replacement: str = "default"
+    integrated_gradients: IntegratedGradientsSettings = field(default_factory=IntegratedGradientsSettings)
+    smoothgrad: SmoothGradSettings = field(default_factory=SmoothGradSettings)
+    occlusion: OcclusionSettings = field(default_factory=OcclusionSettings)
 
 
-ABLATION_MODES = ("per_head", "joint", "importance")
-ABLATION_VALUES = ("zero", "mean")
+ABLATION_MODES = ABLATION_MODE.names
+ABLATION_VALUES = ABLATION_VALUE.names
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from introspect.config import ModelSpec  # noqa: E402
 from introspect.methods import method_for  # noqa: E402
 from introspect.models import LoadedModel, load_model, resolve_device  # noqa: E402
-from introspect.requests import InputSpec, SaliencyQuery, TargetSpec  # noqa: E402
+from introspect.requests import InputSpec, IntegratedGradientsSettings, SaliencyQuery, TargetSpec  # noqa: E402
 from introspect_client import Client, SaliencyResult, targets  # noqa: E402
 
 CAPTUM_METHODS = {"gauss_legendre": "gausslegendre", "riemann_middle": "riemann_middle"}
@@ -228,7 +228,7 @@ def main() -> None:
     def run_method(rule: str, steps: int, batch_size: int) -> object:
         query = SaliencyQuery(
             model="minilm", input=InputSpec(text=text), target=target_spec, method="integrated_gradients",
-            baseline="pad", rule=rule, steps=steps, batch_size=batch_size,
+            integrated_gradients=IntegratedGradientsSettings(baseline="pad", rule=rule, steps=steps, batch_size=batch_size),
         )
         method = method_for(query)
         sink = ResultSink()

@@ -16,17 +16,14 @@ import numpy as np
 
 from introspect_contract import pb
 from .inputs import InputLike, InputsLike, make_input, make_inputs
-from .options import enum_value, set_target, shared_fields
+from .options import enum_choices, enum_value, set_target, shared_fields
 from .streams import HeaderFirst, SingleInputResult, single_input_fields
+from introspect_contract.enums import ABLATION_MODE, ABLATION_VALUE
 from introspect_contract.tensors import decode_tensor
 
-ABLATION_MODES: dict[str, int] = {
-    "per_head": pb.ABLATION_MODE_PER_HEAD,
-    "joint": pb.ABLATION_MODE_JOINT,
-    "importance": pb.ABLATION_MODE_IMPORTANCE,
-}
+ABLATION_MODES: dict[str, int] = enum_choices(ABLATION_MODE)
 """Ablation mode name -> AblationMode."""
-ABLATION_VALUES: dict[str, int] = {"zero": pb.ABLATION_VALUE_ZERO, "mean": pb.ABLATION_VALUE_MEAN}
+ABLATION_VALUES: dict[str, int] = enum_choices(ABLATION_VALUE)
 """Ablation value name -> AblationValue."""
 
 HeadLike = tuple[int, int] | pb.HeadRef

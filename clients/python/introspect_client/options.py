@@ -10,29 +10,36 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
 from introspect_contract import pb
+from introspect_contract.enums import ATTENTION_VIEW, CACHE_POLICY, DTYPE, EnumNames
 from .inputs import InputsLike, make_inputs
 
-VIEWS: dict[str, int] = {
-    "heads": pb.ATTENTION_VIEW_HEADS,
-    "head_mean": pb.ATTENTION_VIEW_HEAD_MEAN,
-    "head_max": pb.ATTENTION_VIEW_HEAD_MAX,
-    "rollout": pb.ATTENTION_VIEW_ROLLOUT,
-}
+
+
+def enum_choices(
+    names: EnumNames,
+    *,
+    unset: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+    leave_out: tuple[str, ...] = (),
+) -> dict[str, int]:
+    """Option name -> enum number for a contract enum: its plain names (from the proto
+    descriptors), `unset` (if given) for UNSPECIFIED, and `aliases` onto those names."""
+    choices = {name: number for name, number in names.numbers.items() if name not in leave_out}
+    if unset is not None:
+        choices = {unset: 0} | choices
+    for alias, name in (aliases or {}).items():
+        choices[alias] = choices[name]
+    return choices
+
+
+VIEWS: dict[str, int] = enum_choices(ATTENTION_VIEW)
 """Attention view name -> AttentionView."""
 VIEW_NAMES: dict[int, str] = {value: name for name, value in VIEWS.items()} | {pb.ATTENTION_VIEW_UNSPECIFIED: "heads"}
 """AttentionView -> name (UNSPECIFIED reads as "heads", as the server treats it)."""
-VALUE_DTYPES: dict[str, int] = {
-    "float32": pb.DTYPE_FLOAT32,
-    "float16": pb.DTYPE_FLOAT16,
-    "bfloat16": pb.DTYPE_BFLOAT16,
-}
-"""Value dtype name -> Dtype."""
-CACHE_POLICIES: dict[str, int] = {
-    "use": pb.CACHE_POLICY_UNSPECIFIED,
-    "bypass": pb.CACHE_POLICY_BYPASS,
-    "refresh": pb.CACHE_POLICY_REFRESH,
-}
-"""Cache policy name -> CachePolicy."""
+VALUE_DTYPES: dict[str, int] = enum_choices(DTYPE, leave_out=tuple(name for name in DTYPE.names if "float" not in name))
+"""Value dtype name (the floating-point ones) -> Dtype."""
+CACHE_POLICIES: dict[str, int] = enum_choices(CACHE_POLICY, unset="use")
+"""Cache policy name -> CachePolicy ("use": unset, the server's default)."""
 
 
 class AttentionOptions(TypedDict, total=False):

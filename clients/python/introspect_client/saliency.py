@@ -18,38 +18,18 @@ import numpy as np
 
 from introspect_contract import pb
 from .inputs import InputLike, make_input
-from .options import enum_value, set_target, shared_fields
+from .options import enum_choices, enum_value, set_target, shared_fields
 from .streams import HeaderFirst, SingleInputResult, single_input_fields
+from introspect_contract.enums import BASELINE, INTEGRATION_RULE, SALIENCY_METHOD
 from introspect_contract.tensors import decode_tensor
 
-SALIENCY_METHODS: dict[str, int] = {
-    "gradient": pb.SALIENCY_METHOD_GRADIENT,
-    "gradient_x_input": pb.SALIENCY_METHOD_GRADIENT_X_INPUT,
-    "integrated_gradients": pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS,
-    "ig": pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS,
-    "smoothgrad": pb.SALIENCY_METHOD_SMOOTHGRAD,
-    "occlusion": pb.SALIENCY_METHOD_OCCLUSION,
-    "attention_rollout": pb.SALIENCY_METHOD_ATTENTION_ROLLOUT,
-    "rollout": pb.SALIENCY_METHOD_ATTENTION_ROLLOUT,
-    "attention_flow": pb.SALIENCY_METHOD_ATTENTION_FLOW,
-    "flow": pb.SALIENCY_METHOD_ATTENTION_FLOW,
-}
+SALIENCY_METHODS: dict[str, int] = enum_choices(
+    SALIENCY_METHOD, aliases={"ig": "integrated_gradients", "rollout": "attention_rollout", "flow": "attention_flow"}
+)
 """Saliency method name (and the short aliases ig, rollout, flow) -> SaliencyMethod."""
-BASELINES: dict[str, int] = {
-    "default": pb.BASELINE_UNSPECIFIED,
-    "pad": pb.BASELINE_PAD,
-    "zero": pb.BASELINE_ZERO,
-    "mask": pb.BASELINE_MASK,
-}
+BASELINES: dict[str, int] = enum_choices(BASELINE, unset="default", leave_out=("tokens",))
 """Baseline (and occlusion replacement) name -> Baseline; token ids select BASELINE_TOKENS."""
-INTEGRATION_RULES: dict[str, int] = {
-    "default": pb.INTEGRATION_RULE_UNSPECIFIED,
-    "gauss_legendre": pb.INTEGRATION_RULE_GAUSS_LEGENDRE,
-    "riemann_left": pb.INTEGRATION_RULE_RIEMANN_LEFT,
-    "riemann_right": pb.INTEGRATION_RULE_RIEMANN_RIGHT,
-    "riemann_middle": pb.INTEGRATION_RULE_RIEMANN_MIDDLE,
-    "riemann_trapezoid": pb.INTEGRATION_RULE_RIEMANN_TRAPEZOID,
-}
+INTEGRATION_RULES: dict[str, int] = enum_choices(INTEGRATION_RULE, unset="default")
 """Integration rule name -> IntegrationRule ("default": Gauss-Legendre, or the trapezoid
 rule with a tolerance)."""
 
@@ -159,13 +139,9 @@ def saliency_request(
         per_dimension=bool(per_dimension),
         **shared_fields(model, truncate, cache),
     )
-    options_with_batches = {
-        pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS: request.integrated_gradients,
-        pb.SALIENCY_METHOD_SMOOTHGRAD: request.smoothgrad,
-        pb.SALIENCY_METHOD_OCCLUSION: request.occlusion,
-    }
-    if method_value in options_with_batches:
-        options_with_batches[method_value].batch_size = int(batch_size)
+    options_field = SALIENCY_METHOD.name_of(method_value)  # the method's options, if it has any
+    if options_field in request.DESCRIPTOR.fields_by_name:
+        getattr(request, options_field).batch_size = int(batch_size)
     set_target(request, target)
     return request
 

@@ -11,14 +11,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from introspect_contract import pb
+from introspect_contract.enums import DTYPE
 
-WIRE_DTYPES: dict[str, int] = {
-    "float32": pb.DTYPE_FLOAT32,
-    "float16": pb.DTYPE_FLOAT16,
-    "bfloat16": pb.DTYPE_BFLOAT16,
-    "int32": pb.DTYPE_INT32,
-    "uint8": pb.DTYPE_UINT8,
-}
+WIRE_DTYPES: dict[str, int] = dict(DTYPE.numbers)
+"""Wire dtype name -> Dtype number."""
 DTYPE_NAMES: dict[int, str] = {value: name for name, value in WIRE_DTYPES.items()}
 _NUMPY_STORAGE: dict[str, np.dtype] = {
     "float32": np.dtype("<f4"),

@@ -18,7 +18,7 @@ from ..models import LoadedModel, ModelDescription
 from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
 from ..results import AttentionLayerResult, StreamStart
 from ..wire import to_wire
-from . import Method
+from .registry import Method
 from .reductions import head_max, head_mean, residual_attention, rollout_step
 
 
@@ -129,4 +129,7 @@ def _layer_result(row: int, layer: int, values: torch.Tensor, options: Attention
     )
 
 
-METHOD = Method(name="attention", query_type=AttentionQuery, prepare=prepare, run=run)
+METHOD = Method(
+    name="attention", rpc="StreamAttention", query_type=AttentionQuery, prepare=prepare, run=run,
+    payloads={AttentionLayerResult: "chunk"},
+)

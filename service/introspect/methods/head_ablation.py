@@ -38,7 +38,7 @@ from ..results import (
 )
 from ..targets import bind_target, check_target_kind
 from ..wire import to_wire
-from . import Method
+from .registry import Method
 from .head_importance import head_importance
 from .heads import ScoringForward, ablation_keep, head_editor, head_means, rows_per_forward
 from .layer_stack import growing_batch
@@ -290,4 +290,16 @@ def _importance(ablation: _Ablation) -> None:
     ablation.sink.emit(HeadImportanceResult(importance=to_wire(gradient, "float32")))
 
 
-METHOD = Method(name="head_ablation", query_type=HeadAblationQuery, prepare=prepare, run=run)
+METHOD = Method(
+    name="head_ablation",
+    rpc="StreamHeadAblation",
+    query_type=HeadAblationQuery,
+    prepare=prepare,
+    run=run,
+    payloads={
+        AblationBaselineResult: "baseline",
+        LayerAblationResult: "layer",
+        JointAblationResult: "joint",
+        HeadImportanceResult: "importance",
+    },
+)

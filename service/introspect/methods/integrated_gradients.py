@@ -38,7 +38,7 @@ import torch
 
 from ..errors import require
 from ..models import ModelDescription
-from ..requests import BASELINES, INTEGRATION_RULES, SaliencyQuery
+from ..requests import BASELINES, DEFAULT, INTEGRATION_RULES, SaliencyQuery
 from ..results import SaliencyResult
 from .attribution import AttributionProblem, Check, Technique, baseline_embeddings, batches
 
@@ -100,22 +100,24 @@ def prepare(description: ModelDescription, query: SaliencyQuery) -> IntegratedGr
     """Resolves defaults (50 Gauss-Legendre steps; with a tolerance, the trapezoid rule up
     to 129 steps) and checks every option's range."""
     field = "integrated_gradients"
-    require(query.baseline in BASELINES, f"{field}.baseline", f"unknown baseline {query.baseline!r}")
-    rule = query.rule
-    if rule == "default":
-        rule = "riemann_trapezoid" if query.tolerance > 0 else "gauss_legendre"
-    require(rule in INTEGRATION_RULES, f"{field}.rule", f"unknown rule {query.rule!r}; use one of {INTEGRATION_RULES}")
-    progressive = query.tolerance > 0
+    settings = query.integrated_gradients
+    require(settings.baseline in BASELINES, f"{field}.baseline", f"unknown baseline {settings.baseline!r}")
+    rule = settings.rule
+    if rule == DEFAULT:
+        rule = "riemann_trapezoid" if settings.tolerance > 0 else "gauss_legendre"
+    require(rule in INTEGRATION_RULES, f"{field}.rule", f"unknown rule {settings.rule!r}; use one of {INTEGRATION_RULES}")
+    progressive = settings.tolerance > 0
     trapezoid = 1 if rule == "riemann_trapezoid" else 0
-    steps = query.steps or (DEFAULT_PROGRESSIVE_STEPS + trapezoid if progressive else DEFAULT_STEPS)
+    steps = settings.steps or (DEFAULT_PROGRESSIVE_STEPS + trapezoid if progressive else DEFAULT_STEPS)
     require(0 < steps <= MAX_STEPS, f"{field}.steps",
             f"must be in [0, {MAX_STEPS}] (0 means {DEFAULT_STEPS}, or up to {DEFAULT_PROGRESSIVE_STEPS} "
-            f"with a tolerance), got {query.steps}")
-    require(query.batch_size >= 0, f"{field}.batch_size", f"must be >= 0 (0 picks automatically), got {query.batch_size}")
-    require(math.isfinite(query.tolerance) and query.tolerance >= 0, f"{field}.tolerance",
-            f"must be a finite number >= 0, got {query.tolerance}")
-    ids = query.baseline_token_ids
-    if query.baseline == "tokens":
+            f"with a tolerance), got {settings.steps}")
+    require(settings.batch_size >= 0, f"{field}.batch_size",
+            f"must be >= 0 (0 picks automatically), got {settings.batch_size}")
+    require(math.isfinite(settings.tolerance) and settings.tolerance >= 0, f"{field}.tolerance",
+            f"must be a finite number >= 0, got {settings.tolerance}")
+    ids = settings.baseline_token_ids
+    if settings.baseline == "tokens":
         require(len(ids) > 0, f"{field}.baseline_token_ids", "BASELINE_TOKENS needs the baseline's token ids")
         bad = [token for token in ids if not 0 <= token < description.vocab_size]
         require(not bad, f"{field}.baseline_token_ids",
@@ -123,12 +125,12 @@ def prepare(description: ModelDescription, query: SaliencyQuery) -> IntegratedGr
     else:
         require(not ids, f"{field}.baseline_token_ids", "given, but the baseline is not BASELINE_TOKENS")
     return IntegratedGradientsOptions(
-        baseline=query.baseline,
+        baseline=settings.baseline,
         baseline_token_ids=ids,
         rule=rule,
         steps=steps,
-        batch_size=query.batch_size,
-        tolerance=query.tolerance,
+        batch_size=settings.batch_size,
+        tolerance=settings.tolerance,
         per_dimension=query.per_dimension,
     )
 

@@ -24,11 +24,12 @@ import torch
 
 from ..errors import require
 from ..models import ModelDescription
-from ..requests import SaliencyQuery
+from ..requests import BASELINES, SaliencyQuery
 from ..results import SaliencyResult
 from .attribution import AttributionProblem, Check, Technique, baseline_embeddings, batches
 
-REPLACEMENTS = ("default", "pad", "mask", "zero")
+REPLACEMENTS = tuple(name for name in BASELINES if name != "tokens")
+"""Baselines an occluded token can be replaced with ("default": the pad or mask token)."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,14 @@ class OcclusionOptions:
 
 def prepare(description: ModelDescription, query: SaliencyQuery) -> OcclusionOptions:
     """Resolves defaults (span 1, stride 1, pad/mask replacement) and checks ranges."""
-    require(query.span >= 0, "occlusion.span", f"must be >= 1 (0 means 1), got {query.span}")
-    require(query.stride >= 0, "occlusion.stride", f"must be >= 1 (0 means 1), got {query.stride}")
-    require(query.batch_size >= 0, "occlusion.batch_size", f"must be >= 0 (0 picks automatically), got {query.batch_size}")
-    require(query.replacement in REPLACEMENTS, "occlusion.replacement",
-            f"{query.replacement!r} is not supported; use one of {REPLACEMENTS[1:]} (or leave unset)")
-    return OcclusionOptions(query.span or 1, query.stride or 1, query.replacement, query.batch_size)
+    settings = query.occlusion
+    require(settings.span >= 0, "occlusion.span", f"must be >= 1 (0 means 1), got {settings.span}")
+    require(settings.stride >= 0, "occlusion.stride", f"must be >= 1 (0 means 1), got {settings.stride}")
+    require(settings.batch_size >= 0, "occlusion.batch_size",
+            f"must be >= 0 (0 picks automatically), got {settings.batch_size}")
+    require(settings.replacement in REPLACEMENTS, "occlusion.replacement",
+            f"{settings.replacement!r} is not supported; use one of {REPLACEMENTS[1:]} (or leave unset)")
+    return OcclusionOptions(settings.span or 1, settings.stride or 1, settings.replacement, settings.batch_size)
 
 
 def validate(problem: AttributionProblem, options: OcclusionOptions) -> None:

@@ -16,9 +16,9 @@ from ..engine import Sink
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import SaliencyQuery
-from ..results import StreamStart
+from ..results import SaliencyResult, StreamStart
 from ..targets import check_target_kind
-from . import Method
+from .registry import Method
 from .attention_flow import ATTENTION_FLOW, ATTENTION_ROLLOUT
 from .attribution import Technique, attribution_problem
 from .integrated_gradients import INTEGRATED_GRADIENTS
@@ -73,4 +73,7 @@ def run(model: LoadedModel, query: SaliencyQuery, plan: SaliencyPlan, sink: Sink
         sink.emit(result)
 
 
-METHOD = Method(name="saliency", query_type=SaliencyQuery, prepare=prepare, run=run)
+METHOD = Method(
+    name="saliency", rpc="StreamSaliency", query_type=SaliencyQuery, prepare=prepare, run=run,
+    payloads={SaliencyResult: "chunk"},
+)

@@ -78,14 +78,15 @@ def gradient_x_input(problem: AttributionProblem, options: GradientOptions, chec
 
 def prepare_smoothgrad(description: ModelDescription, query: SaliencyQuery) -> SmoothGradOptions:
     """Resolves defaults (noise 0.1, 20 samples) and checks ranges."""
-    noise_level = query.noise_level or DEFAULT_NOISE_LEVEL
-    samples = query.samples or DEFAULT_SAMPLES
+    settings = query.smoothgrad
+    noise_level = settings.noise_level or DEFAULT_NOISE_LEVEL
+    samples = settings.samples or DEFAULT_SAMPLES
     require(math.isfinite(noise_level) and noise_level >= 0, "smoothgrad.noise_level",
-            f"must be a finite number >= 0, got {query.noise_level}")
-    require(0 < samples <= MAX_SAMPLES, "smoothgrad.samples", f"must be in [0, {MAX_SAMPLES}], got {query.samples}")
-    require(query.batch_size >= 0, "smoothgrad.batch_size", f"must be >= 0, got {query.batch_size}")
-    require(0 <= query.seed < 2**64, "smoothgrad.seed", f"must be in [0, 2**64), got {query.seed}")
-    return SmoothGradOptions(query.per_dimension, noise_level, samples, query.seed, query.batch_size)
+            f"must be a finite number >= 0, got {settings.noise_level}")
+    require(0 < samples <= MAX_SAMPLES, "smoothgrad.samples", f"must be in [0, {MAX_SAMPLES}], got {settings.samples}")
+    require(settings.batch_size >= 0, "smoothgrad.batch_size", f"must be >= 0, got {settings.batch_size}")
+    require(0 <= settings.seed < 2**64, "smoothgrad.seed", f"must be in [0, 2**64), got {settings.seed}")
+    return SmoothGradOptions(query.per_dimension, noise_level, samples, settings.seed, settings.batch_size)
 
 
 def smoothgrad(problem: AttributionProblem, options: SmoothGradOptions, check: Check) -> Iterator[SaliencyResult]:

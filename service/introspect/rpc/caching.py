@@ -25,6 +25,7 @@ from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from introspect_contract import pb
+from introspect_contract.enums import CACHE_POLICY
 
 from ..cache import Policy, ResultCache, result_key
 from ..dataplane import DataPlane
@@ -38,16 +39,19 @@ log = logging.getLogger(__name__)
 METADATA_KEY = "introspect-cache"
 """Initial metadata key saying what the cache did: hit, miss, bypass or refresh."""
 
-_POLICIES = {
-    pb.CACHE_POLICY_UNSPECIFIED: Policy.USE,
-    pb.CACHE_POLICY_BYPASS: Policy.BYPASS,
-    pb.CACHE_POLICY_REFRESH: Policy.REFRESH,
-}
 _POLICY_TYPE = pb.DESCRIPTOR.enum_types_by_name["CachePolicy"].full_name
 _HEADER_TYPE = pb.StreamHeader.DESCRIPTOR.full_name
 _INPUT_TYPE = pb.Input.DESCRIPTOR.full_name
 _MEMO_ENTRIES = 4096
 _MEMO_MAX_REQUEST_BYTES = 16 * 1024
+
+def _policy(number: int) -> Policy | None:
+    """The Policy of a CachePolicy number (UNSPECIFIED: use the cache); None if unknown."""
+    name = CACHE_POLICY.name_of(number)
+    if number == pb.CACHE_POLICY_UNSPECIFIED:
+        return Policy.USE
+    return None if name is None else Policy(name)
+
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
@@ -155,10 +159,11 @@ class CacheInterceptor(HandlerInterceptor):
     async def _serve(
         self, method: CacheableMethod, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        policy = _POLICIES.get(request.cache)
+        policy = _policy(request.cache)
         if policy is None:
             code, message, trailers = status_of(
-                InvalidInput("cache", f"unknown cache policy {request.cache}; use USE, BYPASS or REFRESH")
+                InvalidInput("cache", f"unknown cache policy {request.cache}; use one of {list(CACHE_POLICY.names)}"
+                             " or leave it unset (use the cache)")
             )
             await context.abort(code, message, trailing_metadata=trailers)
             return

@@ -1,44 +1,50 @@
-"""Protobuf requests -> plain request dataclasses. Structural checks only; what depends on
-the model is validated by the methods."""
+"""Protobuf requests -> query dataclasses (requests.py), by field name. Structural checks
+only; what depends on the model is validated by the methods.
+
+`decode(query_type, request)` fills each dataclass field from the request field of the
+same name: an enum becomes its value's plain name (introspect_contract.enums), UNSPECIFIED
+and an unset `optional` field leave the dataclass field's default, a repeated field
+becomes a tuple, a sub-message becomes the dataclass (or fixed-length tuple of its
+fields) the type hint names, and Input and Target go through the converters registered
+for InputSpec and TargetSpec. An unknown enum number is InvalidInput naming the field and
+the valid names. Adding a method needs no change here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from introspect_contract import pb
+from introspect_contract.enums import names_of
 
 from ..errors import InvalidInput
-from ..requests import (
-    DEFAULT_ROLLOUT_RESIDUAL_WEIGHT,
-    AttentionQuery,
-    HeadAblationQuery,
-    InputSpec,
-    SaliencyQuery,
-    TargetSpec,
-)
+from ..requests import InputSpec, TargetSpec
 
-_VIEWS = {
-    pb.ATTENTION_VIEW_UNSPECIFIED: "heads",
-    pb.ATTENTION_VIEW_HEADS: "heads",
-    pb.ATTENTION_VIEW_HEAD_MEAN: "head_mean",
-    pb.ATTENTION_VIEW_HEAD_MAX: "head_max",
-    pb.ATTENTION_VIEW_ROLLOUT: "rollout",
-}
-_DTYPES = {
-    pb.DTYPE_UNSPECIFIED: "float32",
-    pb.DTYPE_FLOAT32: "float32",
-    pb.DTYPE_FLOAT16: "float16",
-    pb.DTYPE_BFLOAT16: "bfloat16",
-    pb.DTYPE_INT32: "int32",
-}
+Query = TypeVar("Query")
+Converter = Callable[[Any, str], Any]
+"""(message, field path) -> the plain value of a message field."""
+_CONVERTERS: dict[type, Converter] = {}
+_DEFAULT = object()  # leave the dataclass field's default
 
 
-def enum_name(mapping: dict[int, str], value: int) -> str:
-    """The plain name of an enum value; unknown numbers pass as 'unknown(N)' for the
-    method's validation to reject with the list of valid names."""
-    return mapping.get(value, f"unknown({value})")
+def converts(plain_type: type) -> Callable[[Converter], Converter]:
+    """Registers the decorated function as the converter of messages into `plain_type`."""
+
+    def register(function: Converter) -> Converter:
+        _CONVERTERS[plain_type] = function
+        return function
+
+    return register
 
 
+@converts(InputSpec)
 def input_spec(message: pb.Input, field: str) -> InputSpec:
     """Decodes one Input."""
     source = message.WhichOneof("source")
@@ -46,33 +52,10 @@ def input_spec(message: pb.Input, field: str) -> InputSpec:
         return InputSpec(text=message.text.text, text_pair=message.text.text_pair or None)
     if source == "token_ids":
         return InputSpec(token_ids=tuple(int(token) for token in message.token_ids.ids))
-    raise InvalidInput(field, "set either text or token_ids")
+    raise InvalidInput(field, "set either text or token_ids (this server takes no images yet)")
 
 
-def input_specs(messages: Iterable[pb.Input], field: str = "inputs") -> tuple[InputSpec, ...]:
-    """Decodes repeated Input."""
-    return tuple(input_spec(message, f"{field}[{i}]") for i, message in enumerate(messages))
-
-
-def attention_query(request: pb.StreamAttentionRequest) -> AttentionQuery:
-    """Decodes an StreamAttentionRequest."""
-    return AttentionQuery(
-        model=request.model,
-        inputs=input_specs(request.inputs),
-        truncate=request.truncate,
-        layers=tuple(request.layers),
-        heads=tuple(request.heads),
-        view=enum_name(_VIEWS, request.view),
-        top_k=request.top_k,
-        dtype=enum_name(_DTYPES, request.dtype),
-        rollout_residual_weight=(
-            request.rollout_residual_weight
-            if request.HasField("rollout_residual_weight")
-            else DEFAULT_ROLLOUT_RESIDUAL_WEIGHT
-        ),
-    )
-
-
+@converts(TargetSpec)
 def target_spec(message: pb.Target, field: str = "target") -> TargetSpec | None:
     """Decodes a Target; None when no kind is set (methods then name the supported ones)."""
     kind = message.WhichOneof("kind")
@@ -106,89 +89,68 @@ def target_spec(message: pb.Target, field: str = "target") -> TargetSpec | None:
     return TargetSpec(kind=kind)
 
 
-_ABLATION_MODES = {
-    pb.ABLATION_MODE_UNSPECIFIED: "per_head",
-    pb.ABLATION_MODE_PER_HEAD: "per_head",
-    pb.ABLATION_MODE_JOINT: "joint",
-    pb.ABLATION_MODE_IMPORTANCE: "importance",
-}
-_ABLATION_VALUES = {
-    pb.ABLATION_VALUE_UNSPECIFIED: "zero",
-    pb.ABLATION_VALUE_ZERO: "zero",
-    pb.ABLATION_VALUE_MEAN: "mean",
-}
+def decode(query_type: type[Query], message: Message, path: str = "") -> Query:
+    """The `query_type` dataclass filled from `message` by field name (see the module)."""
+    hints = _hints(query_type)
+    fields = message.DESCRIPTOR.fields_by_name
+    values = {}
+    for item in dataclasses.fields(query_type):  # type: ignore[arg-type]
+        descriptor = fields.get(item.name)
+        if descriptor is None:
+            raise TypeError(f"{query_type.__name__}.{item.name} has no field in {message.DESCRIPTOR.full_name}")
+        value = _field(message, descriptor, hints[item.name], f"{path}{item.name}")
+        if value is _DEFAULT:
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+                value = None
+            else:
+                continue
+        values[item.name] = value
+    return query_type(**values)
 
 
-def head_ablation_query(request: pb.StreamHeadAblationRequest) -> HeadAblationQuery:
-    """Decodes a StreamHeadAblationRequest."""
-    return HeadAblationQuery(
-        model=request.model,
-        input=input_spec(request.input, "input"),
-        target=target_spec(request.target),
-        truncate=request.truncate,
-        mode=enum_name(_ABLATION_MODES, request.mode),
-        value=enum_name(_ABLATION_VALUES, request.value),
-        heads=tuple((head.layer, head.head) for head in request.heads),
-        mean_references=input_specs(request.mean_references, "mean_references"),
-        continuation_tokens=request.continuation_tokens,
-        batch_size=request.batch_size,
-    )
+@functools.cache
+def _hints(query_type: type) -> dict[str, Any]:
+    return typing.get_type_hints(query_type)
 
 
-_SALIENCY_METHODS = {
-    pb.SALIENCY_METHOD_GRADIENT: "gradient",
-    pb.SALIENCY_METHOD_GRADIENT_X_INPUT: "gradient_x_input",
-    pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS: "integrated_gradients",
-    pb.SALIENCY_METHOD_SMOOTHGRAD: "smoothgrad",
-    pb.SALIENCY_METHOD_OCCLUSION: "occlusion",
-    pb.SALIENCY_METHOD_ATTENTION_ROLLOUT: "attention_rollout",
-    pb.SALIENCY_METHOD_ATTENTION_FLOW: "attention_flow",
-}
-_BASELINES = {
-    pb.BASELINE_UNSPECIFIED: "default",
-    pb.BASELINE_PAD: "pad",
-    pb.BASELINE_ZERO: "zero",
-    pb.BASELINE_MASK: "mask",
-    pb.BASELINE_TOKENS: "tokens",
-}
-_INTEGRATION_RULES = {
-    pb.INTEGRATION_RULE_UNSPECIFIED: "default",
-    pb.INTEGRATION_RULE_GAUSS_LEGENDRE: "gauss_legendre",
-    pb.INTEGRATION_RULE_RIEMANN_LEFT: "riemann_left",
-    pb.INTEGRATION_RULE_RIEMANN_RIGHT: "riemann_right",
-    pb.INTEGRATION_RULE_RIEMANN_MIDDLE: "riemann_middle",
-    pb.INTEGRATION_RULE_RIEMANN_TRAPEZOID: "riemann_trapezoid",
-}
+def _field(message: Message, descriptor: FieldDescriptor, hint: Any, path: str) -> Any:
+    value = getattr(message, descriptor.name)
+    if descriptor.is_repeated:
+        element = _without_none(hint)
+        element = typing.get_args(element)[0] if typing.get_args(element) else Any
+        return tuple(_value(item, descriptor, element, f"{path}[{index}]") for index, item in enumerate(value))
+    if descriptor.type != FieldDescriptor.TYPE_MESSAGE and descriptor.has_presence and not message.HasField(
+        descriptor.name
+    ):
+        return _DEFAULT  # an unset `optional` scalar
+    if descriptor.enum_type is not None and value == 0:
+        return _DEFAULT  # UNSPECIFIED
+    return _value(value, descriptor, hint, path)
 
 
-def saliency_query(request: pb.StreamSaliencyRequest) -> SaliencyQuery:
-    """Decodes a StreamSaliencyRequest; batch_size comes from the chosen method's options."""
-    method = enum_name(_SALIENCY_METHODS, request.method)
-    if request.method == pb.SALIENCY_METHOD_UNSPECIFIED:
-        method = "unspecified"
-    ig, smoothgrad, occlusion = request.integrated_gradients, request.smoothgrad, request.occlusion
-    batch_size = {
-        "integrated_gradients": ig.batch_size,
-        "smoothgrad": smoothgrad.batch_size,
-        "occlusion": occlusion.batch_size,
-    }.get(method, 0)
-    return SaliencyQuery(
-        model=request.model,
-        input=input_spec(request.input, "input"),
-        target=target_spec(request.target),
-        method=method,
-        truncate=request.truncate,
-        per_dimension=request.per_dimension,
-        baseline=enum_name(_BASELINES, ig.baseline),
-        baseline_token_ids=tuple(int(token) for token in ig.baseline_token_ids),
-        rule=enum_name(_INTEGRATION_RULES, ig.rule),
-        steps=ig.steps,
-        batch_size=batch_size,
-        tolerance=ig.tolerance,
-        noise_level=smoothgrad.noise_level,
-        samples=smoothgrad.samples,
-        seed=smoothgrad.seed,
-        span=occlusion.span,
-        stride=occlusion.stride,
-        replacement=enum_name(_BASELINES, occlusion.replacement),
-    )
+def _value(value: Any, descriptor: FieldDescriptor, hint: Any, path: str) -> Any:
+    hint = _without_none(hint)
+    if descriptor.enum_type is not None:
+        names = names_of(descriptor.enum_type)
+        name = names.name_of(value)
+        if name is None:
+            raise InvalidInput(path, f"unknown {names.descriptor.name} {value}; use one of {list(names.names)}")
+        return name
+    if descriptor.type != FieldDescriptor.TYPE_MESSAGE:
+        return value
+    if hint in _CONVERTERS:
+        return _CONVERTERS[hint](value, path)
+    if dataclasses.is_dataclass(hint):
+        return decode(hint, value, f"{path}.")  # type: ignore[arg-type]
+    if typing.get_origin(hint) is tuple:  # a fixed-length tuple of the message's fields
+        return tuple(getattr(value, field.name) for field in value.DESCRIPTOR.fields)
+    raise TypeError(f"no conversion of {descriptor.message_type.full_name} into {hint}")
+
+
+def _without_none(hint: Any) -> Any:
+    """X for `X | None`; `hint` itself otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        remaining = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+        if len(remaining) == 1:
+            return remaining[0]
+    return hint

@@ -1,26 +1,31 @@
-"""Plain results -> protobuf messages, split into chunks under the max message size."""
+"""Plain results -> protobuf messages, by field name, split into chunks under the max
+message size where a result can be large.
+
+`encode_message(source, message_type)` sets each field of the message from the source's
+attribute of the same name: a plain enum name becomes its number (introspect_contract.enums),
+a WireArray a Tensor, a tuple a repeated field, a dataclass (or a plain tuple, by field
+order) a sub-message. A method's results reach the response's payload field its
+registration names (`stream_encoding`); attention and saliency results have chunkers of
+their own. Adding a method needs no change here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 from introspect_contract import pb
+from introspect_contract.enums import ATTENTION_VIEW, names_of
 from introspect_contract.tensors import encode_storage
 
 from ..models import ModelDescription
-from ..results import (
-    AblationBaselineResult,
-    AttentionLayerResult,
-    HeadImportanceResult,
-    JointAblationResult,
-    LayerAblationResult,
-    SaliencyResult,
-    StreamStart,
-    WireArray,
-)
+from ..results import AttentionLayerResult, SaliencyResult, StreamStart, WireArray
 
 # Room for a chunk's fields other than tensor bytes (indices, head lists, framing).
 CHUNK_OVERHEAD_BYTES = 8 * 1024
@@ -34,35 +39,52 @@ def chunk_budget(max_message_bytes: int) -> int:
     return max(min(max_message_bytes, PREFERRED_CHUNK_BYTES) - CHUNK_OVERHEAD_BYTES, 1)
 
 
-def _copied(source: object, *names: str) -> dict[str, Any]:
-    """The attributes `names` of `source`, as keyword arguments of a message's fields of
-    the same names."""
-    return {name: getattr(source, name) for name in names}
+def encode_message(source: object, message_type: type[Message]) -> Message:
+    """A `message_type` message with every field that `source` has an attribute of the same
+    name for (None leaves a field unset)."""
+    message = message_type()
+    for descriptor in message.DESCRIPTOR.fields:
+        value = getattr(source, descriptor.name, None)
+        if value is not None:
+            _set_field(message, descriptor, value)
+    return message
 
 
-_KINDS = {
-    "encoder": pb.MODEL_KIND_ENCODER,
-    "causal_lm": pb.MODEL_KIND_CAUSAL_LM,
-    "sequence_classifier": pb.MODEL_KIND_SEQUENCE_CLASSIFIER,
-}
-_VIEWS = {
-    "heads": pb.ATTENTION_VIEW_HEADS,
-    "head_mean": pb.ATTENTION_VIEW_HEAD_MEAN,
-    "head_max": pb.ATTENTION_VIEW_HEAD_MAX,
-    "rollout": pb.ATTENTION_VIEW_ROLLOUT,
-}
+def _set_field(message: Message, descriptor: FieldDescriptor, value: Any) -> None:
+    name = descriptor.name
+    if descriptor.is_repeated:
+        container = getattr(message, name)
+        if descriptor.message_type is not None:
+            for item in value:
+                container.add().CopyFrom(_sub_message(item, descriptor.message_type))
+        else:
+            container.extend(_scalar(descriptor, item) for item in value)
+    elif descriptor.message_type is not None:
+        getattr(message, name).CopyFrom(_sub_message(value, descriptor.message_type))
+    else:
+        setattr(message, name, _scalar(descriptor, value))
+
+
+def _scalar(descriptor: FieldDescriptor, value: Any) -> Any:
+    if descriptor.enum_type is not None and isinstance(value, str):
+        return names_of(descriptor.enum_type).number(value)
+    return value
+
+
+def _sub_message(value: Any, descriptor: Descriptor) -> Message:
+    if isinstance(value, Message):
+        return value
+    if isinstance(value, WireArray):
+        return encode_storage(value.values, value.dtype)
+    message_type = GetMessageClass(descriptor)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # plain tuple: by field order
+        return message_type(**{field.name: item for field, item in zip(descriptor.fields, value)})
+    return encode_message(value, message_type)
 
 
 def model_info(description: ModelDescription) -> pb.ModelInfo:
     """ModelInfo of a loaded model."""
-    return pb.ModelInfo(
-        **_copied(
-            description, "name", "architecture", "model_type", "num_layers", "num_heads", "num_key_value_heads",
-            "max_tokens", "dtype", "device", "fingerprint", "hidden_size", "vocab_size", "num_labels",
-        ),
-        kind=_KINDS[description.kind],
-        supported_targets=list(description.supported_targets),
-    )
+    return encode_message(description, pb.ModelInfo)  # type: ignore[return-value]
 
 
 def stream_header(start: StreamStart, cached: bool = False) -> pb.StreamHeader:
@@ -112,7 +134,7 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             heads=list(result.heads[head_start:head_end]),
             query_start=query_start,
             query_end=query_end,
-            view=_VIEWS[result.view],
+            view=ATTENTION_VIEW.number(result.view),
             values=encode_storage(values[head_start:head_end, query_start:query_end], result.values.dtype),
             layer_complete=position == len(slices) - 1,
         )
@@ -120,39 +142,6 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             indices = result.key_indices.values[head_start:head_end, query_start:query_end]
             chunk.key_indices.CopyFrom(encode_storage(indices, result.key_indices.dtype))
         yield chunk
-
-
-def ablation_baseline(result: AblationBaselineResult) -> pb.AblationBaseline:
-    """The unablated score message of StreamHeadAblation."""
-    return pb.AblationBaseline(**_copied(result, "target_score", "output_change_metric", "num_layers", "num_heads"))
-
-
-def layer_ablation(result: LayerAblationResult) -> pb.LayerAblation:
-    """One layer's per-head ablation results (a few floats per head: never chunked)."""
-    return pb.LayerAblation(
-        layer=result.layer,
-        heads=list(result.heads),
-        target_delta=encode_storage(result.target_delta.values, result.target_delta.dtype),
-        output_change=encode_storage(result.output_change.values, result.output_change.dtype),
-    )
-
-
-def joint_ablation(result: JointAblationResult) -> pb.JointAblation:
-    """The joint ablation result."""
-    return pb.JointAblation(
-        heads=[pb.HeadRef(layer=layer, head=head) for layer, head in result.heads],
-        ablated_score=result.ablated_score,
-        output_change=result.output_change,
-        base_continuation=list(result.base_continuation),
-        ablated_continuation=list(result.ablated_continuation),
-        base_continuation_tokens=list(result.base_continuation_tokens),
-        ablated_continuation_tokens=list(result.ablated_continuation_tokens),
-    )
-
-
-def head_importance(result: HeadImportanceResult) -> pb.HeadImportance:
-    """Head importance scores [layers, heads] (one float per head: never chunked)."""
-    return pb.HeadImportance(importance=encode_storage(result.importance.values, result.importance.dtype))
 
 
 def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[pb.SaliencyChunk]:
@@ -169,7 +158,10 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
         end = min(start + rows_per_chunk, positions)
         chunk = pb.SaliencyChunk(
             scores=encode_storage(result.scores.values[start:end], result.scores.dtype),
-            **_copied(result, "target_score", "baseline_score", "steps", "convergence_delta"),
+            target_score=result.target_score,
+            baseline_score=result.baseline_score,
+            steps=result.steps,
+            convergence_delta=result.convergence_delta,
             final=result.final and end == positions,
             token_start=result.token_start + start,
             token_end=result.token_start + end,
@@ -206,20 +198,25 @@ class StreamEncoding:
         raise TypeError(f"unexpected result {type(result).__name__}")  # pragma: no cover - not this RPC's kind
 
 
-_HEADER: dict[type, tuple[str, PayloadEncoder]] = {StreamStart: ("header", _whole(stream_header))}
-ATTENTION = StreamEncoding(pb.StreamAttentionResponse, {**_HEADER, AttentionLayerResult: ("chunk", attention_chunks)})
-"""StreamAttention: the header, then the chunks of every layer."""
-SALIENCY = StreamEncoding(pb.StreamSaliencyResponse, {**_HEADER, SaliencyResult: ("chunk", saliency_chunks)})
-"""StreamSaliency: the header, then the chunks of every partial and the final result."""
-HEAD_ABLATION = StreamEncoding(
-    pb.StreamHeadAblationResponse,
-    {
-        **_HEADER,
-        AblationBaselineResult: ("baseline", _whole(ablation_baseline)),
-        LayerAblationResult: ("layer", _whole(layer_ablation)),
-        JointAblationResult: ("joint", _whole(joint_ablation)),
-        HeadImportanceResult: ("importance", _whole(head_importance)),
-    },
-)
-"""StreamHeadAblation: the header, the baseline, then layers, one joint result or one
-importance grid."""
+CHUNKERS: Mapping[type, PayloadEncoder] = {AttentionLayerResult: attention_chunks, SaliencyResult: saliency_chunks}
+"""Result types that can outgrow one message, and their chunkers; every other result
+type is one message, encoded by field name."""
+
+
+def stream_encoding(response_type: type[Message], payloads: Mapping[type, str]) -> StreamEncoding:
+    """How a streaming RPC with `response_type` carries a method's results: StreamStart in
+    `header`, then each result type in the payload field `payloads` names. A result type
+    encoded by field name must have no field its message lacks (TypeError otherwise)."""
+    fields = response_type.DESCRIPTOR.fields_by_name
+    table: dict[type, tuple[str, PayloadEncoder]] = {StreamStart: ("header", _whole(stream_header))}
+    for result_type, field in payloads.items():
+        encoder = CHUNKERS.get(result_type)
+        if encoder is None:
+            message_type = GetMessageClass(fields[field].message_type)
+            known = message_type.DESCRIPTOR.fields_by_name
+            missing = [item.name for item in dataclasses.fields(result_type) if item.name not in known]
+            if missing:
+                raise TypeError(f"{result_type.__name__} fields {missing} are not in {message_type.__name__}")
+            encoder = _whole(partial(encode_message, message_type=message_type))
+        table[result_type] = (field, encoder)
+    return StreamEncoding(response_type, table)
