@@ -261,6 +261,56 @@ def test_deadline_and_cancellation_leave_the_server_serving(address: str, client
     assert reference.layers[0].shape == (4, len(reference.tokens), len(reference.tokens))
 
 
+def _png(width: int = 4, height: int = 3) -> bytes:
+    """A tiny valid PNG (grey), written by hand: zlib and CRCs from the standard library."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes([128] * width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("cache", ["use", "bypass"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        pb.ImageInput(encoded=_png()),
+        pb.ImageInput(pixels=pb.Tensor(shape=[3, 2, 2], dtype=pb.DTYPE_UINT8, data=bytes(12))),
+    ],
+    ids=["png", "pixels"],
+)
+def test_an_image_to_a_text_model_names_the_field_and_the_modalities_it_takes(
+    client: Client, image: pb.ImageInput, cache: str
+) -> None:
+    """An image travels the same path as text (decode, cache key, model wrapper) up to
+    the model's processor, which a text-only model does not have for images."""
+    with pytest.raises(IntrospectError) as raised:
+        client.attention(["some text", pb.Input(image=image)], model="minilm", cache=cache)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.field_violations == [("inputs[1]", "model 'minilm' takes text inputs, not image")]
+
+
+@pytest.mark.parametrize(
+    ("image", "field"),
+    [
+        (pb.ImageInput(), "inputs[0].image"),
+        (pb.ImageInput(encoded=b""), "inputs[0].image.encoded"),
+        (pb.ImageInput(pixels=pb.Tensor(shape=[3, 2, 2], dtype=pb.DTYPE_UINT8, data=bytes(11))), "inputs[0].image.pixels.data"),
+        (pb.ImageInput(pixels=pb.Tensor(shape=[2, 2], dtype=pb.DTYPE_UINT8, data=bytes(4))), "inputs[0].image.pixels.shape"),
+        (pb.ImageInput(pixels=pb.Tensor(shape=[1, 1, 1], dtype=pb.DTYPE_INT32, data=bytes(4))), "inputs[0].image.pixels.dtype"),
+    ],
+)
+def test_malformed_images_name_the_field(client: Client, image: pb.ImageInput, field: str) -> None:
+    with pytest.raises(IntrospectError) as raised:
+        client.attention([pb.Input(image=image)], model="minilm")
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [violation for violation, _ in raised.value.field_violations] == [field]
+
+
 def test_models_are_described(client: Client, model_dirs: dict[str, Path]) -> None:
     import hashlib
 
@@ -273,6 +323,7 @@ def test_models_are_described(client: Client, model_dirs: dict[str, Path]) -> No
     assert (minilm.num_layers, minilm.num_heads, minilm.max_tokens, minilm.hidden_size) == (6, 12, 512, 384)
     assert minilm.architecture == "BertModel" and minilm.dtype == "float32" and minilm.device == "cpu"
     assert models["classifier"].num_labels == 3
+    assert all(list(info.modalities) == [pb.MODALITY_TEXT] for info in models.values())
     digest = hashlib.sha256()
     directory = model_dirs["gpt2"]
     for file in sorted([*directory.glob("*.safetensors"), directory / "config.json"]):

@@ -32,17 +32,31 @@ DEFAULT_ROLLOUT_RESIDUAL_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """An image input: an encoded file (PNG, JPEG, WebP), or raw pixels before
+    processing, [channels, height, width] of `pixel_dtype` ("uint8" 0-255 or "float32"
+    0-1) as little-endian bytes."""
+
+    encoded: bytes | None = None
+    pixel_shape: tuple[int, ...] = ()
+    pixel_dtype: str = ""
+    pixel_data: bytes = b""
+
+
+@dataclass(frozen=True)
 class InputSpec:
-    """One requested input: text (with an optional pair) or token ids."""
+    """One requested input: text (with an optional pair), token ids or an image."""
 
     text: str | None = None
     text_pair: str | None = None
     token_ids: tuple[int, ...] | None = None
+    image: ImageSpec | None = None
 
     @property
     def modality(self) -> str:
-        """What the input is: "text" (text or token ids)."""
-        return "text"
+        """What the input is: "text" (text or token ids) or "image"; the model wrapper
+        picks its processor by it."""
+        return "image" if self.image is not None else "text"
 
 
 @dataclass(frozen=True)

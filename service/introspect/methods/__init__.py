@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from . import attention, head_ablation, saliency
+from . import attention, head_ablation, logit_lens, saliency
 from .registry import Method
 
-METHODS: tuple[Method, ...] = (attention.METHOD, saliency.METHOD, head_ablation.METHOD)
+METHODS: tuple[Method, ...] = (attention.METHOD, saliency.METHOD, head_ablation.METHOD, logit_lens.METHOD)
 """Every method the server serves, one per streaming RPC."""
 _BY_QUERY_TYPE = MappingProxyType({method.query_type: method for method in METHODS})
 

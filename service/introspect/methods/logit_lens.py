@@ -23,6 +23,7 @@ from ..models import LoadedModel, ModelDescription
 from ..requests import InputSpec
 from ..results import StreamStart, WireArray
 from ..wire import to_wire
+from .registry import Method
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
@@ -137,3 +138,13 @@ def _layer_result(model: LoadedModel, layer: int, positions: tuple[int, ...], lo
         chosen_token_ids=tuple(int(token) for token in chosen.tolist()),
         chosen_probabilities=to_wire(chosen_probabilities, "float32"),
     )
+
+
+METHOD = Method(
+    name="logit_lens",
+    rpc="StreamLogitLens",
+    query_type=LogitLensQuery,
+    prepare=prepare,
+    run=run,
+    payloads={LogitLensLayerResult: "layer"},
+)

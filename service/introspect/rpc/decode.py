@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from introspect_contract import pb
-from introspect_contract.enums import names_of
+from introspect_contract.enums import DTYPE, names_of
+from introspect_contract.tensors import decode_tensor
 
-from ..errors import InvalidInput
-from ..requests import InputSpec, TargetSpec
+from ..errors import InvalidInput, require
+from ..requests import ImageSpec, InputSpec, TargetSpec
 
 Query = TypeVar("Query")
 Converter = Callable[[Any, str], Any]
@@ -52,7 +53,34 @@ def input_spec(message: pb.Input, field: str) -> InputSpec:
         return InputSpec(text=message.text.text, text_pair=message.text.text_pair or None)
     if source == "token_ids":
         return InputSpec(token_ids=tuple(int(token) for token in message.token_ids.ids))
-    raise InvalidInput(field, "set either text or token_ids (this server takes no images yet)")
+    if source == "image":
+        return InputSpec(image=image_spec(message.image, f"{field}.image"))
+    raise InvalidInput(field, "set one of text, token_ids or image")
+
+
+_PIXEL_DTYPES = ("uint8", "float32")
+
+
+def image_spec(message: pb.ImageInput, field: str) -> ImageSpec:
+    """Decodes an ImageInput: encoded bytes, or a [channels, height, width] pixel tensor
+    of uint8 or float32 whose bytes match its shape."""
+    source = message.WhichOneof("source")
+    if source == "encoded":
+        require(len(message.encoded) > 0, f"{field}.encoded", "must not be empty")
+        return ImageSpec(encoded=bytes(message.encoded))
+    require(source == "pixels", field, "set encoded (PNG, JPEG or WebP bytes) or pixels")
+    pixels = message.pixels
+    dtype = DTYPE.name_of(pixels.dtype)
+    require(dtype in _PIXEL_DTYPES, f"{field}.pixels.dtype",
+            f"pixels are {' or '.join(_PIXEL_DTYPES)} (DTYPE_UINT8 0-255, DTYPE_FLOAT32 0-1)")
+    shape = tuple(int(size) for size in pixels.shape)
+    require(len(shape) == 3 and all(size > 0 for size in shape), f"{field}.pixels.shape",
+            f"must be [channels, height, width], got {list(shape)}")
+    try:
+        decode_tensor(pixels)
+    except ValueError as error:
+        raise InvalidInput(f"{field}.pixels.data", str(error)) from None
+    return ImageSpec(pixel_shape=shape, pixel_dtype=dtype, pixel_data=bytes(pixels.data))
 
 
 @converts(TargetSpec)
