@@ -79,3 +79,21 @@ def test_invalid_requests_name_the_field(
     assert raised.value.code.name == "INVALID_ARGUMENT"
     assert [violation for violation, _ in raised.value.field_violations] == [field]
     assert fragment in raised.value.message
+
+
+def test_cli_lens_json_equals_the_client_and_the_table_names_the_top_tokens(client: Client, address: str,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from introspect_client.cli import main
+
+    expected = client.logit_lens("The capital of France is", model="gpt2", top_k=2, positions=[-1])
+    assert main(["lens", "--server", address, "--model", "gpt2", "--text", "The capital of France is",
+                 "--top-k", "2", "--at", "-1", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["top_token_ids"] == expected.top_token_ids.tolist()
+    np.testing.assert_allclose(document["chosen_probabilities"], expected.chosen_probabilities, rtol=0, atol=0)
+    assert main(["lens", "--server", address, "--model", "gpt2", "--text", "The capital of France is", "--at", "-1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[0] == "layer" and len(table) == 2 + len(expected.layers)
+    assert table[-1].split()[1] == expected.top_tokens[-1][0][0]

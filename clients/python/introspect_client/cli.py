@@ -5,6 +5,7 @@
     introspect attention --text TEXT ...   one layer's attention map: summary, --json, --png
     introspect saliency --text TEXT ...    token attributions of a target: summary, --json, --png
     introspect ablate --text TEXT --target KIND ...  head ablation / importance: summary, --json, --png
+    introspect lens --text TEXT ...        the logit lens (LM heads): table, --json
 
 Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051).
 Errors print `error: <message>` to stderr and exit with status 1.
@@ -25,6 +26,7 @@ from google.protobuf import json_format
 from . import cli_flags as flags
 from introspect_contract import pb
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
+from .cli_lens import add_lens_command
 from .cli_saliency import add_saliency_command
 from .client import Client
 from .errors import IntrospectError
@@ -98,6 +100,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     attention.set_defaults(run=_run_attention)
     add_saliency_command(commands, client_options)
     _add_ablate_parser(commands, client_options)
+    add_lens_command(commands, client_options)
     return parser
 
 
