@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -254,13 +255,19 @@ def test_stream_is_header_baseline_then_layers_in_order(client: Client) -> None:
 
 def test_leaving_a_stream_early_cancels_it_and_leaves_no_hooks_behind(client: Client) -> None:
     expected = client.ablate(TEXT, model="minilm", target=targets.embedding_norm(), heads=[(1, 2), (5, 0)])
-    stream = client.stream_ablation(TEXT, model="minilm", target=targets.embedding_norm(), batch_size=1,
+    # 72 single-row forwards of ~300 tokens: ~10 s uncancelled on a busy 2-core machine
+    long_text = " ".join(["the model attends to every token it has seen so far"] * 28)
+    stream = client.stream_ablation(long_text, model="minilm", target=targets.embedding_norm(), batch_size=1,
                                     cache="bypass")
     for message in stream:
         if message.WhichOneof("payload") == "layer":
-            break  # 66 single-row forwards still to go: cancelled at the next check
+            break  # 60 forwards still to go: cancelled at the next check
+    stream.close()  # type: ignore[attr-defined]  # cancels the call (a reference would keep it open)
+    started = time.perf_counter()
     after = client.ablate(TEXT, model="minilm", target=targets.embedding_norm(), heads=[(1, 2), (5, 0)],
                           cache="bypass")
+    # one worker per device: the follow-up ran at once, not after the abandoned forwards
+    assert time.perf_counter() - started < 3
     np.testing.assert_array_equal(after.target_delta, expected.target_delta)
     assert after.baseline_score == expected.baseline_score
 
