@@ -110,12 +110,16 @@ def reference_of(model_dirs: dict[str, Path], name: str, text: str = TEXT) -> Re
     return Reference(model, tokenizer, input_ids, embeddings, special, case)
 
 
-def assert_close(actual: np.ndarray, expected: torch.Tensor | np.ndarray, rtol: float = 1e-3) -> None:
+def assert_close(
+    actual: np.ndarray, expected: torch.Tensor | np.ndarray, rtol: float = 1e-4, floor: float = 1e-5
+) -> None:
     """Equal up to float32 noise: relative per value, plus a floor far below the largest
-    expected value (small values from sums that cancel)."""
+    expected value (small values from sums that cancel). Measured agreement against the
+    references: at most 5.4e-5 relative on values above 1% of the largest, 2.7e-6 of the
+    largest value in absolute terms, so a 0.1% error in any method fails."""
     expected = np.asarray(expected, dtype=np.float64)
     scale = float(np.abs(expected).max()) or 1.0
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=1e-5 * scale)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=floor * scale)
 
 
 # --- gradients ---------------------------------------------------------------------
@@ -359,7 +363,10 @@ def test_occlusion_equals_rerunning_without_the_token(client: Client, model_dirs
     reference = reference_of(model_dirs, name)
     case = CASES[name]
     result = client.saliency(TEXT, model=case.model, target=case.target, method="occlusion", replacement="pad")
-    assert_close(result.scores, occlusion_reference(reference, 1, reference.tokenizer.pad_token_id))  # type: ignore[attr-defined]
+    # drops are differences of nearly equal float32 scores: up to 6.8e-5 of the largest
+    # drop measured (classifier), so a floor of 1e-4 of it
+    expected = occlusion_reference(reference, 1, reference.tokenizer.pad_token_id)  # type: ignore[attr-defined]
+    assert_close(result.scores, expected, floor=1e-4)
 
 
 def test_occlusion_spans_with_the_mask_token(client: Client, model_dirs: dict[str, Path]) -> None:
