@@ -3,7 +3,7 @@
 #   - Debian packages redis-server and prometheus (real servers the suite starts itself)
 #   - a virtual environment in .venv with the CPU build of torch and the dev extras
 #   - buf (contract lint and breaking-change checks), pinned in package-lock.json
-# Extra arguments go to pytest (e.g. scripts/test.sh -k attention).
+# Extra arguments go to pytest (e.g. scripts/test.sh -k attention); the exit code is pytest's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +28,5 @@ python -m pip install -q --disable-pip-version-check torch==2.13.0
 python -m pip install -q --disable-pip-version-check -e ".[dev]"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-python -m pytest -q tests "$@"
+# --durations=15 prints the slowest tests; exec hands pytest's exit code to the caller.
+exec python -m pytest -q tests --durations=15 "$@"

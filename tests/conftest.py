@@ -1,5 +1,10 @@
 """Shared fixtures: tiny random-weight models saved to disk as a user's would be, and a
-real `introspect serve` process on a free loopback port serving them all.
+real introspect server on a free loopback port serving them all.
+
+Servers whose process is not what a test checks run in-process (InProcessServer: the
+server's own `serve` on its own event loop in a background thread, parsed from the same
+flags as `introspect serve`), one per configuration for the session; tests of the process
+itself (exit codes, SIGTERM, metrics, redis faults) start `python -m introspect`.
 
 Models served by the session server:
   minilm      the packaged all-MiniLM-L6-v2 (BERT encoder, 6 layers x 12 heads)
@@ -11,6 +16,7 @@ Models served by the session server:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -132,18 +138,79 @@ def start_server(*arguments: str, env: dict[str, str] | None = None) -> RunningS
     return RunningServer(process=process, address=address[0], output=output)
 
 
-@pytest.fixture(scope="session")
-def server(model_dirs: dict[str, Path]) -> Iterator[RunningServer]:
-    """One server for the session serving minilm, gpt2, llama and classifier."""
+class InProcessServer:
+    """`introspect serve ARGS` run in this process: introspect.server.serve on its own
+    event loop in a background thread, on a free loopback port; stop() stops it."""
+
+    def __init__(self, *arguments: str) -> None:
+        from introspect.config import parse_serve_arguments
+        from introspect.server import serve
+
+        settings = parse_serve_arguments(["--host", "127.0.0.1", "--port", "0", *arguments])
+        self._loop = asyncio.new_event_loop()
+        self._stopping: asyncio.Event | None = None
+        self._errors: list[BaseException] = []
+        ready = threading.Event()
+        ports: list[int] = []
+
+        async def main() -> None:
+            self._stopping = asyncio.Event()
+            await serve(settings, stopping=self._stopping, ready=lambda port: (ports.append(port), ready.set()))
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(main())
+            except BaseException as error:  # reported by the start or by stop()
+                self._errors.append(error)
+            finally:
+                ready.set()
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="introspect-in-process", daemon=True)
+        self._thread.start()
+        ready.wait(SERVER_START_TIMEOUT_SECONDS)
+        if not ports:
+            raise RuntimeError(f"in-process server did not start: {self._errors!r}")
+        self.address = f"127.0.0.1:{ports[0]}"
+
+    def stop(self) -> int:
+        """Stops the server gracefully; 0 if it stopped cleanly."""
+        if self._thread.is_alive() and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(60)
+        return 1 if self._errors or self._thread.is_alive() else 0
+
+
+def session_models(model_dirs: dict[str, Path]) -> list[str]:
+    """--model flags for minilm (the default model), gpt2, llama and classifier."""
     models = [f"--model={name}={path}" for name, path in model_dirs.items() if name == "minilm"]
-    models += [f"--model={name}={path}" for name, path in model_dirs.items() if name != "minilm"]
-    running = start_server(*models)
-    yield running
-    running.stop()
+    return models + [f"--model={name}={path}" for name, path in model_dirs.items() if name != "minilm"]
 
 
 @pytest.fixture(scope="session")
-def address(server: RunningServer) -> str:
+def server(model_dirs: dict[str, Path]) -> Iterator[InProcessServer]:
+    """One server for the session serving minilm, gpt2, llama and classifier."""
+    running = InProcessServer(*session_models(model_dirs))
+    yield running
+    assert running.stop() == 0
+
+
+SMALL_MESSAGE_BYTES = 64 * 1024  # the server's minimum: long inputs need many chunks per layer
+
+
+@pytest.fixture(scope="session")
+def small_message_server() -> Iterator[InProcessServer]:
+    """The packaged MiniLM (the default model) with a 64 KiB max message size, so that
+    layers and per-dimension results are split into many chunks; shared by the modules
+    that test chunking."""
+    running = InProcessServer(f"--max-message-bytes={SMALL_MESSAGE_BYTES}")
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def address(server: InProcessServer) -> str:
     """host:port of the session server."""
     return server.address
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from architectures import CASES, build_tiny_model, minilm_tokenizer
-from conftest import RunningServer, start_server
+from conftest import InProcessServer
 from introspect_client import Client, targets
 
 TOLERANCE = 1e-4
@@ -85,11 +85,11 @@ def test_a_server_given_an_unservable_model_exits_2_with_one_line(architecture_d
 
 
 @pytest.fixture(scope="module")
-def architecture_server(architecture_dirs: dict[str, Path]) -> Iterator[RunningServer]:
-    """One server serving every architecture that is not refused."""
-    running = start_server("--cache-bytes=0", *[f"--model={name}={architecture_dirs[name]}" for name in SERVED])
+def architecture_server(architecture_dirs: dict[str, Path]) -> Iterator[InProcessServer]:
+    """One (in-process) server serving every architecture that is not refused."""
+    running = InProcessServer("--cache-bytes=0", *[f"--model={name}={architecture_dirs[name]}" for name in SERVED])
     yield running
-    running.stop()
+    assert running.stop() == 0
 
 
 class Eager:
@@ -126,7 +126,7 @@ class Eager:
 
 @pytest.mark.parametrize("model_type", SERVED)
 def test_served_architectures_equal_eager_attention(
-    architecture_server: RunningServer, architecture_dirs: dict[str, Path], model_type: str
+    architecture_server: InProcessServer, architecture_dirs: dict[str, Path], model_type: str
 ) -> None:
     eager = Eager(architecture_dirs[model_type])
     with Client(architecture_server.address) as client:

@@ -3,14 +3,15 @@ attention (`output_attentions=True`) on the same weights and inputs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import RunningServer, reference_inputs, reference_model, reference_tokenizer, start_server
-from introspect_client import Client, IntrospectError
+from conftest import InProcessServer, reference_inputs, reference_model, reference_tokenizer
+from introspect_client import Client, IntrospectError, attention_request
 from introspect_contract import pb
 from introspect_contract import pb_grpc
 
@@ -132,16 +133,8 @@ def test_text_pair_and_token_id_inputs(client: Client, model_dirs: dict[str, Pat
     assert by_ids.tokens == tokenizer.convert_ids_to_tokens(ids)
 
 
-@pytest.fixture(scope="module")
-def small_message_server(model_dirs: dict[str, Path]):  # type: ignore[no-untyped-def]
-    """A server whose max message size forces layers to be split into many chunks."""
-    running: RunningServer = start_server(f"--model=minilm={model_dirs['minilm']}", "--max-message-bytes=65536")
-    yield running
-    running.stop()
-
-
 def test_chunks_stay_under_the_max_message_size(
-    small_message_server: RunningServer, client: Client, model_dirs: dict[str, Path]
+    small_message_server: InProcessServer, client: Client, model_dirs: dict[str, Path]
 ) -> None:
     text = " ".join(["transformers look inside"] * 60)  # ~180 tokens: 12 heads x 180 x 180 x 4 B = 1.5 MB/layer
     limit = 65536
@@ -245,20 +238,30 @@ def test_empty_requests_of_every_stream_rpc_say_what_is_missing(address: str) ->
 
 
 def test_deadline_and_cancellation_leave_the_server_serving(address: str, client: Client) -> None:
-    text = " ".join(["deadline"] * 400)
-    request = pb.StreamAttentionRequest(model="minilm", inputs=[pb.Input(text=pb.TextInput(text=text))] * 4)
+    # 32 inputs of 502 tokens, head means: ~10 s uncancelled on this 2-core machine, checked
+    # at every layer (the first check comes a fraction of a layer after the header)
+    text = " ".join(["deadline"] * 500)
+    request = attention_request([text] * 32, model="minilm", view="head_mean")
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.IntrospectionStub(channel)
+
+    def still_serving() -> None:
+        # one worker per device: it is free again long before the abandoned work could end
+        started = time.perf_counter()
+        reference = client.attention("still serving", model="gpt2", layers=[0], cache="bypass")[0]
+        assert time.perf_counter() - started < 3
+        assert reference.layers[0].shape == (4, len(reference.tokens), len(reference.tokens))
+
     with pytest.raises(grpc.RpcError) as error:
         list(stub.StreamAttention(request, timeout=0.05))
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    still_serving()
     call = stub.StreamAttention(request)
     first = next(call)
     assert first.HasField("header")
     call.cancel()
+    still_serving()
     channel.close()
-    reference = client.attention("still serving", model="gpt2", layers=[0])[0]
-    assert reference.layers[0].shape == (4, len(reference.tokens), len(reference.tokens))
 
 
 def _png(width: int = 4, height: int = 3) -> bytes:

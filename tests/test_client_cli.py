@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import RunningServer, start_server
+from conftest import SMALL_MESSAGE_BYTES, InProcessServer
 
 from introspect_client import (
     AsyncClient,
@@ -39,7 +39,6 @@ from introspect_contract.tensors import encode_tensor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SMALL_MESSAGE_BYTES = 64 * 1024  # the server's minimum: long inputs need many chunks per layer
 LAYERS, HEADS = 6, 12  # all-MiniLM-L6-v2; also checked against its config below
 LONG_TEXT = " ".join(f"sentence {i} talks about topic number {i * 7}." for i in range(30))
 SHORT_TEXT = "The cat sat on the mat."
@@ -52,18 +51,14 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[RunningServer]:
-    """`python -m introspect` (the packaged MiniLM) on a free loopback port with a 64 KiB
-    max message size."""
-    running = start_server("--max-message-bytes", str(SMALL_MESSAGE_BYTES))
-    try:
-        yield running
-    finally:
-        running.stop()
+def served(small_message_server: InProcessServer) -> InProcessServer:
+    """The packaged MiniLM on a free loopback port with a 64 KiB max message size (the
+    session's in-process server of that configuration)."""
+    return small_message_server
 
 
 @pytest.fixture(scope="module")
-def client(served: RunningServer) -> Iterator[Client]:
+def client(served: InProcessServer) -> Iterator[Client]:
     """A sync client of the module's server."""
     with Client(served.address, timeout=120) as connected:
         yield connected
@@ -367,43 +362,7 @@ def test_truncated_input_reports_its_original_length(client: Client, reference: 
     np.testing.assert_allclose(item.layers[0][0], expected, atol=TOLERANCE, rtol=0)
 
 
-def test_reduced_views_top_k_and_dtypes_match_numpy_references(client: Client, reference: Reference) -> None:
-    heads = [3, 1, 8]
-    expected = reference.attentions(PAIR)[:, heads]  # [layers, 3, query, key]
-    mean = client.attention(PAIR, heads=heads, view="head_mean", layers=[0, 5])[0]
-    maximum = client.attention(PAIR, heads=heads, view="head_max", layers=[2])[0]
-    assert mean.view == "head_mean" and mean.heads == [] and mean.layers[0].shape[0] == 1
-    np.testing.assert_allclose(mean.layers[0][0], expected[0].mean(axis=0), atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(mean.layers[5][0], expected[5].mean(axis=0), atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(maximum.layers[2][0], expected[2].max(axis=0), atol=TOLERANCE, rtol=0)
-
-    # Rollout (Abnar & Zuidema 2020): A'_l = (1-w) mean_l + w I, rows renormalised; R_l = A'_l R_{l-1}.
-    weight = 0.3
-    rollout = client.attention(PAIR, view="rollout", layers=[3], rollout_residual_weight=weight)[0]
-    everything = reference.attentions(PAIR)
-    size = everything.shape[-1]
-    running = np.eye(size)
-    for layer in range(4):
-        mixed = (1 - weight) * everything[layer].mean(axis=0).astype(np.float64) + weight * np.eye(size)
-        running = (mixed / mixed.sum(axis=-1, keepdims=True)) @ running
-    np.testing.assert_allclose(rollout.layers[3][0], running, atol=TOLERANCE, rtol=0)
-
-    top = client.attention(PAIR, heads=[3], layers=[4], top_k=4)[0]
-    values, indices = top.layers[4][0], top.key_indices[4][0]  # [query, 4]
-    assert indices.dtype == np.int32 and values.shape == indices.shape == (size, 4)
-    reference_map = expected[4][0]
-    np.testing.assert_allclose(values, -np.sort(-reference_map, axis=-1)[:, :4], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(np.take_along_axis(reference_map, indices, axis=-1), values, atol=TOLERANCE, rtol=0)
-
-    half = client.attention(PAIR, layers=[1], dtype="float16")[0].layers[1]
-    assert half.dtype == np.float16
-    np.testing.assert_allclose(half.astype(np.float32), everything[1], atol=1e-3, rtol=0)
-    brain = client.attention(PAIR, layers=[1], dtype="bfloat16")[0].layers[1]
-    assert brain.dtype == np.float32
-    np.testing.assert_allclose(brain, everything[1], atol=4e-3, rtol=0)
-
-
-async def test_sync_and_async_clients_return_identical_results(served: RunningServer, client: Client) -> None:
+async def test_sync_and_async_clients_return_identical_results(served: InProcessServer, client: Client) -> None:
     inputs: list[Any] = [LONG_TEXT, PAIR]
     # "bypass": every call computes afresh, so even the raw headers (`cached`) agree.
     options: dict[str, Any] = {"layers": [0, 2, 5], "heads": [0, 6, 11], "cache": "bypass"}
@@ -442,7 +401,7 @@ def test_bad_layer_raises_introspect_error_with_field_violation(client: Client) 
         client.attention(SHORT_TEXT, view="sideways")  # rejected before sending
 
 
-async def test_bad_layer_raises_introspect_error_in_the_async_client(served: RunningServer) -> None:
+async def test_bad_layer_raises_introspect_error_in_the_async_client(served: InProcessServer) -> None:
     async with AsyncClient(served.address) as async_client:
         with pytest.raises(IntrospectError) as caught:
             await async_client.attention(SHORT_TEXT, layers=[9])
@@ -463,7 +422,7 @@ def test_unreachable_server_is_an_introspect_error() -> None:
 # CLI
 
 
-def test_cli_models_json_lists_minilm(served: RunningServer, reference: Reference) -> None:
+def test_cli_models_json_lists_minilm(served: InProcessServer, reference: Reference) -> None:
     # The server address comes from INTROSPECT_SERVER when --server is not given.
     finished = run_cli("models", "--json", env={"INTROSPECT_SERVER": served.address})
     assert finished.returncode == 0, finished.stderr
@@ -473,7 +432,7 @@ def test_cli_models_json_lists_minilm(served: RunningServer, reference: Referenc
     assert models["minilm"]["architecture"] == "BertModel"
 
 
-def test_cli_models_table(served: RunningServer, client: Client) -> None:
+def test_cli_models_table(served: InProcessServer, client: Client) -> None:
     finished = run_cli("models", "--server", served.address)
     assert finished.returncode == 0, finished.stderr
     lines = finished.stdout.splitlines()
@@ -483,7 +442,7 @@ def test_cli_models_table(served: RunningServer, client: Client) -> None:
     assert row[:3] == ["minilm", "BertModel", f"{LAYERS}x{HEADS}"] and fingerprint.startswith(row[-1])
 
 
-def test_cli_attention_json_equals_client_arrays(served: RunningServer, client: Client, reference: Reference) -> None:
+def test_cli_attention_json_equals_client_arrays(served: InProcessServer, client: Client, reference: Reference) -> None:
     # Defaults: the last layer, mean over all heads.
     finished = run_cli("attention", "--server", served.address, "--text", SHORT_TEXT, "--json")
     assert finished.returncode == 0, finished.stderr
@@ -508,7 +467,7 @@ def test_cli_attention_json_equals_client_arrays(served: RunningServer, client: 
     np.testing.assert_allclose(document["layers"]["2"][0], reference.attentions(PAIR)[2, 7], atol=TOLERANCE)
 
 
-def test_cli_attention_summary_names_the_most_attended_key(served: RunningServer, client: Client) -> None:
+def test_cli_attention_summary_names_the_most_attended_key(served: InProcessServer, client: Client) -> None:
     finished = run_cli("attention", "--server", served.address, "--text", SHORT_TEXT, "--layer", "1")
     assert finished.returncode == 0, finished.stderr
     item = client.attention(SHORT_TEXT, layers=[1], view="head_mean")[0]
@@ -521,7 +480,7 @@ def test_cli_attention_summary_names_the_most_attended_key(served: RunningServer
         assert float(probability.strip("()")) == pytest.approx(float(matrix[row].max()), abs=1e-3)
 
 
-def test_cli_attention_png_is_a_readable_heatmap(served: RunningServer, tmp_path: Path) -> None:
+def test_cli_attention_png_is_a_readable_heatmap(served: InProcessServer, tmp_path: Path) -> None:
     from matplotlib.image import imread
 
     short_png, long_png = tmp_path / "short.png", tmp_path / "long.png"
@@ -535,7 +494,7 @@ def test_cli_attention_png_is_a_readable_heatmap(served: RunningServer, tmp_path
     assert long.shape[0] > short.shape[0] and long.shape[1] > short.shape[1]  # grows with the tokens
 
 
-def test_cli_errors_print_one_line_and_exit_1(served: RunningServer) -> None:
+def test_cli_errors_print_one_line_and_exit_1(served: InProcessServer) -> None:
     finished = run_cli("attention", "--server", served.address, "--text", SHORT_TEXT, "--layer", "9")
     assert finished.returncode == 1
     assert finished.stderr.startswith("error: INVALID_ARGUMENT: layers: layer [9] out of range")

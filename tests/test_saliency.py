@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from conftest import reference_model, reference_tokenizer, start_server
+from conftest import SMALL_MESSAGE_BYTES, InProcessServer, reference_model, reference_tokenizer
 from introspect_client import AsyncClient, Client, IntrospectError, targets
 from introspect_contract import pb
 from introspect_contract import pb_grpc
@@ -110,12 +110,16 @@ def reference_of(model_dirs: dict[str, Path], name: str, text: str = TEXT) -> Re
     return Reference(model, tokenizer, input_ids, embeddings, special, case)
 
 
-def assert_close(actual: np.ndarray, expected: torch.Tensor | np.ndarray, rtol: float = 1e-3) -> None:
+def assert_close(
+    actual: np.ndarray, expected: torch.Tensor | np.ndarray, rtol: float = 1e-4, floor: float = 1e-5
+) -> None:
     """Equal up to float32 noise: relative per value, plus a floor far below the largest
-    expected value (small values from sums that cancel)."""
+    expected value (small values from sums that cancel). Measured agreement against the
+    references: at most 5.4e-5 relative on values above 1% of the largest, 2.7e-6 of the
+    largest value in absolute terms, so a 0.1% error in any method fails."""
     expected = np.asarray(expected, dtype=np.float64)
     scale = float(np.abs(expected).max()) or 1.0
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=1e-5 * scale)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=floor * scale)
 
 
 # --- gradients ---------------------------------------------------------------------
@@ -359,7 +363,10 @@ def test_occlusion_equals_rerunning_without_the_token(client: Client, model_dirs
     reference = reference_of(model_dirs, name)
     case = CASES[name]
     result = client.saliency(TEXT, model=case.model, target=case.target, method="occlusion", replacement="pad")
-    assert_close(result.scores, occlusion_reference(reference, 1, reference.tokenizer.pad_token_id))  # type: ignore[attr-defined]
+    # drops are differences of nearly equal float32 scores: up to 6.8e-5 of the largest
+    # drop measured (classifier), so a floor of 1e-4 of it
+    expected = occlusion_reference(reference, 1, reference.tokenizer.pad_token_id)  # type: ignore[attr-defined]
+    assert_close(result.scores, expected, floor=1e-4)
 
 
 def test_occlusion_spans_with_the_mask_token(client: Client, model_dirs: dict[str, Path]) -> None:
@@ -439,18 +446,14 @@ def test_flow_equals_networkx_max_flow(client: Client, model_dirs: dict[str, Pat
 
 
 def test_large_per_dimension_results_are_split_under_the_message_size(
-    client: Client, model_dirs: dict[str, Path]
+    client: Client, small_message_server: InProcessServer
 ) -> None:
-    limit = 65536
-    small = start_server(f"--model=minilm={model_dirs['minilm']}", f"--max-message-bytes={limit}")
+    limit = SMALL_MESSAGE_BYTES
     text = "saliency maps explain which words matter " * 12  # ~75 tokens x 384 floats: 115 KB
     options = {"model": "minilm", "target": CASES["minilm-norm"].target, "method": "gradient", "per_dimension": True}
-    try:
-        with Client(small.address) as split_client:
-            messages = list(split_client.stream_saliency(text, **options))  # type: ignore[arg-type]
-            split = split_client.saliency(text, **options)  # type: ignore[arg-type]
-    finally:
-        small.stop()
+    with Client(small_message_server.address) as split_client:
+        messages = list(split_client.stream_saliency(text, **options))  # type: ignore[arg-type]
+        split = split_client.saliency(text, **options)  # type: ignore[arg-type]
     chunks = [message.chunk for message in messages[1:]]
     assert len(chunks) >= 2 and max(message.ByteSize() for message in messages) <= limit
     assert [chunk.final for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
@@ -510,10 +513,11 @@ def test_unset_method_lists_the_methods_and_long_flow_inputs_are_refused(address
 def test_leaving_a_stream_stops_the_work(client: Client) -> None:
     import time
 
-    # 8 + 16 + ... + 4096 steps would take minutes: the first refinement, then cancel
+    # 8 + 16 + ... + 512 steps: ~10 s uncancelled on a busy 2-core machine; the first
+    # refinement (one batch), then cancel
     stream = client.stream_saliency(
         TEXT, model="minilm", target=CASES["minilm-norm"].target, method="ig", rule="gauss_legendre",
-        steps=4096, tolerance=1e-30, batch_size=8, cache="bypass",
+        steps=512, tolerance=1e-30, batch_size=8, cache="bypass",
     )
     for message in stream:
         if message.HasField("chunk"):
@@ -522,7 +526,7 @@ def test_leaving_a_stream_stops_the_work(client: Client) -> None:
     stream.close()  # type: ignore[attr-defined]
     started = time.perf_counter()
     client.saliency(TEXT, model="minilm", target=CASES["minilm-norm"].target, method="gradient", cache="bypass")
-    assert time.perf_counter() - started < 30  # one worker per device: it was free again
+    assert time.perf_counter() - started < 3  # one worker per device: it was free again
 
 
 async def test_async_client_gets_the_same_result(address: str, client: Client) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -78,8 +78,17 @@ def start_metrics(
     return http
 
 
-async def serve(settings: Settings, registry: ModelRegistry | None = None) -> None:
-    """Loads the models, serves until SIGTERM/SIGINT, then stops gracefully."""
+async def serve(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    stopping: asyncio.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Loads the models, serves until SIGTERM/SIGINT, then stops gracefully.
+
+    Embedders (e.g. an in-process server on a thread other than the main one, where
+    signal handlers cannot be installed) pass `stopping` and set it to stop; `ready` is
+    called with the bound port once the server serves."""
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue)
     plane = DataPlane(registry, engine)
@@ -105,11 +114,14 @@ async def serve(settings: Settings, registry: ModelRegistry | None = None) -> No
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     # Tests and scripts read this line to learn the port when --port 0 was asked.
     print(f"introspect serving {', '.join(m.name for m in registry)} on {host}:{port}", flush=True)
+    if ready is not None:
+        ready(port)
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signal_number, stopping.set)
+    if stopping is None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stopping.set)
     await stopping.wait()
     log.info("stopping: health NOT_SERVING, draining for up to %.0fs", settings.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
