@@ -75,7 +75,7 @@ def probe_inputs(model: PreTrainedModel, pad_token_id: int, vocab_size: int) -> 
     return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
 
 
-def layer_modules(model: PreTrainedModel, kind: ModelKind, inputs: dict[str, torch.Tensor], num_heads: int,
+def layer_modules(model: PreTrainedModel, kind: ModelKind, inputs: dict[str, torch.Tensor],
                   intermediate_size: int | None, hidden_size: int) -> hooks.LayerModules:
     """Finds the attention modules, blocks, output projections and MLPs of every layer."""
     single = {name: value[:1] for name, value in inputs.items()}
@@ -242,7 +242,7 @@ def check_parity(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelH
         finally:
             model.set_attn_implementation(implementation)
     eager_maps = output.attentions
-    eager = (output.logits if kind.causal or kind.name == "sequence_classifier" else output.last_hidden_state).float()
+    eager = kind.head_output(output).float()
     tolerance = PARITY_TOLERANCE.get(model.dtype, 1e-4)
     rows = mask if eager.dim() == 3 else torch.ones(eager.shape[0], dtype=torch.bool, device=eager.device)
     for what, ours in (("outputs", plain), ("outputs with attention maps", with_maps)):

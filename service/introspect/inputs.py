@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -16,6 +17,9 @@ from transformers import PreTrainedTokenizerBase
 from .errors import InvalidInput, require
 from .requests import InputSpec
 from .results import EncodedInput
+
+if TYPE_CHECKING:
+    from .models import ModelDescription
 
 _UNBOUNDED_TOKENIZER_LIMIT = 1_000_000
 
@@ -80,19 +84,20 @@ class TextProcessor:
         """The tokenizer's string for each id; `<id N>` for an id it has no string for
         (embedding tables are often padded past the tokenizer's vocabulary)."""
         with self._lock:
-            strings = self.tokenizer.convert_ids_to_tokens(list(ids))
+            return self._tokens(ids)
+
+    def _tokens(self, ids: Sequence[int]) -> tuple[str, ...]:
+        strings = self.tokenizer.convert_ids_to_tokens(list(ids))
         return tuple(f"<id {token}>" if string is None else str(string) for token, string in zip(ids, strings))
 
-    def encode(self, spec: InputSpec, truncate: bool, field: str, description: object) -> EncodedInput:
+    def encode(self, spec: InputSpec, truncate: bool, field: str, description: ModelDescription) -> EncodedInput:
         """Tokenizes one input, enforcing the model's length limit (or truncating if
-        allowed). `description` is the model's ModelDescription (limit, vocabulary)."""
+        allowed) and vocabulary."""
         with self._lock:
             return self._encode(spec, truncate, field, description)
 
-    def _encode(self, spec: InputSpec, truncate: bool, field: str, description: object) -> EncodedInput:
-        limit: int = description.max_tokens  # type: ignore[attr-defined]
-        vocab_size: int = description.vocab_size  # type: ignore[attr-defined]
-        name: str = description.name  # type: ignore[attr-defined]
+    def _encode(self, spec: InputSpec, truncate: bool, field: str, description: ModelDescription) -> EncodedInput:
+        limit, vocab_size, name = description.max_tokens, description.vocab_size, description.name
         tokenizer = self.tokenizer
         token_type_ids: tuple[int, ...] | None = None
         if spec.token_ids is not None:
@@ -121,10 +126,9 @@ class TextProcessor:
                 f"input has {len(ids)} tokens but model {name!r} accepts at most {limit}; "
                 "shorten it or set truncate=true",
             )
-        strings = tokenizer.convert_ids_to_tokens(list(ids))
         return EncodedInput(
             token_ids=tuple(ids),
-            tokens=tuple(f"<id {token}>" if string is None else str(string) for token, string in zip(ids, strings)),
+            tokens=self._tokens(ids),
             token_type_ids=token_type_ids,
             truncated=len(ids) < original_length,
             original_length=original_length,

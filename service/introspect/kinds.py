@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import (
@@ -37,11 +38,15 @@ class ModelKind:
         """Runs the model: logits [batch, tokens, vocab] (causal LM; only the last
         `last_positions` positions when given, and no KV cache), logits [batch, classes]
         (classifier) or last hidden states [batch, tokens, hidden] (encoder)."""
-        if self.causal:
-            keep = {"logits_to_keep": last_positions} if last_positions else {}
-            return model(**arguments, use_cache=False, **keep).logits
-        output = model(**arguments)
-        return output.logits if self.name == SEQUENCE_CLASSIFIER.name else output.last_hidden_state
+        extra: dict[str, object] = {"use_cache": False} if self.causal else {}
+        if self.causal and last_positions:
+            extra["logits_to_keep"] = last_positions
+        return self.head_output(model(**arguments, **extra))
+
+    def head_output(self, output: Any) -> torch.Tensor:
+        """The tensor `outputs` returns, from a transformers model output: the logits of
+        models with a head, else the last hidden states."""
+        return output.last_hidden_state if self.name == "encoder" else output.logits
 
     def relevant_length(self, position: int | None, length: int) -> int:
         """How many leading tokens can affect a target at `position`: all of them, or

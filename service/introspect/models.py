@@ -283,7 +283,7 @@ def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, text: TextPr
     intermediate_size = _config_value(config, "intermediate_size", "n_inner", "ffn_dim")
     vocab_size = _config_value(config, "vocab_size")
     inputs = discovery.probe_inputs(model, text.pad_token_id, vocab_size)
-    modules = discovery.layer_modules(model, kind, inputs, num_heads, intermediate_size or None, hidden_size)
+    modules = discovery.layer_modules(model, kind, inputs, intermediate_size or None, hidden_size)
     registry = hooks.ModelHooks(modules, num_heads)
     registry.install()
     registry.growth = discovery.verify_growth(registry, kind, model, inputs)
