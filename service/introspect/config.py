@@ -37,6 +37,11 @@ class Settings:
     dtype: str = "auto"
     max_message_bytes: int = 4 * MIB
     max_queue: int = 32
+    max_inputs: int = 64
+    max_text_bytes: int = 128 * 1024
+    max_request_text_bytes: int = 1 * MIB
+    max_batch_tokens: int = 65536
+    max_request_bytes: int = 0  # 0: a share of the device's memory (budget.default_request_bytes)
     grace_seconds: float = 10.0
     max_connection_age_seconds: float = 0.0
     metrics_port: int = 0
@@ -83,6 +88,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=_DTYPES, help="weight dtype (auto: float32 on cpu, model's on cuda)")
     parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 4 MiB)")
     parser.add_argument("--max-queue", type=int, help="requests waiting per device before RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-inputs", type=int, help="inputs in one request, mean references included (default 64)")
+    parser.add_argument("--max-text-bytes", type=int, help="UTF-8 bytes of one input's text (default 128 KiB)")
+    parser.add_argument("--max-request-text-bytes", type=int, help="UTF-8 bytes of all texts of a request (default 1 MiB)")
+    parser.add_argument("--max-batch-tokens", type=int, help="inputs x longest input in tokens, per batch (default 65536)")
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        help="memory one request may use (default 0: half the free accelerator memory, a quarter of RAM on CPU)",
+    )
     parser.add_argument("--grace-seconds", type=float, help="graceful stop window on SIGTERM")
     parser.add_argument(
         "--max-connection-age-seconds",
@@ -144,6 +158,11 @@ def build_settings(
         raise ValueError(f"dtype must be one of {_DTYPES}, got {settings.dtype!r}")
     if settings.max_message_bytes < 64 * 1024:
         raise ValueError("max_message_bytes must be at least 65536")
+    for name in ("max_inputs", "max_text_bytes", "max_request_text_bytes", "max_batch_tokens"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if settings.max_request_bytes < 0:
+        raise ValueError("max_request_bytes must be >= 0 (0: automatic)")
     names_seen = [spec.name for spec in settings.models]
     if len(set(names_seen)) != len(names_seen):
         raise ValueError(f"model names must be unique, got {names_seen}")

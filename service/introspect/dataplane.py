@@ -1,18 +1,22 @@
 """The data plane: what the service does, with no gRPC in it.
 
-It looks up the model, lets the method validate the query (before queueing), and runs
-the method on the model's device worker, yielding what the method emits.
+It looks up the model, admits the query (size limits and a full queue, before any
+tokenizing: admission.py), lets the method validate it (before queueing), and runs the
+method on the model's device worker, yielding what the method emits. A device that still
+runs out of memory answers AllocatorFailure (RESOURCE_EXHAUSTED), and the server goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from .engine import Engine
-from .errors import ModelNotFound
+from .admission import RequestLimits, check_inputs, check_lists, input_specs
+from .budget import is_allocator_failure, release_cached_memory
+from .engine import Engine, Sink
+from .errors import AllocatorFailure, ModelNotFound, Overloaded
 from .methods import method_for
-from .models import ModelDescription, ModelRegistry
+from .models import LoadedModel, ModelDescription, ModelRegistry
 from .requests import InputSpec
 
 UNKNOWN_MODEL_LABEL = "unknown"
@@ -21,9 +25,10 @@ UNKNOWN_MODEL_LABEL = "unknown"
 class DataPlane:
     """Models plus the engine that runs methods on them."""
 
-    def __init__(self, registry: ModelRegistry, engine: Engine) -> None:
+    def __init__(self, registry: ModelRegistry, engine: Engine, limits: RequestLimits) -> None:
         self.registry = registry
         self.engine = engine
+        self.limits = limits
 
     def list_models(self) -> list[ModelDescription]:
         """Descriptions of every loaded model, by name."""
@@ -45,6 +50,17 @@ class DataPlane:
         """Requests waiting for each model's device (models sharing a device share it)."""
         return {model.name: self.engine.queue_depth(model.device)[0] for model in self.registry}
 
+    def admit(self, model: str, inputs: Sequence[tuple[str, InputSpec]]) -> LoadedModel:
+        """The model a request names, once its inputs (field path, spec) are within the
+        size limits and its device's queue has room; raises ModelNotFound,
+        ResourceExhausted or Overloaded. Tokenizes nothing."""
+        loaded = self.registry.get(model)
+        check_inputs(self.limits, inputs)
+        waiting, _ = self.engine.queue_depth(loaded.device)
+        if waiting >= self.limits.max_queue:
+            raise Overloaded(f"{waiting} requests are already waiting for {loaded.device}; retry later")
+        return loaded
+
     async def identify(
         self, model: str, inputs: Sequence[InputSpec]
     ) -> tuple[ModelDescription, tuple[bytes, ...]]:
@@ -53,7 +69,7 @@ class DataPlane:
         Tokenizes off the event loop; inputs over the model's limit are cut here (the
         method still enforces the request's own truncation rule). Raises ModelNotFound
         or InvalidInput."""
-        loaded = self.registry.get(model)
+        loaded = self.admit(model, [(f"inputs[{index}]", spec) for index, spec in enumerate(inputs)])
 
         def tokenize() -> tuple[bytes, ...]:
             return tuple(
@@ -64,8 +80,32 @@ class DataPlane:
 
     async def stream(self, query: object) -> AsyncIterator[object]:
         """Runs the method for `query` and yields StreamStart, then its results."""
-        model = self.registry.get(getattr(query, "model"))
+        model = self.admit(getattr(query, "model"), list(input_specs(query)))
+        check_lists(query, model.description)
         method = method_for(query)
         options = method.prepare(model.description, query)
-        async for item in self.engine.stream(model.device, lambda sink: method.run(model, query, options, sink)):
+        async for item in self.engine.stream(
+            model.device, _allocator_guarded(model, lambda sink: method.run(model, query, options, sink))
+        ):
             yield item
+
+
+def _allocator_guarded(model: LoadedModel, work: Callable[[Sink], None]) -> Callable[[Sink], None]:
+    """`work`, with a failed allocation turned into AllocatorFailure: the traceback (and
+    the tensors its frames hold) is dropped and cached device memory handed back."""
+
+    def guarded(sink: Sink) -> None:
+        try:
+            work(sink)
+            return
+        except Exception as error:
+            if not is_allocator_failure(error):
+                raise
+            failure = AllocatorFailure(
+                f"model {model.name!r} ran out of memory on {model.device} for this request; send fewer or "
+                "shorter inputs or a smaller batch_size, or retry when the server is less busy"
+            )
+        release_cached_memory(model.device)
+        raise failure
+
+    return guarded

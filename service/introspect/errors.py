@@ -10,13 +10,22 @@ class IntrospectError(Exception):
     """Base of every error a caller should see with its message."""
 
 
-class InvalidInput(IntrospectError):
-    """The request is malformed or asks for something the model cannot do."""
+class FieldError(IntrospectError):
+    """An error a caller fixes by changing one field of the request (named in `field`)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.description = message
+
+
+class InvalidInput(FieldError):
+    """The request is malformed or asks for something the model cannot do."""
+
+
+class ResourceExhausted(FieldError):
+    """The request is well formed but larger than the server takes (a size limit, or more
+    memory than one request may use); `field` names what to lower."""
 
 
 class ModelNotFound(IntrospectError):
@@ -25,6 +34,11 @@ class ModelNotFound(IntrospectError):
 
 class Overloaded(IntrospectError):
     """The server's queue for the model's device is full; retry later."""
+
+
+class AllocatorFailure(IntrospectError):
+    """The device ran out of memory for this request (the estimate missed); the server
+    freed what it held and keeps serving."""
 
 
 class Unimplemented(IntrospectError):

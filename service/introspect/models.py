@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from transformers.models.auto.auto_factory import _get_model_class
 
 from . import discovery, hooks, probe
+from .budget import RequestBudget, default_request_bytes
 from .config import DEFAULT_MODEL_NAME, ModelSpec, Settings
 from .errors import InvalidInput, ModelNotFound
 from .inputs import EncodedBatch, TextProcessor, batch_inputs
@@ -89,6 +90,8 @@ class LoadedModel:
         self.processors = dict(processors)
         self.hooks = registry
         self.unembedding = unembedding
+        # what one request may use; the registry sets the configured budget
+        self.budget = RequestBudget(default_request_bytes(model.device), Settings().max_batch_tokens)
 
     @property
     def name(self) -> str:
@@ -328,7 +331,11 @@ class ModelRegistry:
         """Loads every configured model (or the packaged MiniLM when none is configured)."""
         specs = settings.models or (default_model_spec(),)
         device = resolve_device(settings.device)
-        return cls((load_model(spec, device, settings.dtype) for spec in specs), specs[0].name)
+        models = [load_model(spec, device, settings.dtype) for spec in specs]
+        for model in models:  # after every load: the default budget is a share of the memory left
+            request_bytes = settings.max_request_bytes or default_request_bytes(model.device)
+            model.budget = RequestBudget(request_bytes, settings.max_batch_tokens)
+        return cls(models, specs[0].name)
 
     def get(self, name: str) -> LoadedModel:
         """The model called `name` (the default for ''), or ModelNotFound."""

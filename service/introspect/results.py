@@ -78,6 +78,7 @@ class SaliencyResult:
     steps: int = 0
     convergence_delta: float = 0.0
     final: bool = False
+    batch_size: int = 0  # rows per forward that ran (set by methods.saliency)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class AblationBaselineResult:
     output_change_metric: str  # "kl_divergence" or "cosine_distance"
     num_layers: int
     num_heads: int
+    batch_size: int = 1  # ablated rows per forward that ran (per_head), else 1
 
 
 @dataclass(frozen=True)

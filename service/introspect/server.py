@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from introspect_contract import pb
 from introspect_contract import pb_grpc
 
+from .admission import RequestLimits
 from .cache import ResultCache, build_result_cache
 from .config import Settings, parse_serve_arguments
 from .dataplane import DataPlane
@@ -91,7 +92,7 @@ async def serve(
     called with the bound port once the server serves."""
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue)
-    plane = DataPlane(registry, engine)
+    plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
     metrics = Metrics()
     cache = build_result_cache(settings, metrics.cache_observer)
     server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache))

@@ -148,6 +148,9 @@ class AblationResult(SingleInputResult):
         joint: the joint result (mode "joint"), else None.
         importance: mode "importance": [layers, heads] float32, d target / d gate of
             every head (NaN for heads not asked for), else None.
+        batch_size: per_head: ablated variants per forward pass that ran (the request's
+            batch_size, lowered by the server to fit its memory budget, or its choice);
+            1 in the other modes.
     """
 
     baseline_score: float
@@ -156,6 +159,7 @@ class AblationResult(SingleInputResult):
     output_change: np.ndarray | None = None
     joint: JointAblationResult | None = None
     importance: np.ndarray | None = None
+    batch_size: int = 0
 
 
 class AblationAssembler(HeaderFirst):
@@ -227,4 +231,5 @@ class AblationAssembler(HeaderFirst):
             output_change=self._changes if per_head else None,
             joint=self._joint,
             importance=self._importance,
+            batch_size=self._baseline.batch_size,
         )

@@ -170,6 +170,8 @@ class SaliencyResult(SingleInputResult):
         convergence_delta: integrated gradients: |sum(scores) - (target - baseline)|.
         refinements: every complete result streamed with steps (integrated gradients
             refinements, SmoothGrad batches), in order; the last is the final result.
+        batch_size: rows per forward pass that ran: the request's batch_size, lowered by
+            the server when it did not fit its memory budget, or the size it chose.
     """
 
     scores: np.ndarray
@@ -179,6 +181,7 @@ class SaliencyResult(SingleInputResult):
     steps: int
     convergence_delta: float
     refinements: list[Refinement] = field(default_factory=list)
+    batch_size: int = 0
 
 
 class SaliencyAssembler(HeaderFirst):
@@ -241,4 +244,5 @@ class SaliencyAssembler(HeaderFirst):
             steps=last.steps,
             convergence_delta=last.convergence_delta,
             refinements=list(self._refinements.values()),
+            batch_size=last.batch_size,
         )

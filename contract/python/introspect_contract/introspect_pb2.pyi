@@ -432,7 +432,7 @@ class StreamSaliencyRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., per_dimension: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
 
 class SaliencyChunk(_message.Message):
-    __slots__ = ("scores", "per_dimension", "target_score", "baseline_score", "steps", "convergence_delta", "final", "token_start", "token_end")
+    __slots__ = ("scores", "per_dimension", "target_score", "baseline_score", "steps", "convergence_delta", "final", "token_start", "token_end", "batch_size")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PER_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +442,7 @@ class SaliencyChunk(_message.Message):
     FINAL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_END_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     scores: Tensor
     per_dimension: Tensor
     target_score: float
@@ -451,7 +452,8 @@ class SaliencyChunk(_message.Message):
     final: bool
     token_start: int
     token_end: int
-    def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class StreamSaliencyResponse(_message.Message):
     __slots__ = ("header", "chunk")
@@ -532,16 +534,18 @@ class HeadImportance(_message.Message):
     def __init__(self, importance: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AblationBaseline(_message.Message):
-    __slots__ = ("target_score", "output_change_metric", "num_layers", "num_heads")
+    __slots__ = ("target_score", "output_change_metric", "num_layers", "num_heads", "batch_size")
     TARGET_SCORE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CHANGE_METRIC_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     target_score: float
     output_change_metric: str
     num_layers: int
     num_heads: int
-    def __init__(self, target_score: _Optional[float] = ..., output_change_metric: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, target_score: _Optional[float] = ..., output_change_metric: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class StreamHeadAblationResponse(_message.Message):
     __slots__ = ("header", "baseline", "layer", "joint", "importance")

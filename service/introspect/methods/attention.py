@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import hooks
+from ..budget import DTYPE_BYTES, Footprint, activation_bytes, output_bytes
 from ..engine import Sink
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
@@ -78,6 +79,8 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
     batch = model.encode_batch(query.inputs, query.truncate)
     shortest = min(item.length for item in batch.inputs)
     require(options.top_k <= shortest, "top_k", f"{options.top_k} exceeds the shortest input ({shortest} tokens)")
+    model.budget.check_batch_tokens(len(batch.inputs), batch.input_ids.shape[1], "inputs")
+    model.budget.require(footprint(model.description, [item.length for item in batch.inputs], options))
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
 
@@ -112,6 +115,24 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
     capture = hooks.HookSet({hooks.ATTN_PROBS: on_probabilities}, {hooks.ATTN_PROBS: options.layers_computed})
     with model.hooks.active(capture), torch.inference_mode():
         model.model.base_model(**batch.model_inputs())
+
+
+def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions) -> Footprint:
+    """One padded forward of every input (it cannot be split), plus the maps returned:
+    per input and requested layer [heads or 1, tokens, tokens or top_k] values (and int32
+    key indices with top_k), and rollout's running product."""
+    width = max(lengths)
+    heads = len(options.heads) if options.view == "heads" else 1
+    value_bytes = DTYPE_BYTES[options.dtype] + (4 if options.top_k else 0)
+    returned = sum(len(options.layers) * heads * length * (options.top_k or length) * value_bytes for length in lengths)
+    rollout = sum(2 * length * length * 4 for length in lengths) if options.view == "rollout" else 0
+    return Footprint(
+        fixed=returned + rollout,
+        per_row=activation_bytes(description, width, gradients=False) + output_bytes(description, width, positions=0),
+        rows=len(lengths),
+        field="inputs",
+        advice="send fewer or shorter inputs, or ask for fewer layers or heads, a reduced view, top_k or float16",
+    )
 
 
 def _layer_result(row: int, layer: int, values: torch.Tensor, options: AttentionOptions) -> AttentionLayerResult:

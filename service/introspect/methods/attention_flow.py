@@ -31,6 +31,7 @@ from ..errors import require
 from ..models import ModelDescription
 from ..requests import SaliencyQuery
 from ..results import SaliencyResult
+from ..budget import Footprint
 from .attribution import AttributionProblem, Check, Technique
 from .reductions import head_mean, residual_attention, rollout_step
 
@@ -50,6 +51,12 @@ def validate_flow(problem: AttributionProblem, options: None) -> None:
         f"attention flow is limited to {MAX_FLOW_TOKENS} tokens (that can affect the target); "
         f"this input has {problem.length}: shorten it or use attention rollout",
     )
+
+
+def footprint(problem: AttributionProblem, options: None) -> Footprint:
+    """One forward without gradients, keeping every layer's map [tokens, tokens] float64."""
+    maps = 2 * problem.model.description.num_layers * problem.length * problem.length * 8
+    return problem.footprint(1, gradients=False, fixed=maps)
 
 
 def layer_attention(problem: AttributionProblem) -> tuple[float, list[torch.Tensor]]:
@@ -107,5 +114,5 @@ def attention_flow(problem: AttributionProblem, options: None, check: Check) -> 
     yield problem.result(scores, target_score=target_score)
 
 
-ATTENTION_ROLLOUT = Technique("attention_rollout", prepare, attention_rollout)
-ATTENTION_FLOW = Technique("attention_flow", prepare, attention_flow, validate=validate_flow)
+ATTENTION_ROLLOUT = Technique("attention_rollout", prepare, attention_rollout, footprint=footprint)
+ATTENTION_FLOW = Technique("attention_flow", prepare, attention_flow, validate=validate_flow, footprint=footprint)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..budget import Footprint, activation_bytes, output_bytes
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import SaliencyQuery
@@ -26,11 +27,6 @@ from ..wire import to_wire
 
 Check = Callable[[], None]
 """Raises Cancelled once the caller has gone away; techniques call it between batches."""
-
-# Rough budget for the activations one forward/backward batch keeps alive; the automatic
-# batch size is the largest that fits it.
-ACTIVATION_BUDGET_BYTES = 512 * 1024 * 1024
-MAX_AUTO_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -88,13 +84,24 @@ class AttributionProblem:
         with torch.no_grad():
             return self.model.input_embeddings(ids)[0].float()
 
-    def auto_batch_size(self, with_gradients: bool) -> int:
-        """Rows per forward (and backward) that fit ACTIVATION_BUDGET_BYTES, roughly:
-        with gradients every layer's activations stay alive until the backward pass."""
+    def footprint(
+        self, rows: int, *, gradients: bool, fixed: int = 0, per_row: int = 0, advice: str = ""
+    ) -> Footprint:
+        """What scoring `rows` variants of the input needs (budget.py): the model's
+        activations (kept for the backward with `gradients`) and outputs per row, the
+        input's embeddings, plus the technique's own `fixed` and `per_row` bytes."""
         description = self.model.description
-        per_layer = self.length * (16 * description.hidden_size + 2 * description.num_heads * self.length)
-        per_row = 4 * per_layer * (description.num_layers if with_gradients else 2)
-        return max(1, min(MAX_AUTO_BATCH, ACTIVATION_BUDGET_BYTES // max(per_row, 1)))
+        embeddings = self.length * description.hidden_size * 4  # one [length, hidden] float32 copy
+        return Footprint(
+            fixed=4 * embeddings + fixed,
+            per_row=activation_bytes(description, self.length, gradients=gradients)
+            + output_bytes(description, self.length)
+            + 2 * embeddings
+            + per_row,
+            rows=rows,
+            field="input",
+            advice=f"shorten the input ({self.length} tokens){advice}",
+        )
 
     def result(
         self,
@@ -202,6 +209,11 @@ def _no_input_checks(problem: AttributionProblem, options: Any) -> None:
     """A technique whose options need no check against the encoded input."""
 
 
+def one_pass_with_gradients(problem: AttributionProblem, options: Any) -> Footprint:
+    """One forward and backward on the input."""
+    return problem.footprint(1, gradients=True)
+
+
 @dataclass(frozen=True)
 class Technique:
     """A saliency technique, registered by name in methods.saliency."""
@@ -216,3 +228,5 @@ class Technique:
     validate: Callable[[AttributionProblem, Any], None] = _no_input_checks
     # whether it can return per-dimension attributions [tokens, hidden]
     per_dimension: bool = False
+    # (problem, options) -> what it needs of memory (budget.py), for its batch size
+    footprint: Callable[[AttributionProblem, Any], Footprint] = one_pass_with_gradients

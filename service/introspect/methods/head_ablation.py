@@ -40,7 +40,7 @@ from ..targets import bind_target, check_target_kind
 from ..wire import to_wire
 from .registry import Method
 from .head_importance import head_importance
-from .heads import ScoringForward, ablation_keep, head_editor, head_means, rows_per_forward
+from .heads import ScoringForward, ablation_keep, forward_footprint, head_editor, head_means, rows_per_forward
 from .layer_stack import growing_batch
 
 MAX_CONTINUATION_TOKENS = 64
@@ -116,6 +116,7 @@ class _Ablation:
     means: torch.Tensor | None  # the heads' mean outputs with value "mean", else None
     check: Callable[[int], None]  # called at every layer: raises once the call is cancelled
     sink: Sink
+    batch_size: int  # ablated rows per forward (per_head), else 1
 
 
 def run(model: LoadedModel, query: HeadAblationQuery, options: HeadAblationOptions, sink: Sink) -> None:
@@ -130,19 +131,35 @@ def run(model: LoadedModel, query: HeadAblationQuery, options: HeadAblationOptio
                 f"the model's limit of {description.max_tokens} tokens")
     references = _reference_batches(model, query)
     forward = ScoringForward.create(model, batch, bind_target(model, query.target, batch))
+    batch_size = _batch_size(forward, options)
     sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
 
     def check(_layer: int) -> None:
         sink.check()
 
     means = head_means(model, references or [batch]) if options.value == "mean" else None
-    ablation = _Ablation(forward, batch, options, means, check, sink)
+    ablation = _Ablation(forward, batch, options, means, check, sink, batch_size)
     if options.mode == "importance":
         _importance(ablation)
     elif options.mode == "joint":
         _joint(ablation)
     else:
         _per_head(ablation)
+
+
+def _batch_size(forward: ScoringForward, options: HeadAblationOptions) -> int:
+    """Ablated rows per forward (per_head: the request's batch size lowered to the memory
+    budget, or as many as fit); 1 in the other modes, once their forwards are known to
+    fit (ResourceExhausted otherwise)."""
+    model, tokens = forward.model, forward.attention_mask.shape[1]
+    if options.mode == "per_head":
+        return rows_per_forward(model, tokens, len(options.heads), options.batch_size)
+    if options.mode == "importance":
+        model.budget.require(forward_footprint(model, tokens, 1, gradients=True))
+    else:  # joint: the clean and the ablated row, grown by the continuation
+        footprint = forward_footprint(model, tokens + options.continuation_tokens, 1)
+        model.budget.require(footprint)
+    return 1
 
 
 def _reference_batches(model: LoadedModel, query: HeadAblationQuery) -> list[EncodedBatch]:
@@ -153,17 +170,20 @@ def _reference_batches(model: LoadedModel, query: HeadAblationQuery) -> list[Enc
     ]
     if not encoded:
         return []
-    size = rows_per_forward(model, max(item.length for item in encoded))
+    longest = max(item.length for item in encoded)
+    size = min(rows_per_forward(model, longest, len(encoded)), max(1, model.budget.batch_tokens // longest))
     return [model.batch(encoded[start : start + size]) for start in range(0, len(encoded), size)]
 
 
-def _baseline(forward: ScoringForward, score: float) -> AblationBaselineResult:
+def _baseline(ablation: _Ablation, score: float) -> AblationBaselineResult:
+    forward = ablation.forward
     description = forward.model.description
     return AblationBaselineResult(
         target_score=score,
         output_change_metric=forward.target.output_change_metric,
         num_layers=description.num_layers,
         num_heads=description.num_heads,
+        batch_size=ablation.batch_size,
     )
 
 
@@ -201,8 +221,7 @@ def _per_head(ablation: _Ablation) -> None:
     all its heads are done."""
     forward, options, sink = ablation.forward, ablation.options, ablation.sink
     model = forward.model
-    budget = rows_per_forward(model, forward.attention_mask.shape[1])
-    per_forward = min(options.batch_size, budget) if options.batch_size else budget
+    per_forward = ablation.batch_size
     remaining = Counter(layer for layer, _ in options.heads)
     done: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
     for start in range(0, len(options.heads), per_forward):
@@ -210,7 +229,7 @@ def _per_head(ablation: _Ablation) -> None:
         chunk = options.heads[start : start + per_forward]
         scores, summaries = _ablated_forward(forward, [[head] for head in chunk], ablation.means, ablation.check)
         if start == 0:
-            sink.emit(_baseline(forward, float(scores[0])))
+            sink.emit(_baseline(ablation, float(scores[0])))
         deltas = (scores[1:] - scores[0]).tolist()
         changes = forward.target.output_change(summaries[0], summaries[1:]).tolist()
         for (layer, head), delta, change in zip(chunk, deltas, changes):
@@ -233,7 +252,7 @@ def _joint(ablation: _Ablation) -> None:
     """The heads knocked out together, and the greedy continuations with and without."""
     forward, options, means, check = ablation.forward, ablation.options, ablation.means, ablation.check
     scores, summaries = _ablated_forward(forward, [options.heads], means, check)
-    ablation.sink.emit(_baseline(forward, float(scores[0])))
+    ablation.sink.emit(_baseline(ablation, float(scores[0])))
     change = float(forward.target.output_change(summaries[0], summaries[1:])[0])
     base, ablated = [], []
     if options.continuation_tokens:
@@ -281,7 +300,7 @@ def greedy_continuations(
 def _importance(ablation: _Ablation) -> None:
     """The gate gradient of every head (NaN for heads not asked for)."""
     score, gradient = head_importance(ablation.forward, ablation.means, ablation.check)
-    ablation.sink.emit(_baseline(ablation.forward, score))
+    ablation.sink.emit(_baseline(ablation, score))
     if not ablation.options.all_heads:
         selected = torch.zeros_like(gradient, dtype=torch.bool)
         layers, heads = zip(*ablation.options.heads)

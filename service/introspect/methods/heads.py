@@ -18,15 +18,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from .. import hooks
+from ..budget import Footprint, activation_bytes, output_bytes
 from ..inputs import EncodedBatch
 from ..models import LoadedModel
 from ..targets import BoundTarget
 from .layer_stack import HeadEdit
-
-# Activation memory one ablation forward may use when the request does not set a batch
-# size: on CPU a fixed amount, on an accelerator a share of the free memory.
-CPU_MEMORY_BUDGET_BYTES = 1 << 30
-ACCELERATOR_MEMORY_SHARE = 0.25
 
 
 def head_editor(
@@ -130,21 +126,15 @@ def head_means(model: LoadedModel, batches: Sequence[EncodedBatch]) -> torch.Ten
     return torch.stack([sums[layer] for layer in range(description.num_layers)]) / max(count, 1)
 
 
-def rows_per_forward(model: LoadedModel, tokens: int) -> int:
-    """How many ablated rows one forward may carry within the activation memory budget."""
+def forward_footprint(model: LoadedModel, tokens: int, rows: int, *, gradients: bool = False) -> Footprint:
+    """What forwards of `rows` rows of `tokens` tokens need (budget.py), besides one clean
+    row (the growing batch's row 0) in the fixed part."""
     description = model.description
-    hidden = description.hidden_size
-    intermediate = description.intermediate_size or 4 * hidden
-    itemsize = torch.empty((), dtype=model.model.dtype).element_size()
-    # the widest transient activations of one row in one layer, with room for copies,
-    # plus the float32 output summary (a next-token distribution or pooled states)
-    per_row = 3 * tokens * (3 * hidden + intermediate + description.num_heads * tokens) * itemsize
-    per_row += 3 * description.vocab_size * 4 if model.kind.has_lm_head else tokens * hidden * 4
-    return max(1, _memory_budget(model.device) // per_row)
+    per_row = activation_bytes(description, tokens, gradients=gradients) + output_bytes(description, tokens)
+    return Footprint(per_row, per_row, rows, "input", f"shorten the input ({tokens} tokens)")
 
 
-def _memory_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * ACCELERATOR_MEMORY_SHARE)
-    return CPU_MEMORY_BUDGET_BYTES
+def rows_per_forward(model: LoadedModel, tokens: int, rows: int, requested: int = 0) -> int:
+    """How many of `rows` rows of `tokens` tokens one forward carries: `requested`
+    lowered to the request's memory budget (0: as many as fit)."""
+    return model.budget.fit(forward_footprint(model, tokens, rows), requested, cap=rows)

@@ -40,6 +40,7 @@ from ..errors import require
 from ..models import ModelDescription
 from ..requests import BASELINES, DEFAULT, INTEGRATION_RULES, SaliencyQuery
 from ..results import SaliencyResult
+from ..budget import Footprint
 from .attribution import AttributionProblem, Check, Technique, baseline_embeddings, batches
 
 DEFAULT_STEPS = 50
@@ -140,6 +141,20 @@ def validate(problem: AttributionProblem, options: IntegratedGradientsOptions) -
     baseline_embeddings(problem, options.baseline, options.baseline_token_ids, "integrated_gradients.baseline")
 
 
+def footprint(problem: AttributionProblem, options: IntegratedGradientsOptions) -> Footprint:
+    """A batch of nodes is one forward and backward per node; what is kept across
+    batches is each node's per-token products (float64) and, for per-dimension
+    attributions with a tolerance, each node's gradients too."""
+    description = problem.model.description
+    kept = 2 * options.steps * problem.length * 8  # non-nested refinements: 8 + 16 + ... < 2 x steps nodes
+    if options.per_dimension and options.tolerance > 0:
+        kept += options.steps * problem.length * description.hidden_size * 4
+    return problem.footprint(
+        options.steps, gradients=True, fixed=kept,
+        advice=", or lower integrated_gradients.steps (or drop per_dimension)",
+    )
+
+
 class _EvaluatedNodes:
     """What the nodes evaluated so far contributed: per node, the per-token products of
     the gradient with (x - x') [length], so that a later rule can weight them anew. With
@@ -205,7 +220,7 @@ def integrated_gradients(
     difference = inputs - baseline
     with torch.no_grad():
         target_score, baseline_score = problem.scores(torch.stack([inputs, baseline])).tolist()
-    batch_size = options.batch_size or problem.auto_batch_size(with_gradients=True)
+    batch_size = options.batch_size
     schedule = refinement_schedule(options.rule, options.steps, progressive=options.tolerance > 0)
     progressive = len(schedule) > 1
     evaluated = _EvaluatedNodes(options.per_dimension, progressive)
@@ -236,5 +251,5 @@ def integrated_gradients(
 
 
 INTEGRATED_GRADIENTS = Technique(
-    "integrated_gradients", prepare, integrated_gradients, validate=validate, per_dimension=True
+    "integrated_gradients", prepare, integrated_gradients, validate=validate, per_dimension=True, footprint=footprint
 )

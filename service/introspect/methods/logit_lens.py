@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import hooks
+from ..budget import Footprint, activation_bytes, output_bytes
 from ..engine import Sink
 from ..errors import InvalidInput, require
 from ..kinds import KINDS
@@ -99,6 +100,7 @@ def run(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, si
     assert query.input is not None
     batch = model.encode_batch([query.input], query.truncate, field="input")
     positions = _positions(query.positions, batch.inputs[0].length)
+    model.budget.require(footprint(model.description, batch.inputs[0].length, len(positions), options))
     sink.emit(StreamStart(model.description.name, model.description.fingerprint, batch.inputs))
     index = torch.tensor(positions, device=model.device)
     chosen = None if options.token_id is None else torch.full((len(positions),), options.token_id, device=model.device)
@@ -122,6 +124,19 @@ def run(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, si
             for layer in options.layers:
                 sink.check()
                 sink.emit(_layer_result(model, layer, positions, unembedding(collected[layer]), chosen, options.top_k))
+
+
+def footprint(description: ModelDescription, tokens: int, positions: int, options: LogitLensOptions) -> Footprint:
+    """One forward with logits at every position, the residual states kept per layer and
+    position, and one layer's [positions, vocab] probabilities at a time."""
+    kept = len(options.layers) * positions * description.hidden_size * 4
+    return Footprint(
+        fixed=kept + 3 * positions * description.vocab_size * 4,
+        per_row=activation_bytes(description, tokens, gradients=False) + output_bytes(description, tokens, tokens),
+        rows=1,
+        field="input",
+        advice=f"shorten the input ({tokens} tokens), or ask for fewer positions or layers",
+    )
 
 
 def _layer_result(model: LoadedModel, layer: int, positions: tuple[int, ...], logits: torch.Tensor,

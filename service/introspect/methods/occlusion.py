@@ -26,6 +26,7 @@ from ..errors import require
 from ..models import ModelDescription
 from ..requests import BASELINES, SaliencyQuery
 from ..results import SaliencyResult
+from ..budget import Footprint
 from .attribution import AttributionProblem, Check, Technique, baseline_embeddings, batches
 
 REPLACEMENTS = tuple(name for name in BASELINES if name != "tokens")
@@ -73,6 +74,12 @@ def window_starts(length: int, span: int, stride: int) -> list[int]:
     return starts
 
 
+def footprint(problem: AttributionProblem, options: OcclusionOptions) -> Footprint:
+    """A batch of occluded variants is one forward per variant, without gradients."""
+    windows = len(window_starts(problem.length, options.span, options.stride))
+    return problem.footprint(windows, gradients=False)
+
+
 def occlusion(problem: AttributionProblem, options: OcclusionOptions, check: Check) -> Iterator[SaliencyResult]:
     """Scores streamed as tokens finish, then a final result over all tokens."""
     inputs = problem.embeddings  # [length, hidden]
@@ -84,7 +91,7 @@ def occlusion(problem: AttributionProblem, options: OcclusionOptions, check: Che
     ]
     totals = torch.zeros(problem.length, dtype=torch.float64, device=inputs.device)
     counts = torch.zeros(problem.length, dtype=torch.float64, device=inputs.device)
-    batch_size = options.batch_size or problem.auto_batch_size(with_gradients=False)
+    batch_size = options.batch_size
     with torch.no_grad():
         target_score = float(problem.scores(inputs[None])[0])
         streamed = 0
@@ -108,4 +115,4 @@ def occlusion(problem: AttributionProblem, options: OcclusionOptions, check: Che
     yield problem.result(totals / counts.clamp(min=1), target_score=target_score)
 
 
-OCCLUSION = Technique("occlusion", prepare, occlusion, validate=validate)
+OCCLUSION = Technique("occlusion", prepare, occlusion, validate=validate, footprint=footprint)

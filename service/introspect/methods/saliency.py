@@ -9,7 +9,7 @@ the input's word embeddings).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..engine import Sink
@@ -66,11 +66,17 @@ def run(model: LoadedModel, query: SaliencyQuery, plan: SaliencyPlan, sink: Sink
     """Encodes the input, binds the target, checks the options against it, then streams
     the technique's results after the header."""
     problem = attribution_problem(model, query)
-    plan.technique.validate(problem, plan.options)
+    technique, options = plan.technique, plan.options
+    technique.validate(problem, options)
+    batched = options is not None and "batch_size" in {item.name for item in fields(options)}
+    # the request's batch size lowered to the memory budget, or the largest that fits it
+    batch_size = model.budget.fit(technique.footprint(problem, options), options.batch_size if batched else 1)
+    if batched:
+        options = replace(options, batch_size=batch_size)
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, (problem.encoded,)))
-    for result in plan.technique.attribute(problem, plan.options, sink.check):
-        sink.emit(result)
+    for result in technique.attribute(problem, options, sink.check):
+        sink.emit(replace(result, batch_size=batch_size))
 
 
 METHOD = Method(

@@ -25,6 +25,7 @@ from ..errors import require
 from ..models import ModelDescription
 from ..requests import SaliencyQuery
 from ..results import SaliencyResult
+from ..budget import Footprint
 from .attribution import AttributionProblem, Check, Technique, batches
 
 DEFAULT_NOISE_LEVEL = 0.1
@@ -89,13 +90,19 @@ def prepare_smoothgrad(description: ModelDescription, query: SaliencyQuery) -> S
     return SmoothGradOptions(query.per_dimension, noise_level, samples, settings.seed, settings.batch_size)
 
 
+def smoothgrad_footprint(problem: AttributionProblem, options: SmoothGradOptions) -> Footprint:
+    """A batch of noisy samples is one forward and backward per sample, with its noise."""
+    noise = problem.length * problem.model.description.hidden_size * 4
+    return problem.footprint(options.samples, gradients=True, per_row=noise)
+
+
 def smoothgrad(problem: AttributionProblem, options: SmoothGradOptions, check: Check) -> Iterator[SaliencyResult]:
     """The mean gradient over noisy embeddings; a partial result after every batch of
     samples (`steps` = samples so far), the final one after all of them."""
     embeddings = problem.embeddings
     std = options.noise_level * float(embeddings.max() - embeddings.min())
     generator = torch.Generator().manual_seed(options.seed)  # on the CPU: the same noise on every device
-    batch_size = options.batch_size or problem.auto_batch_size(with_gradients=True)
+    batch_size = options.batch_size
     with torch.no_grad():
         target_score = float(problem.scores(embeddings[None])[0])
     total = torch.zeros_like(embeddings)
@@ -118,4 +125,6 @@ def smoothgrad(problem: AttributionProblem, options: SmoothGradOptions, check: C
 
 GRADIENT = Technique("gradient", prepare_gradient, gradient, per_dimension=True)
 GRADIENT_X_INPUT = Technique("gradient_x_input", prepare_gradient, gradient_x_input, per_dimension=True)
-SMOOTHGRAD = Technique("smoothgrad", prepare_smoothgrad, smoothgrad, per_dimension=True)
+SMOOTHGRAD = Technique(
+    "smoothgrad", prepare_smoothgrad, smoothgrad, per_dimension=True, footprint=smoothgrad_footprint
+)

@@ -197,8 +197,9 @@ class CacheInterceptor(HandlerInterceptor):
             if key is not None:
                 self._keys.move_to_end(memo)
                 return key
-            inputs = [decode.input_spec(message, path) for path, message in input_messages(request)]
-            description, processed = await self._plane.identify(description.name, inputs)
+            inputs = [(path, decode.input_spec(message, path)) for path, message in input_messages(request)]
+            self._plane.admit(description.name, inputs)  # size limits and the queue, before tokenizing
+            description, processed = await self._plane.identify(description.name, [spec for _, spec in inputs])
         except IntrospectError:
             return None
         except Exception:

@@ -1,7 +1,8 @@
 """Domain errors -> gRPC status, in one place, for every RPC.
 
 Callers get the code and a message that says what to fix; INVALID_ARGUMENT carries a
-google.rpc.BadRequest naming the field. Anything unexpected is logged here and becomes
+google.rpc.BadRequest naming the field, and so does RESOURCE_EXHAUSTED for a request over a
+size or memory limit (the field to lower). Anything unexpected is logged here and becomes
 INTERNAL with a generic message: no stack traces or internals reach callers.
 """
 
@@ -19,7 +20,17 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from ..errors import Cancelled, IntrospectError, InvalidInput, ModelNotFound, Overloaded, Unimplemented
+from ..errors import (
+    AllocatorFailure,
+    Cancelled,
+    FieldError,
+    IntrospectError,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    ResourceExhausted,
+    Unimplemented,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +38,8 @@ _CODES: dict[type[IntrospectError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    AllocatorFailure: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -40,7 +53,7 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
         if isinstance(error, error_type):
             message = str(error)
             detail = status_pb2.Status(code=code.value[0], message=message)
-            if isinstance(error, InvalidInput):
+            if isinstance(error, FieldError):
                 packed = any_pb2.Any()
                 packed.Pack(
                     error_details_pb2.BadRequest(
