@@ -165,6 +165,7 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
             final=result.final and end == positions,
             token_start=result.token_start + start,
             token_end=result.token_start + end,
+            batch_size=result.batch_size,
         )
         if result.per_dimension is not None:
             chunk.per_dimension.CopyFrom(encode_storage(result.per_dimension.values[start:end], result.per_dimension.dtype))
