@@ -78,6 +78,7 @@ class SaliencyResult:
     steps: int = 0
     convergence_delta: float = 0.0
     final: bool = False
+    converged: bool = False  # final results: False only where a tolerance was missed
 
 
 @dataclass(frozen=True)
