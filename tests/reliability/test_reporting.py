@@ -106,7 +106,8 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_cli_says_did_not_converge(padded: Served) -> None:
-    common = ("saliency", "--server", padded.address, "--model", MODEL, "--text", TEXT, "--method", "ig", "--steps", "9")
+    common = ("saliency", "--server", padded.address, "--model", MODEL, "--text", TEXT,
+              "--method", "ig", "--steps", "9")
     summary = run_cli(*common, "--tolerance", str(STRICT))
     assert summary.returncode == 0, summary.stderr
     assert "9 steps" in summary.stdout and "did not converge" in summary.stdout

@@ -48,7 +48,9 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
                 packed.Pack(
                     error_details_pb2.BadRequest(
                         field_violations=[
-                            error_details_pb2.BadRequest.FieldViolation(field=_bounded(error.field), description=_bounded(error.description))
+                            error_details_pb2.BadRequest.FieldViolation(
+                                field=_bounded(error.field), description=_bounded(error.description)
+                            )
                         ]
                     )
                 )

@@ -36,7 +36,8 @@ def _name(path: str, field: FieldDescriptor | None, number: int, seen: dict[int,
     """The path of this occurrence of field `number` (repeated fields indexed)."""
     name = field.name if field is not None else f"#{number}"
     prefix = f"{path}.{name}" if path else name
-    if field is not None and field.is_repeated and field.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING):
+    indexed = (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING)
+    if field is not None and field.is_repeated and field.type in indexed:
         index = seen.get(number, 0)
         seen[number] = index + 1
         return f"{prefix}[{index}]"
