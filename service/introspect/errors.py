@@ -49,6 +49,18 @@ class Cancelled(Exception):
     """The caller went away or its deadline passed; the computation stops."""
 
 
+SHOWN_CHARACTERS = 64
+"""How much of a caller's string an error message repeats."""
+
+
+def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """`text` quoted for an error message, cut to its first `limit` characters so that a
+    caller's long string cannot outgrow the status (gRPC caps metadata at 8 KiB)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def require(condition: bool, field: str, message: str) -> None:
     """Raises InvalidInput(field, message) unless `condition` holds."""
     if not condition:

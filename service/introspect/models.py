@@ -30,7 +30,7 @@ from transformers.models.auto.auto_factory import _get_model_class
 from . import discovery, hooks, probe
 from .budget import RequestBudget, default_request_bytes
 from .config import DEFAULT_MODEL_NAME, ModelSpec, Settings
-from .errors import InvalidInput, ModelNotFound
+from .errors import InvalidInput, ModelNotFound, shown
 from .inputs import EncodedBatch, TextProcessor, batch_inputs
 from .kinds import ModelKind, kind_of
 from .requests import InputSpec
@@ -341,7 +341,7 @@ class ModelRegistry:
         """The model called `name` (the default for ''), or ModelNotFound."""
         model = self._models.get(name or self.default_name)
         if model is None:
-            raise ModelNotFound(f"model {name!r} is not loaded; available: {sorted(self._models)}")
+            raise ModelNotFound(f"model {shown(name)} is not loaded; available: {sorted(self._models)}")
         return model
 
     def __iter__(self) -> Iterator[LoadedModel]:

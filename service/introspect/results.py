@@ -79,6 +79,7 @@ class SaliencyResult:
     convergence_delta: float = 0.0
     final: bool = False
     batch_size: int = 0  # rows per forward that ran (set by methods.saliency)
+    converged: bool = False  # final results: False only where a tolerance was missed
 
 
 @dataclass(frozen=True)

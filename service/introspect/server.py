@@ -26,6 +26,7 @@ from .models import ModelLoadError, ModelRegistry
 from .rpc.caching import CacheInterceptor
 from .rpc.observing import MetricsInterceptor
 from .rpc.servicer import IntrospectionServicer
+from .rpc.undecodable import UndecodableInterceptor
 
 log = logging.getLogger("introspect")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
@@ -47,10 +48,14 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
 def interceptors(
     settings: Settings, plane: DataPlane, metrics: Metrics, cache: ResultCache | None
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Request metrics outermost (they see cache hits too), then the result cache."""
-    chain: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics, SERVICE_NAME, plane.model_label)]
+    """Request metrics outermost (they see cache hits and undecodable requests too), then
+    the refusal of undecodable requests, then the result cache."""
+    service = pb.DESCRIPTOR.services_by_name["Introspection"]
+    chain: list[grpc.aio.ServerInterceptor] = [
+        MetricsInterceptor(metrics, SERVICE_NAME, plane.model_label),
+        UndecodableInterceptor(service),
+    ]
     if cache is not None:
-        service = pb.DESCRIPTOR.services_by_name["Introspection"]
         chain.append(CacheInterceptor(cache, plane, service, settings.max_message_bytes))
     return chain
 

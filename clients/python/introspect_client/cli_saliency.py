@@ -28,7 +28,7 @@ def add_saliency_command(commands: Any, client_options: argparse.ArgumentParser)
             "(norm for encoders without --reference).\n\n"
             "Output: --png FILE colours the tokens by score, --json prints {model, method,\n"
             "tokens, token_ids, scores, target_score, baseline_score, steps,\n"
-            "convergence_delta, refinements}; without either, a table of the scores."
+            "convergence_delta, converged, refinements}; without either, a table of the scores."
         ),
     )
     flags.add_input_arguments(parser)
@@ -64,6 +64,7 @@ def _document(result: SaliencyResult, method: str) -> dict[str, Any]:
         "baseline_score": result.baseline_score,
         "steps": result.steps,
         "convergence_delta": result.convergence_delta,
+        "converged": result.converged,
         "refinements": [
             {"steps": item.steps, "convergence_delta": item.convergence_delta} for item in result.refinements
         ],
@@ -77,6 +78,8 @@ def _summary(result: SaliencyResult, title: str) -> str:
     lines = [title, f"target score {result.target_score:.6g}"]
     if result.steps:
         lines[-1] += f", {result.steps} steps, convergence delta {result.convergence_delta:.3g}"
+    if not result.converged:
+        lines[-1] += ", did not converge"
     for position, (token, score) in enumerate(zip(result.tokens, result.scores)):
         bar = ("+" if score >= 0 else "-") * round(_SUMMARY_BAR_WIDTH * abs(float(score)) / largest)
         lines.append(f"{position:>4}  {token:<{width}}  {float(score):>+12.5g}  {bar}")

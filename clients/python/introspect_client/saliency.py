@@ -168,6 +168,8 @@ class SaliencyResult(SingleInputResult):
             (integrated gradients).
         steps: integration steps (or SmoothGrad samples) behind the final result.
         convergence_delta: integrated gradients: |sum(scores) - (target - baseline)|.
+        converged: False when integrated gradients was given a tolerance and the final
+            convergence_delta is still above it (the steps ran out first); else True.
         refinements: every complete result streamed with steps (integrated gradients
             refinements, SmoothGrad batches), in order; the last is the final result.
         batch_size: rows per forward pass that ran: the request's batch_size, lowered by
@@ -180,6 +182,7 @@ class SaliencyResult(SingleInputResult):
     baseline_score: float
     steps: int
     convergence_delta: float
+    converged: bool
     refinements: list[Refinement] = field(default_factory=list)
     batch_size: int = 0
 
@@ -243,6 +246,7 @@ class SaliencyAssembler(HeaderFirst):
             baseline_score=last.baseline_score,
             steps=last.steps,
             convergence_delta=last.convergence_delta,
+            converged=last.converged,
             refinements=list(self._refinements.values()),
             batch_size=last.batch_size,
         )

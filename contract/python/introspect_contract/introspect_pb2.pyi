@@ -432,7 +432,7 @@ class StreamSaliencyRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., per_dimension: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
 
 class SaliencyChunk(_message.Message):
-    __slots__ = ("scores", "per_dimension", "target_score", "baseline_score", "steps", "convergence_delta", "final", "token_start", "token_end", "batch_size")
+    __slots__ = ("scores", "per_dimension", "target_score", "baseline_score", "steps", "convergence_delta", "final", "token_start", "token_end", "batch_size", "converged")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PER_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -443,6 +443,7 @@ class SaliencyChunk(_message.Message):
     TOKEN_START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_END_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
     scores: Tensor
     per_dimension: Tensor
     target_score: float
@@ -453,7 +454,8 @@ class SaliencyChunk(_message.Message):
     token_start: int
     token_end: int
     batch_size: int
-    def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    converged: bool
+    def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., batch_size: _Optional[int] = ..., converged: _Optional[bool] = ...) -> None: ...
 
 class StreamSaliencyResponse(_message.Message):
     __slots__ = ("header", "chunk")

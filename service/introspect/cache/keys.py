@@ -10,7 +10,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 
-_FORMAT = b"introspect-result-v1"
+_FORMAT = b"introspect-result-v2"  # v2: SaliencyChunk gained batch_size and converged
 _LENGTH = struct.Struct("<Q")
 
 

@@ -110,6 +110,7 @@ class AttributionProblem:
         *,
         target_score: float,
         final: bool = True,
+        converged: bool = True,
         baseline_score: float = 0.0,
         steps: int = 0,
         convergence_delta: float = 0.0,
@@ -118,7 +119,8 @@ class AttributionProblem:
     ) -> SaliencyResult:
         """A result for positions [token_start, token_end) of the whole input, from
         scores [length] (and per-dimension attributions [length, hidden]); positions
-        after `length` score 0."""
+        after `length` score 0. `converged` is False for a final result that missed its
+        tolerance; results that are not final are never marked converged."""
         end = self.total_length if token_end is None else token_end
         full = torch.zeros(self.total_length, dtype=torch.float32, device=scores.device)
         full[: self.length] = scores.float()
@@ -137,6 +139,7 @@ class AttributionProblem:
             steps=steps,
             convergence_delta=float(convergence_delta),
             final=final,
+            converged=final and converged,
         )
 
 

@@ -236,7 +236,8 @@ def integrated_gradients(
         evaluated.keep_only(nodes)
         scores, gradient_sum = evaluated.integrate(nodes, weights)
         delta = abs(float(scores.sum()) - (target_score - baseline_score))
-        final = refinement == len(schedule) - 1 or delta <= options.tolerance
+        converged = options.tolerance == 0 or delta <= options.tolerance
+        final = refinement == len(schedule) - 1 or converged
         yield problem.result(
             scores,
             difference.double() * gradient_sum if final and gradient_sum is not None else None,
@@ -245,6 +246,7 @@ def integrated_gradients(
             steps=steps,
             convergence_delta=delta,
             final=final,
+            converged=converged,
         )
         if final:
             return

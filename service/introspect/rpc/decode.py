@@ -7,13 +7,14 @@ and an unset `optional` field leave the dataclass field's default, a repeated fi
 becomes a tuple, a sub-message becomes the dataclass (or fixed-length tuple of its
 fields) the type hint names, and Input and Target go through the converters registered
 for InputSpec and TargetSpec. An unknown enum number is InvalidInput naming the field and
-the valid names. Adding a method needs no change here.
+the valid names, a NaN or infinite float InvalidInput naming the field. Adding a method needs no change here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -33,6 +34,7 @@ Converter = Callable[[Any, str], Any]
 """(message, field path) -> the plain value of a message field."""
 _CONVERTERS: dict[type, Converter] = {}
 _DEFAULT = object()  # leave the dataclass field's default
+_FLOAT_TYPES = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
 
 
 def converts(plain_type: type) -> Callable[[Converter], Converter]:
@@ -164,6 +166,8 @@ def _value(value: Any, descriptor: FieldDescriptor, hint: Any, path: str) -> Any
         if name is None:
             raise InvalidInput(path, f"unknown {names.descriptor.name} {value}; use one of {list(names.names)}")
         return name
+    if descriptor.type in _FLOAT_TYPES:
+        require(math.isfinite(value), path, f"must be a finite number, got {value}")
     if descriptor.type != FieldDescriptor.TYPE_MESSAGE:
         return value
     if hint in _CONVERTERS:

@@ -147,7 +147,7 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
 def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[pb.SaliencyChunk]:
     """Splits one saliency result into chunks of consecutive token positions under
     `max_message_bytes` (one chunk unless per-dimension attributions are large); only the
-    last chunk of a final result is marked final."""
+    last chunk of a final result is marked final (and converged, if it is)."""
     positions = result.token_end - result.token_start
     budget = chunk_budget(max_message_bytes)
     row_bytes = result.scores.values.itemsize
@@ -163,6 +163,7 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
             steps=result.steps,
             convergence_delta=result.convergence_delta,
             final=result.final and end == positions,
+            converged=result.converged and end == positions,
             token_start=result.token_start + start,
             token_end=result.token_start + end,
             batch_size=result.batch_size,

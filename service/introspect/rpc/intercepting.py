@@ -35,13 +35,14 @@ def with_behavior(
     handler: grpc.RpcMethodHandler,
     behavior: Callable[..., Any],
     response_serializer: Callable[[Any], bytes] | None = None,
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A unary-unary or unary-stream handler like `handler` (its kind and request
-    deserializer; its response serializer unless another is given) running `behavior`."""
+    """A unary-unary or unary-stream handler like `handler` (its kind; its request
+    deserializer and response serializer unless others are given) running `behavior`."""
     streaming = handler.unary_stream is not None
     build = grpc.unary_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
     return build(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=response_serializer or handler.response_serializer,
     )

@@ -43,6 +43,9 @@ _CODES: dict[type[IntrospectError], grpc.StatusCode] = {
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_MAX_MESSAGE_CHARACTERS = 1024
+"""A status message (and a field violation's description) is cut to this: it travels in
+trailing metadata twice (the message and the details), under gRPC's 8 KiB cap."""
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -51,14 +54,16 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     """(code, message, trailing metadata) a caller should see for `error`."""
     for error_type, code in _CODES.items():
         if isinstance(error, error_type):
-            message = str(error)
+            message = _bounded(str(error))
             detail = status_pb2.Status(code=code.value[0], message=message)
             if isinstance(error, FieldError):
                 packed = any_pb2.Any()
                 packed.Pack(
                     error_details_pb2.BadRequest(
                         field_violations=[
-                            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+                            error_details_pb2.BadRequest.FieldViolation(
+                                field=_bounded(error.field), description=_bounded(error.description)
+                            )
                         ]
                     )
                 )
@@ -69,6 +74,13 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     message = f"internal error (incident {incident}); the server log has the details"
     detail = status_pb2.Status(code=code_pb2.INTERNAL, message=message)
     return grpc.StatusCode.INTERNAL, message, ((_STATUS_DETAILS_KEY, detail.SerializeToString()),)
+
+
+def _bounded(text: str) -> str:
+    """`text`, cut to _MAX_MESSAGE_CHARACTERS."""
+    if len(text) <= _MAX_MESSAGE_CHARACTERS:
+        return text
+    return text[: _MAX_MESSAGE_CHARACTERS - 3] + "..."
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
