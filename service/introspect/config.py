@@ -37,6 +37,7 @@ class Settings:
     dtype: str = "auto"
     max_message_bytes: int = 4 * MIB
     max_queue: int = 32
+    stall_timeout_seconds: float = 10.0
     grace_seconds: float = 10.0
     max_connection_age_seconds: float = 0.0
     metrics_port: int = 0
@@ -83,6 +84,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=_DTYPES, help="weight dtype (auto: float32 on cpu, model's on cuda)")
     parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 4 MiB)")
     parser.add_argument("--max-queue", type=int, help="requests waiting per device before RESOURCE_EXHAUSTED")
+    parser.add_argument(
+        "--stall-timeout-seconds",
+        type=float,
+        help="stop a call whose reader takes no message for this long (RESOURCE_EXHAUSTED; default 10)",
+    )
     parser.add_argument("--grace-seconds", type=float, help="graceful stop window on SIGTERM")
     parser.add_argument(
         "--max-connection-age-seconds",
@@ -142,6 +148,8 @@ def build_settings(
     settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
     if settings.dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {settings.dtype!r}")
+    if settings.stall_timeout_seconds <= 0:
+        raise ValueError("stall_timeout_seconds must be > 0")
     if settings.max_message_bytes < 64 * 1024:
         raise ValueError("max_message_bytes must be at least 65536")
     names_seen = [spec.name for spec in settings.models]

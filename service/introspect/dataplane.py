@@ -1,7 +1,8 @@
 """The data plane: what the service does, with no gRPC in it.
 
 It looks up the model, lets the method validate the query (before queueing), and runs
-the method on the model's device worker, yielding what the method emits.
+the method on the model's device worker, with a cancellation check at every layer of its
+forwards and backwards, yielding what the method emits.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from .engine import Engine
+from .engine import Engine, Sink
 from .errors import ModelNotFound
+from .hooks import cancellation_checks
 from .methods import method_for
 from .models import ModelDescription, ModelRegistry
 from .requests import InputSpec
@@ -67,5 +69,10 @@ class DataPlane:
         model = self.registry.get(getattr(query, "model"))
         method = method_for(query)
         options = method.prepare(model.description, query)
-        async for item in self.engine.stream(model.device, lambda sink: method.run(model, query, options, sink)):
+
+        def work(sink: Sink) -> None:
+            with cancellation_checks(sink.check):
+                method.run(model, query, options, sink)
+
+        async for item in self.engine.stream(model.device, work):
             yield item

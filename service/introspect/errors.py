@@ -27,6 +27,11 @@ class Overloaded(IntrospectError):
     """The server's queue for the model's device is full; retry later."""
 
 
+class ReaderStalled(IntrospectError):
+    """The caller took no message for the stall timeout while results were waiting for
+    it; the computation was stopped to free the device."""
+
+
 class Unimplemented(IntrospectError):
     """The RPC or option is declared in the contract but not offered by this server."""
 

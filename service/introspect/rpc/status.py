@@ -3,6 +3,10 @@
 Callers get the code and a message that says what to fix; INVALID_ARGUMENT carries a
 google.rpc.BadRequest naming the field. Anything unexpected is logged here and becomes
 INTERNAL with a generic message: no stack traces or internals reach callers.
+
+A call the caller has already left (cancelled, past its deadline: the handler is being
+cancelled, or its generator closed mid-write) is not answered at all: grpc has ended it
+as CANCELLED or DEADLINE_EXCEEDED, and nothing is logged as an incident.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from ..errors import Cancelled, IntrospectError, InvalidInput, ModelNotFound, Overloaded, Unimplemented
+from ..errors import (
+    Cancelled,
+    IntrospectError,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    ReaderStalled,
+    Unimplemented,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +39,7 @@ _CODES: dict[type[IntrospectError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ReaderStalled: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -58,9 +71,15 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     return grpc.StatusCode.INTERNAL, message, ((_STATUS_DETAILS_KEY, detail.SerializeToString()),)
 
 
+_CALLER_LEFT = (asyncio.CancelledError, GeneratorExit, Cancelled)
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
-    if isinstance(error, (asyncio.CancelledError, Cancelled)):
+    if isinstance(error, _CALLER_LEFT):
         raise error
+    if context.cancelled() or context.done():
+        log.debug("%s after the call ended; the caller has gone", type(error).__name__, exc_info=error)
+        raise asyncio.CancelledError() from error
     code, message, trailers = status_of(error)
     await context.abort(code, message, trailing_metadata=trailers)
 
