@@ -42,6 +42,7 @@ class Settings:
     max_request_text_bytes: int = 1 * MIB
     max_batch_tokens: int = 65536
     max_request_bytes: int = 0  # 0: a share of the device's memory (budget.default_request_bytes)
+    stall_timeout_seconds: float = 10.0
     grace_seconds: float = 10.0
     max_connection_age_seconds: float = 0.0
     metrics_port: int = 0
@@ -96,6 +97,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-request-bytes",
         type=int,
         help="memory one request may use (default 0: half the free accelerator memory, a quarter of RAM on CPU)",
+    )
+    parser.add_argument(
+        "--stall-timeout-seconds",
+        type=float,
+        help="stop a call whose reader takes no message for this long (RESOURCE_EXHAUSTED; default 10)",
     )
     parser.add_argument("--grace-seconds", type=float, help="graceful stop window on SIGTERM")
     parser.add_argument(
@@ -156,6 +162,8 @@ def build_settings(
     settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
     if settings.dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {settings.dtype!r}")
+    if settings.stall_timeout_seconds <= 0:
+        raise ValueError("stall_timeout_seconds must be > 0")
     if settings.max_message_bytes < 64 * 1024:
         raise ValueError("max_message_bytes must be at least 65536")
     for name in ("max_inputs", "max_text_bytes", "max_request_text_bytes", "max_batch_tokens"):

@@ -2,8 +2,9 @@
 
 It looks up the model, admits the query (size limits and a full queue, before any
 tokenizing: admission.py), lets the method validate it (before queueing), and runs the
-method on the model's device worker, yielding what the method emits. A device that still
-runs out of memory answers AllocatorFailure (RESOURCE_EXHAUSTED), and the server goes on.
+method on the model's device worker, with a cancellation check at every layer of its
+forwards and backwards, yielding what the method emits. A device that still runs out of
+memory answers AllocatorFailure (RESOURCE_EXHAUSTED), and the server goes on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .admission import RequestLimits, check_inputs, check_lists, input_specs
 from .budget import is_allocator_failure, release_cached_memory
 from .engine import Engine, Sink
 from .errors import AllocatorFailure, ModelNotFound, Overloaded
+from .hooks import cancellation_checks
 from .methods import method_for
 from .models import LoadedModel, ModelDescription, ModelRegistry
 from .requests import InputSpec
@@ -84,9 +86,12 @@ class DataPlane:
         check_lists(query, model.description)
         method = method_for(query)
         options = method.prepare(model.description, query)
-        async for item in self.engine.stream(
-            model.device, _allocator_guarded(model, lambda sink: method.run(model, query, options, sink))
-        ):
+
+        def work(sink: Sink) -> None:
+            with cancellation_checks(sink.check):
+                method.run(model, query, options, sink)
+
+        async for item in self.engine.stream(model.device, _allocator_guarded(model, work)):
             yield item
 
 

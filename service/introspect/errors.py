@@ -39,6 +39,9 @@ class Overloaded(IntrospectError):
 class AllocatorFailure(IntrospectError):
     """The device ran out of memory for this request (the estimate missed); the server
     freed what it held and keeps serving."""
+class ReaderStalled(IntrospectError):
+    """The caller took no message for the stall timeout while results were waiting for
+    it; the computation was stopped to free the device."""
 
 
 class Unimplemented(IntrospectError):

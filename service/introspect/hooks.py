@@ -23,6 +23,11 @@ A hook is ``hook(layer, value) -> value | None``: it may read the value, return 
 replacement (None keeps it), add batch rows (a growing batch: see methods/layer_stack.py)
 or raise StopForward to end the forward once it has what it needs. The active HookSet
 lives in a ContextVar, so hooks on the shared model never act on another call's forward.
+
+Cancellation checkpoints: inside `cancellation_checks(check)` (the data plane runs every
+method in one), every block's output calls `check()` when the forward passes it and,
+when it takes part in a backward, when its gradient arrives, so any forward or backward
+of any method stops within one layer of a cancel (check raises).
 """
 
 from __future__ import annotations
@@ -51,6 +56,32 @@ GROWTH_AT_LAYER_INPUT = "layer_input"  # copies join at resid.pre; attn.z inside
 GROWTH_NONE = "none"  # the model cannot grow its batch: every row runs from the start
 
 Hook = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+Check = Callable[[], None]
+
+_check: ContextVar[Check | None] = ContextVar("introspect_cancellation_check", default=None)
+
+
+@contextmanager
+def cancellation_checks(check: Check) -> Iterator[None]:
+    """Calls `check` at every layer of the forwards and backwards run inside the block
+    (in this context only); whatever it raises ends them."""
+    token = _check.set(check)
+    try:
+        yield
+    finally:
+        _check.reset(token)
+
+
+def _checkpoint(_: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    """Block forward hook: the active check now, and again when the block's output
+    gradient arrives in a backward."""
+    check = _check.get()
+    if check is None:
+        return
+    check()
+    hidden = output if isinstance(output, torch.Tensor) else output[0]
+    if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+        hidden.register_hook(lambda _gradient: check())
 
 
 class StopForward(Exception):
@@ -138,6 +169,7 @@ class ModelHooks:
         for layer, block in enumerate(self.modules.blocks):
             self._pre(block, layer, RESID_PRE)
             self._post(block, layer, RESID_POST)
+            self._handles.append(block.register_forward_hook(_checkpoint))
             self._pre(self.modules.attention[layer], layer, ATTN_IN)
             if self.modules.projections is not None:
                 self._projection_input(self.modules.projections[layer], layer)

@@ -96,7 +96,7 @@ async def serve(
     signal handlers cannot be installed) pass `stopping` and set it to stop; `ready` is
     called with the bound port once the server serves."""
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
-    engine = Engine(max_queue=settings.max_queue)
+    engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
     metrics = Metrics()
     cache = build_result_cache(settings, metrics.cache_observer)

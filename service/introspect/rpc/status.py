@@ -4,6 +4,10 @@ Callers get the code and a message that says what to fix; INVALID_ARGUMENT carri
 google.rpc.BadRequest naming the field, and so does RESOURCE_EXHAUSTED for a request over a
 size or memory limit (the field to lower). Anything unexpected is logged here and becomes
 INTERNAL with a generic message: no stack traces or internals reach callers.
+
+A call the caller has already left (cancelled, past its deadline: the handler is being
+cancelled, or its generator closed mid-write) is not answered at all: grpc has ended it
+as CANCELLED or DEADLINE_EXCEEDED, and nothing is logged as an incident.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..errors import (
     InvalidInput,
     ModelNotFound,
     Overloaded,
+    ReaderStalled,
     ResourceExhausted,
     Unimplemented,
 )
@@ -40,6 +45,7 @@ _CODES: dict[type[IntrospectError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     AllocatorFailure: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ReaderStalled: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -83,9 +89,15 @@ def _bounded(text: str) -> str:
     return text[: _MAX_MESSAGE_CHARACTERS - 3] + "..."
 
 
+_CALLER_LEFT = (asyncio.CancelledError, GeneratorExit, Cancelled)
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
-    if isinstance(error, (asyncio.CancelledError, Cancelled)):
+    if isinstance(error, _CALLER_LEFT):
         raise error
+    if context.cancelled() or context.done():
+        log.debug("%s after the call ended; the caller has gone", type(error).__name__, exc_info=error)
+        raise asyncio.CancelledError() from error
     code, message, trailers = status_of(error)
     await context.abort(code, message, trailing_metadata=trailers)
 
