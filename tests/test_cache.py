@@ -3,8 +3,8 @@ redis-server started here), and real server processes called over loopback.
 
 What is checked: a hit replays the stream exactly (marked cached), bypass and refresh,
 TTL expiry, the value size cap, single flight of concurrent identical calls (one server,
-and two replicas sharing Redis), a replica dying while it computes, and Redis killed,
-frozen and flushed while requests keep flowing.
+and two replicas sharing Redis) and a replica dying while it computes. Redis killed,
+restarted, frozen and flushed while requests keep flowing: tests/reliability/test_redis_faults.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import grpc
 import numpy as np
 import pytest
 from conftest import RunningServer, start_server
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from introspect.cache import MemoryBackend, Outcome, Policy, RedisBackend, ResultCache, codec, result_key
 from introspect.rpc.caching import canonical_request, input_messages
 from introspect_client import Client
@@ -375,99 +374,3 @@ async def test_a_replica_dying_mid_computation_blocks_nobody(
     assert reply.cache == "miss" and reply.messages[0].HasField("header")
     assert elapsed < 5 + 10, f"waited {elapsed:.1f}s for a dead replica (lease 5 s)"
     assert (await stream_attention(replicas[1][0].address, request)).cache == "hit"
-
-
-# ---------------------------------------------------------------------------------------
-# Redis failures
-
-
-@pytest.fixture(scope="module")
-def fragile(
-    model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[RedisServer, RunningServer, int]]:
-    """A Redis of its own (to be killed, frozen and flushed) and a server using it."""
-    redis_process = RedisServer(tmp_path_factory.mktemp("fragile-redis")).start()
-    port, flag = metrics_port_flag()
-    server = start_server(
-        f"--model=gpt2={model_dirs['gpt2']}", f"--redis-url={redis_process.url}", flag, env=server_env()
-    )
-    yield redis_process, server, port
-    server.stop()
-    redis_process.stop()
-
-
-def _health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-
-
-async def _timed(address: str, request: pb.StreamAttentionRequest) -> tuple[str, float]:
-    started = time.monotonic()
-    reply = await stream_attention(address, request, timeout=10)
-    assert reply.messages[0].HasField("header") and len(reply.messages) > 1
-    return reply.cache, time.monotonic() - started
-
-
-async def _until_hit(address: str, text: str, timeout: float = 20) -> None:
-    """Repeats a request until it is a hit: caching has resumed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (await stream_attention(address, attention_request(text, "gpt2"))).cache == "hit":
-            return
-        await asyncio.sleep(0.2)
-    pytest.fail(f"caching did not resume within {timeout}s")
-
-
-async def test_redis_killed_mid_run_fails_no_request_and_caching_resumes_after_restart(
-    fragile: tuple[RedisServer, RunningServer, int],
-) -> None:
-    redis_process, server, port = fragile
-    outcomes: list[tuple[str, float]] = []
-    stop = asyncio.Event()
-
-    async def traffic() -> None:
-        while not stop.is_set():
-            text = f"request number {len(outcomes) % 4}"
-            outcomes.append(await _timed(server.address, attention_request(text, "gpt2")))
-
-    async def until(count: int) -> None:
-        while len(outcomes) < count and not flowing.done():
-            await asyncio.sleep(0.005)
-
-    flowing = asyncio.ensure_future(traffic())
-    await until(8)
-    redis_process.kill()  # while requests keep flowing
-    killed_at = len(outcomes)
-    await until(killed_at + 12)
-    stop.set()
-    await flowing  # raises if any request failed
-    assert all(elapsed < 2 for _, elapsed in outcomes), outcomes
-    assert {cache for cache, _ in outcomes[4:killed_at]} == {"hit"}
-    assert {cache for cache, _ in outcomes[killed_at + 1 :]} == {"miss"}
-    assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
-    samples = scrape(port)
-    assert total(samples, "introspect_cache_errors_total", backend="redis") > 0
-    assert total(samples, "introspect_cache_up", backend="redis") == 0
-    assert any("redis cache at" in line and "unreachable" in line for line in server.output)
-
-    redis_process.start()
-    await _until_hit(server.address, "after the restart")
-    assert any("reachable again" in line for line in server.output)
-    wait_until(lambda: total(scrape(port), "introspect_cache_up", backend="redis") == 1, 10, message="cache up")
-
-
-async def test_frozen_or_flushed_redis_fails_no_request(fragile: tuple[RedisServer, RunningServer, int]) -> None:
-    redis_process, server, _ = fragile
-    await _until_hit(server.address, "before the freeze")
-    redis_process.pause()
-    try:
-        outcomes = [await _timed(server.address, attention_request(f"frozen {index}", "gpt2")) for index in range(5)]
-    finally:
-        redis_process.resume()
-    assert all(cache == "miss" and elapsed < 2 for cache, elapsed in outcomes), outcomes
-    assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
-    await _until_hit(server.address, "after the freeze")
-
-    redis_process.client().flushall()
-    assert (await stream_attention(server.address, attention_request("after the freeze", "gpt2"))).cache == "miss"
-    assert (await stream_attention(server.address, attention_request("after the freeze", "gpt2"))).cache == "hit"

@@ -165,6 +165,7 @@ class Engine:
         self._max_queue = max_queue
         self._stall_timeout = stall_timeout
         self._workers: dict[str, _DeviceWorker] = {}
+        self._sinks: set[Sink] = set()
 
     def _worker(self, device: torch.device) -> _DeviceWorker:
         key = str(device)
@@ -201,6 +202,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         sink = Sink(loop, queue, stall_timeout=self._stall_timeout)
+        self._sinks.add(sink)
 
         def run() -> None:
             if not slot.start():
@@ -229,8 +231,17 @@ class Engine:
         finally:
             sink.cancel()
             slot.leave()
+            self._sinks.discard(sink)
             if future.done():
                 future.result()
+
+    def cancel_all(self) -> int:
+        """Cancels the work of every call in flight (running or queued) at its next
+        check; returns how many calls that was. The end of a graceful stop's grace."""
+        sinks = list(self._sinks)
+        for sink in sinks:
+            sink.cancel()
+        return len(sinks)
 
     def shutdown(self) -> None:
         """Stops the workers after the work in hand."""

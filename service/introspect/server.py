@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from introspect_contract import pb
 from introspect_contract import pb_grpc
@@ -21,15 +24,20 @@ from .cache import ResultCache, build_result_cache
 from .config import Settings, parse_serve_arguments
 from .dataplane import DataPlane
 from .engine import Engine
+from .health import SERVING, DrainingHealth
 from .metrics import Metrics, ServerState, cuda_memory_allocated
 from .models import ModelLoadError, ModelRegistry
 from .rpc.caching import CacheInterceptor
+from .rpc.draining import DrainInterceptor
 from .rpc.observing import MetricsInterceptor
 from .rpc.servicer import IntrospectionServicer
 from .rpc.undecodable import UndecodableInterceptor
 
 log = logging.getLogger("introspect")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
+# How long the end of a graceful stop may take past the grace: Watch streams ending,
+# cancelled calls unwinding, worker threads leaving their work.
+STOP_MARGIN_SECONDS = 0.5
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
@@ -46,14 +54,16 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def interceptors(
-    settings: Settings, plane: DataPlane, metrics: Metrics, cache: ResultCache | None
+    settings: Settings, plane: DataPlane, metrics: Metrics, cache: ResultCache | None, drain: DrainInterceptor
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Request metrics outermost (they see cache hits and undecodable requests too), then
-    the refusal of undecodable requests, then the result cache."""
+    """Request metrics outermost (they see cache hits, undecodable requests and calls
+    refused while draining too), then the refusal of undecodable requests, then the drain,
+    then the result cache."""
     service = pb.DESCRIPTOR.services_by_name["Introspection"]
     chain: list[grpc.aio.ServerInterceptor] = [
         MetricsInterceptor(metrics, SERVICE_NAME, plane.model_label),
         UndecodableInterceptor(service),
+        drain,
     ]
     if cache is not None:
         chain.append(CacheInterceptor(cache, plane, service, settings.max_message_bytes))
@@ -100,9 +110,12 @@ async def serve(
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
     metrics = Metrics()
     cache = build_result_cache(settings, metrics.cache_observer)
-    server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache))
+    drain = DrainInterceptor(SERVICE_NAME)
+    server = grpc.aio.server(
+        options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache, drain)
+    )
     pb_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(plane, settings.max_message_bytes), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -116,7 +129,7 @@ async def serve(
     metrics_http = start_metrics(settings, metrics, plane, cache)
     await server.start()
     for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(service, SERVING)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     # Tests and scripts read this line to learn the port when --port 0 was asked.
     print(f"introspect serving {', '.join(m.name for m in registry)} on {host}:{port}", flush=True)
@@ -129,15 +142,50 @@ async def serve(
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stopping.set)
     await stopping.wait()
-    log.info("stopping: health NOT_SERVING, draining for up to %.0fs", settings.grace_seconds)
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_seconds)
-    engine.shutdown()
+    await stop_gracefully(server, health_servicer, drain, engine, settings.grace_seconds)
     if cache is not None:
         await cache.close()
     if metrics_http is not None:
         metrics_http.shutdown()
         metrics_http.server_close()
+
+
+async def stop_gracefully(
+    server: grpc.aio.Server, health: DrainingHealth, drain: DrainInterceptor, engine: Engine, grace: float
+) -> None:
+    """The drain: health NOT_SERVING (Check and Watch; Watch streams end), new calls
+    refused with UNAVAILABLE, calls in flight given up to `grace` s to finish; then the
+    rest are cut (their callers see UNAVAILABLE) and their work on the device workers is
+    stopped at its next check."""
+    deadline = time.monotonic() + grace
+    log.info("stopping: health NOT_SERVING, draining %d calls for up to %.1fs", drain.in_flight, grace)
+    drain.close()
+    await health.drain(min(grace, STOP_MARGIN_SECONDS))
+    if not await drain.idle(max(0.0, deadline - time.monotonic())):
+        log.warning("cutting %d calls still running at the end of the %.1fs grace", drain.cut(), grace)
+        await drain.idle(STOP_MARGIN_SECONDS)
+    # Cut calls end UNAVAILABLE, not as streams cut short that look complete, because
+    # their handlers were cancelled before their work; cancelling all work is for the rest.
+    engine.cancel_all()
+    await server.stop(None)
+    engine.shutdown()
+
+
+def leave_promptly(timeout: float) -> None:
+    """Waits at most `timeout` s for threads that would hold the interpreter's exit
+    (device workers still inside a step: they stop at their next check); exits at once
+    if some still run, so that a stop never outlasts the grace by more than `timeout`."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if busy:
+        log.warning("exiting without waiting for %s", ", ".join(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as error:
         log.error("%s", error)
         return 2
+    leave_promptly(STOP_MARGIN_SECONDS)
     return 0
 
 

@@ -3,7 +3,11 @@
 Failure is normal here: every operation has a short socket timeout, a failure is
 counted and turns the cache off for `retry_after_seconds` (a circuit breaker), and the
 request is computed instead. One log line says when Redis becomes unreachable and one
-when it is back; a background probe notices the return without traffic.
+when it is back; a background probe notices the return without traffic. A command that
+fails on a broken connection (e.g. one pooled before Redis restarted) is retried once on
+a fresh one, and idle pooled connections are dropped when that happens and when Redis is
+back, so that a restart is one "unreachable" and one "reachable again", not a flapping
+breaker (timeouts are not retried: a frozen Redis would only cost twice as long).
 
 Single flight across replicas: the first replica to miss sets a lock key with
 SET NX PX (a lease) and renews it while it computes; the others poll for the value with
@@ -26,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .backend import CacheObserver, Leadership, NullObserver
@@ -201,16 +206,27 @@ class RedisBackend:
         if not probing and time.monotonic() < self._open_until:
             return UNAVAILABLE
         try:
-            result = await make()
+            try:
+                result = await make()
+            except (RedisConnectionError, ConnectionError):
+                # A broken connection, maybe pooled before an outage: the others idle in
+                # the pool are likely broken too. Once more on a fresh connection.
+                await self._drop_idle_connections()
+                result = await make()
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(operation, error)
             return UNAVAILABLE
         if not self._up:
             self._up = True
             self._open_until = 0.0
+            await self._drop_idle_connections()  # opened before or during the outage
             self._observer.available(True)
             log.info("redis cache at %s is reachable again; caching resumed", self._url)
         return result
+
+    async def _drop_idle_connections(self) -> None:
+        """Closes the pool's idle connections (those in use fail, and retry, on their own)."""
+        await self._client.connection_pool.disconnect(inuse_connections=False)
 
     def _failed(self, operation: str, error: BaseException) -> None:
         self._observer.error(operation)
