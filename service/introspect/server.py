@@ -34,6 +34,27 @@ from .rpc.servicer import IntrospectionServicer
 from .rpc.undecodable import UndecodableInterceptor
 
 log = logging.getLogger("introspect")
+
+
+class CallerLeftDuringWrite(logging.Filter):
+    """gRPC logs "ExecuteBatchError raised in core by servicer method" at ERROR when a
+    message is written to a call the caller has just cancelled or whose deadline has just
+    passed (a race inside grpc.aio, before the call is marked done). The call ends
+    CANCELLED or DEADLINE_EXCEEDED all the same: nothing for an operator to act on, so the
+    record is lowered to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Lowers the caller-left record to DEBUG; passes every record on."""
+        if record.levelno >= logging.ERROR and record.getMessage().startswith("ExecuteBatchError raised in core"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def quiet_caller_left_records() -> None:
+    """Installs CallerLeftDuringWrite on gRPC's core logger (once per process)."""
+    core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(existing, CallerLeftDuringWrite) for existing in core.filters):
+        core.addFilter(CallerLeftDuringWrite())
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
 # How long the end of a graceful stop may take past the grace: Watch streams ending,
 # cancelled calls unwinding, worker threads leaving their work.
@@ -105,6 +126,7 @@ async def serve(
     Embedders (e.g. an in-process server on a thread other than the main one, where
     signal handlers cannot be installed) pass `stopping` and set it to stop; `ready` is
     called with the bound port once the server serves."""
+    quiet_caller_left_records()
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
