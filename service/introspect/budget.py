@@ -40,6 +40,11 @@ ACCELERATOR_MEMORY_SHARE = 0.5
 the models are loaded."""
 MAX_AUTO_BATCH = 64
 """The largest batch chosen automatically (larger batches stop paying off)."""
+MAX_AUTO_BATCH_TOKENS = 8192
+"""Tokens (rows x tokens per row) of a batch chosen automatically: one layer of it takes
+a fraction of a second on a CPU, so a cancel (checked after every layer's attention and
+every layer) frees the worker within 0.5 s at default settings. An explicit batch_size
+may go past it, within the memory budget."""
 _FALLBACK_CPU_BYTES = 4 << 30
 _ALLOCATOR_MESSAGES = ("can't allocate memory", "out of memory", "not enough memory")
 
@@ -56,6 +61,7 @@ class Footprint:
     rows: int
     field: str
     advice: str
+    tokens_per_row: int = 0  # caps automatic batches at MAX_AUTO_BATCH_TOKENS (0: no cap)
 
 
 def activation_bytes(description: ModelDescription, tokens: int, *, gradients: bool) -> int:
@@ -94,10 +100,12 @@ class RequestBudget:
 
     def fit(self, footprint: Footprint, requested: int = 0, *, cap: int = MAX_AUTO_BATCH) -> int:
         """The batch size that runs: `requested` lowered to what fits (0: the largest
-        that fits, at most `cap`), never more than `footprint.rows`. Raises
-        ResourceExhausted when one row does not fit."""
+        that fits, at most `cap` and MAX_AUTO_BATCH_TOKENS tokens), never more than
+        `footprint.rows`. Raises ResourceExhausted when one row does not fit."""
         self.require(footprint, rows=1)
         fits = (self.bytes - footprint.fixed) // max(footprint.per_row, 1)
+        if requested <= 0 and footprint.tokens_per_row:
+            cap = min(cap, max(1, MAX_AUTO_BATCH_TOKENS // footprint.tokens_per_row))
         wanted = requested if requested > 0 else cap
         return max(1, min(wanted, fits, footprint.rows))
 

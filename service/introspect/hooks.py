@@ -64,7 +64,8 @@ _check: ContextVar[Check | None] = ContextVar("introspect_cancellation_check", d
 @contextmanager
 def cancellation_checks(check: Check) -> Iterator[None]:
     """Calls `check` at every layer of the forwards and backwards run inside the block
-    (in this context only); whatever it raises ends them."""
+    (after each layer's attention and after the whole layer; in this context only);
+    whatever it raises ends them."""
     token = _check.set(check)
     try:
         yield
@@ -169,7 +170,9 @@ class ModelHooks:
         for layer, block in enumerate(self.modules.blocks):
             self._pre(block, layer, RESID_PRE)
             self._post(block, layer, RESID_POST)
+            # a cancel is noticed after each layer's attention and after the whole block
             self._handles.append(block.register_forward_hook(_checkpoint))
+            self._handles.append(self.modules.attention[layer].register_forward_hook(_checkpoint))
             self._pre(self.modules.attention[layer], layer, ATTN_IN)
             if self.modules.projections is not None:
                 self._projection_input(self.modules.projections[layer], layer)

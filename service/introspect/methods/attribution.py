@@ -101,6 +101,7 @@ class AttributionProblem:
             rows=rows,
             field="input",
             advice=f"shorten the input ({self.length} tokens){advice}",
+            tokens_per_row=self.length,
         )
 
     def result(

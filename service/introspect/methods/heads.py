@@ -131,7 +131,7 @@ def forward_footprint(model: LoadedModel, tokens: int, rows: int, *, gradients: 
     row (the growing batch's row 0) in the fixed part."""
     description = model.description
     per_row = activation_bytes(description, tokens, gradients=gradients) + output_bytes(description, tokens)
-    return Footprint(per_row, per_row, rows, "input", f"shorten the input ({tokens} tokens)")
+    return Footprint(per_row, per_row, rows, "input", f"shorten the input ({tokens} tokens)", tokens_per_row=tokens)
 
 
 def rows_per_forward(model: LoadedModel, tokens: int, rows: int, requested: int = 0) -> int:
