@@ -2,10 +2,12 @@
 
     python tests/load/overload.py [--bursts 20] [--burst 12] [--queue 2]
 
-A MiniLM server (in process, no cache, --max-queue QUEUE) gets BURSTS bursts of BURST
-concurrent StreamAttention calls (distinct ~130-token texts, all layers); prints the
-distribution of the time to RESOURCE_EXHAUSTED of the refused calls and the throughput of
-the accepted ones (calls and accepted calls per second of wall time)."""
+A MiniLM server (a process of its own unless --in-process, no cache, --max-queue QUEUE)
+gets BURSTS bursts of BURST concurrent StreamAttention calls (distinct ~130-token texts,
+all layers); prints the distribution of the time to RESOURCE_EXHAUSTED of the refused
+calls and the throughput of the accepted ones (calls and accepted calls per second of
+wall time). In process, the client's decoding of the accepted maps competes with the
+server for one interpreter, which lengthens the refusals' tail."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import InProcessServer, minilm_dir  # noqa: E402
+from conftest import InProcessServer, minilm_dir, start_server  # noqa: E402
 from introspect_client import AsyncClient, IntrospectError  # noqa: E402
 
 
@@ -54,8 +56,10 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=20)
     parser.add_argument("--burst", type=int, default=12)
     parser.add_argument("--queue", type=int, default=2)
+    parser.add_argument("--in-process", action="store_true", help="serve in this process (shares the GIL)")
     args = parser.parse_args()
-    server = InProcessServer(f"--model=minilm={minilm_dir()}", f"--max-queue={args.queue}", "--cache-bytes=0")
+    flags = (f"--model=minilm={minilm_dir()}", f"--max-queue={args.queue}", "--cache-bytes=0")
+    server = InProcessServer(*flags) if args.in_process else start_server(*flags)
     try:
         asyncio.run(_run(server.address, args.bursts, args.burst))
     finally:
