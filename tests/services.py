@@ -13,9 +13,10 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -134,22 +135,22 @@ class RedisServer:
 
 @dataclass
 class PrometheusServer:
-    """A Prometheus process scraping the given targets every second."""
+    """A Prometheus process scraping the given targets every second; `job` adds keys to
+    the scrape job (e.g. `scheme` and `tls_config`)."""
 
     directory: Path
     targets: Sequence[str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    job: Mapping[str, Any] = field(default_factory=dict)
 
     def start(self) -> PrometheusServer:
         """Writes the config, starts Prometheus and waits until it is ready."""
         binary = require_binary("prometheus")
         config = self.directory / "prometheus.yml"
-        targets = ", ".join(f'"{target}"' for target in self.targets)
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            f"scrape_configs:\n  - job_name: introspect\n    static_configs:\n      - targets: [{targets}]\n"
-        )
+        job = {"job_name": "introspect", "static_configs": [{"targets": list(self.targets)}], **self.job}
+        settings = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": [job]}
+        config.write_text(json.dumps(settings))  # JSON is YAML
         self.log = (self.directory / "prometheus.log").open("wb")
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{self.port}",

@@ -98,3 +98,14 @@ def test_image_runs_the_server_as_a_non_root_user() -> None:
     for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.MULTILINE):
         for source in line.split()[:-1]:
             assert (root / source).exists(), f"COPY source {source} is missing"
+
+
+def test_https_scrape_job_scrapes_the_same_pods_over_tls() -> None:
+    plain = _documents(DEPLOY / "monitoring" / "prometheus-scrape.yml")[0]["scrape_configs"][0]
+    job = _documents(DEPLOY / "monitoring" / "prometheus-scrape-tls.yml")[0]["scrape_configs"][0]
+    assert job["job_name"] == "introspect-tls" and job["scheme"] == "https"
+    assert job["relabel_configs"] == plain["relabel_configs"]
+    assert job["kubernetes_sd_configs"] == plain["kubernetes_sd_configs"]
+    tls = job["tls_config"]
+    assert {Path(tls[key]).name for key in ("ca_file", "cert_file", "key_file")} == {"ca.crt", "tls.crt", "tls.key"}
+    assert tls["server_name"] and not tls.get("insecure_skip_verify", False)

@@ -47,6 +47,11 @@ class Settings:
     max_connection_age_seconds: float = 0.0
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    metrics_tls: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    health_port: int = 0
     redis_url: str = ""
     cache_bytes: int = 256 * MIB
     cache_ttl_seconds: int = 3600
@@ -111,6 +116,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0: off)")
     parser.add_argument("--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)")
+    parser.add_argument(
+        "--metrics-tls",
+        action="store_true",
+        default=None,
+        help="serve metrics over HTTPS with --tls-cert/--tls-key (and, with --tls-client-ca, client certificates)",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS (re-read when it changes)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert (re-read when it changes)")
+    parser.add_argument("--tls-client-ca", help="PEM CA certificates: require client certificates (mutual TLS)")
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        help="plaintext port on --host serving only grpc.health.v1.Health, for kubelet probes (0: off)",
+    )
     parser.add_argument("--redis-url", help="redis://host:port/db for the shared result cache")
     parser.add_argument("--cache-bytes", type=int, help="in-process result cache budget in bytes (0: off)")
     parser.add_argument("--cache-ttl-seconds", type=int, help="time to live of cached results")
@@ -171,10 +190,26 @@ def build_settings(
             raise ValueError(f"{name} must be at least 1")
     if settings.max_request_bytes < 0:
         raise ValueError("max_request_bytes must be >= 0 (0: automatic)")
+    _check_tls(settings)
     names_seen = [spec.name for spec in settings.models]
     if len(set(names_seen)) != len(names_seen):
         raise ValueError(f"model names must be unique, got {names_seen}")
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS settings come as a set: a key with its certificate, and nothing that
+    needs them without them."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("tls_cert and tls_key go together: set both or neither")
+    if not settings.tls_cert:
+        for name in ("tls_client_ca", "metrics_tls"):
+            if getattr(settings, name):
+                raise ValueError(f"{name} needs tls_cert and tls_key")
+    if settings.health_port < 0:
+        raise ValueError("health_port must be >= 0 (0: off)")
+    if settings.health_port and settings.health_port == settings.port:
+        raise ValueError("health_port must differ from port")
 
 
 def parse_serve_arguments(argv: Sequence[str] | None = None) -> Settings:

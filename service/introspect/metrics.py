@@ -8,12 +8,17 @@ conventions: prefix `introspect_`, units in the name, `_total` on counters.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, make_wsgi_app
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +142,39 @@ class Metrics:
         """The cache observer that records into these metrics for `backend`."""
         return CacheMetrics(self, backend)
 
-    def serve(self, host: str, port: int) -> WSGIServer:
-        """Starts the /metrics HTTP endpoint on a background thread."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return server
+    def serve(self, host: str, port: int, tls: Callable[[], ssl.SSLContext] | None = None) -> WSGIServer:
+        """Starts the /metrics endpoint on a background thread: HTTP, or HTTPS with the
+        SSL context `tls` returns at each new connection (so a rotated certificate is
+        served from the next scrape on)."""
+        if tls is None:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+            return server
+        https = make_server(host, port, make_wsgi_app(self.registry), _https_server(host, tls), _SilentHandler)
+        threading.Thread(target=https.serve_forever, name="introspect-metrics", daemon=True).start()
+        return https
+
+
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+"""How long a metrics connection may take for its TLS handshake and request."""
+
+
+def _https_server(host: str, tls: Callable[[], ssl.SSLContext]) -> type[ThreadingWSGIServer]:
+    """A threading WSGI server class that speaks TLS with `tls()`'s context; handshakes
+    happen on the connection's own thread, and failed ones (a plaintext client, a client
+    certificate refused) are logged at DEBUG only."""
+
+    class HttpsServer(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def get_request(self) -> tuple[socket.socket, Any]:
+            connection, address = self.socket.accept()
+            connection.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+            return tls().wrap_socket(connection, server_side=True, do_handshake_on_connect=False), address
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            log.debug("metrics connection from %s failed", client_address, exc_info=True)
+
+    return HttpsServer
 
 
 class CacheMetrics:

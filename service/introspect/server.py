@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -32,6 +33,7 @@ from .rpc.draining import DrainInterceptor
 from .rpc.observing import MetricsInterceptor
 from .rpc.servicer import IntrospectionServicer
 from .rpc.undecodable import UndecodableInterceptor
+from .tls import ReloadingTls, TlsFileError, TlsFiles
 
 log = logging.getLogger("introspect")
 
@@ -91,8 +93,39 @@ def interceptors(
     return chain
 
 
+def load_tls(settings: Settings) -> ReloadingTls | None:
+    """The TLS files of --tls-cert/--tls-key/--tls-client-ca, checked (TlsFileError
+    names a file that is unreadable or malformed); None without TLS."""
+    if not settings.tls_cert:
+        return None
+    client_ca = Path(settings.tls_client_ca) if settings.tls_client_ca else None
+    return ReloadingTls(TlsFiles(Path(settings.tls_cert), Path(settings.tls_key), client_ca))
+
+
+def listen(server: grpc.aio.Server, address: str, tls: ReloadingTls | None) -> int:
+    """Adds the gRPC port, over TLS when configured; returns the bound port."""
+    port = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not listen on {address}")
+    return port
+
+
+async def start_health_port(settings: Settings, health: DrainingHealth) -> grpc.aio.Server | None:
+    """With --health-port: a plaintext server on --host that serves only the health
+    service (kubelet gRPC probes speak no TLS); every other method is UNIMPLEMENTED there."""
+    if not settings.health_port:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    address = f"{settings.host}:{settings.health_port}"
+    listen(server, address, None)
+    await server.start()
+    log.info("health checks (plaintext, grpc.health.v1.Health only) on %s", address)
+    return server
+
+
 def start_metrics(
-    settings: Settings, metrics: Metrics, plane: DataPlane, cache: ResultCache | None
+    settings: Settings, metrics: Metrics, plane: DataPlane, cache: ResultCache | None, tls: ReloadingTls | None
 ) -> WSGIServer | None:
     """Registers the scrape-time gauges and, when --metrics-port is set, serves /metrics."""
     for model in plane.registry:
@@ -110,8 +143,10 @@ def start_metrics(
     )
     if not settings.metrics_port:
         return None
-    http = metrics.serve(settings.metrics_host, settings.metrics_port)
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    https = tls if settings.metrics_tls else None
+    http = metrics.serve(settings.metrics_host, settings.metrics_port, https.context if https else None)
+    scheme = "https" if https else "http"
+    log.info("metrics on %s://%s:%d/metrics", scheme, settings.metrics_host, settings.metrics_port)
     return http
 
 
@@ -127,6 +162,7 @@ async def serve(
     signal handlers cannot be installed) pass `stopping` and set it to stop; `ready` is
     called with the bound port once the server serves."""
     quiet_caller_left_records()
+    tls = load_tls(settings)
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
@@ -142,14 +178,12 @@ async def serve(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not listen on {address}")
+    port = listen(server, f"{settings.host}:{settings.port}", tls)
     if cache is not None:
         await cache.start()
-    metrics_http = start_metrics(settings, metrics, plane, cache)
+    metrics_http = start_metrics(settings, metrics, plane, cache, tls)
     await server.start()
+    health_server = await start_health_port(settings, health_servicer)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, SERVING)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
@@ -165,6 +199,8 @@ async def serve(
             loop.add_signal_handler(signal_number, stopping.set)
     await stopping.wait()
     await stop_gracefully(server, health_servicer, drain, engine, settings.grace_seconds)
+    if health_server is not None:
+        await health_server.stop(None)
     if cache is not None:
         await cache.close()
     if metrics_http is not None:
@@ -221,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except ModelLoadError as error:
+    except (ModelLoadError, TlsFileError) as error:
         log.error("%s", error)
         return 2
     leave_promptly(STOP_MARGIN_SECONDS)
