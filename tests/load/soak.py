@@ -181,6 +181,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-seconds", type=float, default=60.0, help="traffic before the first RSS sample")
     parser.add_argument("--sample-seconds", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--max-growth-percent", type=float, default=5.0, help="fail above this RSS growth")
+    parser.add_argument("--cache-bytes", type=int, default=16 << 20,
+                        help="the server's result cache budget (default 16 MiB: full within the warm-up, so that "
+                             "its filling up to --cache-bytes, bounded by design, is not read as growth)")
     return parser.parse_args(argv)
 
 
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     with tempfile.TemporaryDirectory() as directory:
         models = build_tiny_models(Path(directory))
-        server = start_server(f"--model=gpt2={models['gpt2']}", f"--model=minilm={models['minilm']}", env=server_env())
+        server = start_server(f"--model=gpt2={models['gpt2']}", f"--model=minilm={models['minilm']}",
+                              f"--cache-bytes={arguments.cache_bytes}", env=server_env())
         try:
             soak = Soak(server.address, server.process.pid, arguments.minutes * 60, arguments.concurrency)
             started = time.monotonic()
