@@ -58,6 +58,11 @@ class Settings:
     cache_max_value_bytes: int = 64 * MIB
     cache_prefix: str = "introspect:"
     log_level: str = "INFO"
+    auth_tokens_file: str = ""
+    auth_health: bool = False
+    caller_max_concurrency: int = 0
+    caller_rate_per_second: float = 0.0
+    caller_burst: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -136,6 +141,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-max-value-bytes", type=int, help="larger results are not cached")
     parser.add_argument("--cache-prefix", help="Redis key prefix")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--auth-tokens-file",
+        help="TOML file of callers and their token hashes: the service then needs authorization: Bearer <token> "
+        "(default: none, every call is the caller 'anonymous')",
+    )
+    parser.add_argument(
+        "--auth-health",
+        action="store_const",
+        const=True,
+        help="health and reflection need a token too (default: they stay open)",
+    )
+    parser.add_argument(
+        "--caller-max-concurrency", type=int, help="calls in flight per caller unless its tokens entry says (0: unlimited)"
+    )
+    parser.add_argument(
+        "--caller-rate-per-second", type=float, help="calls per second per caller unless its tokens entry says (0: unlimited)"
+    )
+    parser.add_argument("--caller-burst", type=int, help="token bucket size per caller (0: the rate, rounded up)")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -188,6 +211,9 @@ def build_settings(
     for name in ("max_inputs", "max_text_bytes", "max_request_text_bytes", "max_batch_tokens"):
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be at least 1")
+    for name in ("caller_max_concurrency", "caller_rate_per_second", "caller_burst"):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0: unlimited)")
     if settings.max_request_bytes < 0:
         raise ValueError("max_request_bytes must be >= 0 (0: automatic)")
     _check_tls(settings)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from .admission import RequestLimits, check_inputs, check_lists, input_specs
 from .budget import is_allocator_failure, release_cached_memory
+from .callers import current_caller
 from .engine import Engine, Sink
 from .errors import AllocatorFailure, ModelNotFound, Overloaded
 from .hooks import cancellation_checks
@@ -81,7 +82,8 @@ class DataPlane:
         return loaded.description, await asyncio.to_thread(tokenize)
 
     async def stream(self, query: object) -> AsyncIterator[object]:
-        """Runs the method for `query` and yields StreamStart, then its results."""
+        """Runs the method for `query` and yields StreamStart, then its results; the
+        call waits for the device in its caller's turn (introspect.callers)."""
         model = self.admit(getattr(query, "model"), list(input_specs(query)))
         check_lists(query, model.description)
         method = method_for(query)
@@ -91,7 +93,7 @@ class DataPlane:
             with cancellation_checks(sink.check):
                 method.run(model, query, options, sink)
 
-        async for item in self.engine.stream(model.device, _allocator_guarded(model, work)):
+        async for item in self.engine.stream(model.device, _allocator_guarded(model, work), current_caller()):
             yield item
 
 

@@ -16,8 +16,11 @@ and then that error.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .callers import ANONYMOUS
 from .errors import Cancelled, Overloaded, ReaderStalled
 
 HANDOFF_ITEMS = 2
@@ -118,30 +122,15 @@ _WAITING, _RUNNING, _GONE = "waiting", "running", "gone"
 
 
 @dataclass
-class _DeviceWorker:
-    executor: ThreadPoolExecutor
-    waiting: int = 0
-    running: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@dataclass
 class _Slot:
     """One call's place in its device's queue: waiting, running, or gone (cancelled
-    while waiting: its place was given back at once)."""
+    while waiting: its place was given back at once, the worker skips it). `run` is the
+    call's work, run in the call's context (its caller's name shows in log lines)."""
 
     worker: _DeviceWorker
+    run: Callable[[], None]
+    context: contextvars.Context
     state: str = _WAITING
-
-    def start(self) -> bool:
-        """Waiting -> running, on the worker; False when the call left while waiting."""
-        with self.worker.lock:
-            if self.state != _WAITING:
-                return False
-            self.state = _RUNNING
-            self.worker.waiting -= 1
-            self.worker.running += 1
-            return True
 
     def end(self) -> None:
         """Running -> gone, on the worker, when the work has ended."""
@@ -156,6 +145,66 @@ class _Slot:
             if self.state == _WAITING:
                 self.worker.waiting -= 1
                 self.state = _GONE
+
+
+class FairQueue:
+    """Waiting calls of one device: a FIFO per caller, served round robin across callers
+    (start-time fair queuing with one unit per call). Each call gets a tag: its caller's
+    previous tag + 1, but not below the tag of the call last taken; the call with the
+    lowest tag goes next (ties: the earlier arrival). A caller with many calls waiting
+    thus takes turns with the others, and a caller arriving with one call waits at most
+    for the call running now. Tags are kept per caller name (a bounded set: the tokens
+    file's names and "anonymous"). Not thread-safe: the device's lock guards it."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[tuple[int, int, _Slot]]] = {}
+        self._next_tag: dict[str, int] = {}
+        self._clock = 0
+        self._arrivals = itertools.count()
+
+    def push(self, caller: str, slot: _Slot) -> None:
+        """Queues `slot` behind the calls `caller` already has waiting."""
+        tag = max(self._clock, self._next_tag.get(caller, 0))
+        self._next_tag[caller] = tag + 1
+        self._queues.setdefault(caller, deque()).append((tag, next(self._arrivals), slot))
+
+    def pop(self) -> _Slot | None:
+        """The next call in turn (gone ones included: the worker skips them); None when
+        nothing waits."""
+        if not self._queues:
+            return None
+        caller = min(self._queues, key=lambda name: self._queues[name][0][:2])
+        queue = self._queues[caller]
+        tag, _, slot = queue.popleft()
+        if not queue:
+            del self._queues[caller]
+        self._clock = max(self._clock, tag)
+        return slot
+
+
+@dataclass
+class _DeviceWorker:
+    executor: ThreadPoolExecutor
+    waiting: int = 0
+    running: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    queue: FairQueue = field(default_factory=FairQueue)
+
+    def run_next(self) -> None:
+        """On the worker thread: runs the next waiting call in turn. One is submitted
+        per call queued, so every waiting call gets a turn."""
+        while True:
+            with self.lock:
+                slot = self.queue.pop()
+                if slot is None:
+                    return
+                if slot.state != _WAITING:
+                    continue
+                slot.state = _RUNNING
+                self.waiting -= 1
+                self.running += 1
+            slot.context.run(slot.run)
+            return
 
 
 class Engine:
@@ -180,33 +229,32 @@ class Engine:
         worker = self._worker(device)
         return worker.waiting, worker.running
 
-    def _admit(self, device: torch.device) -> _Slot:
+    def _admit(self, device: torch.device, caller: str, run: Callable[[], None]) -> _Slot:
         worker = self._worker(device)
+        slot = _Slot(worker, run, contextvars.copy_context())
         with worker.lock:
             if worker.waiting >= self._max_queue:
                 raise Overloaded(
                     f"{worker.waiting} requests are already queued for {device}; retry later"
                 )
             worker.waiting += 1
-        return _Slot(worker)
+            worker.queue.push(caller, slot)
+        return slot
 
-    async def stream(self, device: torch.device, work: Work) -> AsyncIterator[Any]:
+    async def stream(self, device: torch.device, work: Work, caller: str = ANONYMOUS) -> AsyncIterator[Any]:
         """Runs `work` on the device's worker and yields what it emits, as the caller
-        reads it (see the module's note on backpressure).
+        reads it (see the module's note on backpressure). Calls wait in the device's
+        FairQueue under `caller`: callers take turns.
 
         Raises Overloaded at once when the device's queue is full. Closing the iterator
         (the caller went away) gives a waiting call's place back at once and cancels
         running work at its next check.
         """
-        slot = self._admit(device)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         sink = Sink(loop, queue, stall_timeout=self._stall_timeout)
-        self._sinks.add(sink)
 
         def run() -> None:
-            if not slot.start():
-                return
             try:
                 sink.check()
                 work(sink)
@@ -218,7 +266,9 @@ class Engine:
             finally:
                 slot.end()
 
-        future = loop.run_in_executor(slot.worker.executor, run)
+        slot = self._admit(device, caller, run)
+        self._sinks.add(sink)
+        future = loop.run_in_executor(slot.worker.executor, slot.worker.run_next)
         try:
             while True:
                 item = await queue.get()

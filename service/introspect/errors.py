@@ -44,6 +44,20 @@ class ReaderStalled(IntrospectError):
     it; the computation was stopped to free the device."""
 
 
+class Unauthenticated(IntrospectError):
+    """The call carries no bearer token, or one the tokens file does not hold. The
+    message never says which."""
+
+
+class QuotaExceeded(IntrospectError):
+    """The caller is over its rate or concurrency quota; `retry_after` says (in seconds)
+    when a retry may succeed."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unimplemented(IntrospectError):
     """The RPC or option is declared in the contract but not offered by this server."""
 

@@ -93,7 +93,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
-            "introspect_requests", "RPCs finished, by RPC, model and status code", ["rpc", "model", "code"],
+            "introspect_requests", "RPCs finished, by RPC, model, status code and caller",
+            ["rpc", "model", "code", "caller"],
             registry=registry,
         )
         self.duration = Histogram(

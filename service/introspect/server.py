@@ -21,13 +21,18 @@ from introspect_contract import pb
 from introspect_contract import pb_grpc
 
 from .admission import RequestLimits
+from .auth import Authenticator, TokenFileError
+from .auth import authenticator as build_authenticator
 from .cache import ResultCache, build_result_cache
+from .callers import CallerLogFilter
 from .config import Settings, parse_serve_arguments
 from .dataplane import DataPlane
 from .engine import Engine
 from .health import SERVING, DrainingHealth
 from .metrics import Metrics, ServerState, cuda_memory_allocated
 from .models import ModelLoadError, ModelRegistry
+from .quotas import CallerQuotas, Quota
+from .rpc.authenticating import AuthInterceptor
 from .rpc.caching import CacheInterceptor
 from .rpc.draining import DrainInterceptor
 from .rpc.observing import MetricsInterceptor
@@ -76,15 +81,27 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
+def caller_defaults(settings: Settings) -> Quota:
+    """The quotas of the anonymous caller and of tokens file callers that set none."""
+    return Quota(settings.caller_max_concurrency, settings.caller_rate_per_second, settings.caller_burst)
+
+
 def interceptors(
-    settings: Settings, plane: DataPlane, metrics: Metrics, cache: ResultCache | None, drain: DrainInterceptor
+    settings: Settings,
+    plane: DataPlane,
+    metrics: Metrics,
+    cache: ResultCache | None,
+    drain: DrainInterceptor,
+    authenticator: Authenticator,
 ) -> list[grpc.aio.ServerInterceptor]:
     """Request metrics outermost (they see cache hits, undecodable requests and calls
-    refused while draining too), then the refusal of undecodable requests, then the drain,
-    then the result cache."""
+    refused while draining too), then authentication and quotas (before the request's
+    bytes are looked at), then the refusal of undecodable requests, then the drain, then
+    the result cache."""
     service = pb.DESCRIPTOR.services_by_name["Introspection"]
     chain: list[grpc.aio.ServerInterceptor] = [
         MetricsInterceptor(metrics, SERVICE_NAME, plane.model_label),
+        AuthInterceptor(authenticator, CallerQuotas(), SERVICE_NAME, guard_others=settings.auth_health),
         UndecodableInterceptor(service),
         drain,
     ]
@@ -163,6 +180,7 @@ async def serve(
     called with the bound port once the server serves."""
     quiet_caller_left_records()
     tls = load_tls(settings)
+    authenticator = build_authenticator(settings.auth_tokens_file, caller_defaults(settings))
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
@@ -170,7 +188,7 @@ async def serve(
     cache = build_result_cache(settings, metrics.cache_observer)
     drain = DrainInterceptor(SERVICE_NAME)
     server = grpc.aio.server(
-        options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache, drain)
+        options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache, drain, authenticator)
     )
     pb_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(plane, settings.max_message_bytes), server)
     health_servicer = DrainingHealth()
@@ -253,11 +271,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     transformers_logging.disable_progress_bar()
     logging.basicConfig(
-        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s [%(caller)s]: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CallerLogFilter())
     try:
         asyncio.run(serve(settings))
-    except (ModelLoadError, TlsFileError) as error:
+    except (ModelLoadError, TlsFileError, TokenFileError) as error:
         log.error("%s", error)
         return 2
     leave_promptly(STOP_MARGIN_SECONDS)

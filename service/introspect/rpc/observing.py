@@ -1,6 +1,8 @@
 """Request metrics for every RPC of the service, recorded in one place: a server
 interceptor that sees each call's RPC, model, status code, latency, time to first
-message and bytes sent, whatever the handler."""
+message and bytes sent, whatever the handler; the request count also by caller (the name
+the authentication interceptor, inside this one, gave the call; "anonymous" for calls
+refused before that)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ..callers import current_caller
 from ..metrics import Metrics
 from .intercepting import HandlerInterceptor, with_behavior
 
@@ -63,7 +66,7 @@ class _Call:
         metrics = self._metrics
         metrics.in_flight.labels(self._model).dec()
         metrics.duration.labels(*self._labels).observe(time.perf_counter() - self._started)
-        metrics.requests.labels(*self._labels, code).inc()
+        metrics.requests.labels(*self._labels, code, current_caller()).inc()
         if self._bytes:
             metrics.response_bytes.labels(*self._labels).inc(self._bytes)
 

@@ -2,7 +2,8 @@
 
 Callers get the code and a message that says what to fix; INVALID_ARGUMENT carries a
 google.rpc.BadRequest naming the field, and so does RESOURCE_EXHAUSTED for a request over a
-size or memory limit (the field to lower). Anything unexpected is logged here and becomes
+size or memory limit (the field to lower), and a google.rpc.RetryInfo for a caller over
+its quota (when to retry). Anything unexpected is logged here and becomes
 INTERNAL with a generic message: no stack traces or internals reach callers.
 
 A call the caller has already left (cancelled, past its deadline: the handler is being
@@ -13,6 +14,7 @@ as CANCELLED or DEADLINE_EXCEEDED, and nothing is logged as an incident.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import inspect
 import logging
@@ -21,7 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from ..errors import (
@@ -32,8 +35,10 @@ from ..errors import (
     InvalidInput,
     ModelNotFound,
     Overloaded,
+    QuotaExceeded,
     ReaderStalled,
     ResourceExhausted,
+    Unauthenticated,
     Unimplemented,
 )
 
@@ -46,6 +51,8 @@ _CODES: dict[type[IntrospectError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     AllocatorFailure: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ReaderStalled: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -62,17 +69,9 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
         if isinstance(error, error_type):
             message = _bounded(str(error))
             detail = status_pb2.Status(code=code.value[0], message=message)
-            if isinstance(error, FieldError):
+            for extra in _details_of(error):
                 packed = any_pb2.Any()
-                packed.Pack(
-                    error_details_pb2.BadRequest(
-                        field_violations=[
-                            error_details_pb2.BadRequest.FieldViolation(
-                                field=_bounded(error.field), description=_bounded(error.description)
-                            )
-                        ]
-                    )
-                )
+                packed.Pack(extra)
                 detail.details.append(packed)
             return code, message, ((_STATUS_DETAILS_KEY, detail.SerializeToString()),)
     incident = uuid.uuid4().hex[:12]
@@ -80,6 +79,20 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     message = f"internal error (incident {incident}); the server log has the details"
     detail = status_pb2.Status(code=code_pb2.INTERNAL, message=message)
     return grpc.StatusCode.INTERNAL, message, ((_STATUS_DETAILS_KEY, detail.SerializeToString()),)
+
+
+def _details_of(error: IntrospectError) -> list[Message]:
+    """The google.rpc details that tell a caller what to do about `error`."""
+    if isinstance(error, FieldError):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=_bounded(error.field), description=_bounded(error.description)
+        )
+        return [error_details_pb2.BadRequest(field_violations=[violation])]
+    if isinstance(error, QuotaExceeded):
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(datetime.timedelta(seconds=max(error.retry_after, 0.001)))
+        return [error_details_pb2.RetryInfo(retry_delay=delay)]
+    return []
 
 
 def _bounded(text: str) -> str:
