@@ -32,6 +32,7 @@ from .rpc.draining import DrainInterceptor
 from .rpc.observing import MetricsInterceptor
 from .rpc.servicer import IntrospectionServicer
 from .rpc.undecodable import UndecodableInterceptor
+from .secret_files import StartupError
 
 log = logging.getLogger("introspect")
 
@@ -127,11 +128,11 @@ async def serve(
     signal handlers cannot be installed) pass `stopping` and set it to stop; `ready` is
     called with the bound port once the server serves."""
     quiet_caller_left_records()
+    metrics = Metrics()
+    cache = build_result_cache(settings, metrics.cache_observer)  # before loading: secret files fail fast
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
-    metrics = Metrics()
-    cache = build_result_cache(settings, metrics.cache_observer)
     drain = DrainInterceptor(SERVICE_NAME)
     server = grpc.aio.server(
         options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache, drain)
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except ModelLoadError as error:
+    except (ModelLoadError, StartupError) as error:
         log.error("%s", error)
         return 2
     leave_promptly(STOP_MARGIN_SECONDS)
