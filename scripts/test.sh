@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs everything the suite needs on a fresh machine, then runs it.
 #   - Debian packages redis-server and prometheus (real servers the suite starts itself)
+#   - kubectl (kustomize v5 inside) to render deploy/kubernetes/overlays: the `kubectl`
+#     package of the Kubernetes apt repository (pkgs.k8s.io) or Google Cloud's; Debian's
+#     own kubernetes-client is too old (kustomize v2) for the manifests
 #   - a virtual environment in .venv with the CPU build of torch and the dev extras
 #   - buf (contract lint and breaking-change checks), pinned in package-lock.json
 # Extra arguments go to pytest (e.g. scripts/test.sh -k attention); the exit code is pytest's.
@@ -10,6 +13,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   sudo_cmd=()

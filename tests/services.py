@@ -78,28 +78,45 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    password: str | None = None
+    """When set, the server requires it (--requirepass); `url` leaves it out."""
+    cache_secret: str = "test-cache-secret-0123456789abcdef"
+    """What `server_flags` gives servers in their --cache-secret-file."""
 
     @property
     def url(self) -> str:
-        """redis:// URL of the server."""
+        """redis:// URL of the server (without the password)."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def server_flags(self) -> list[str]:
+        """The introspect server flags that use this Redis: --redis-url and a
+        --cache-secret-file holding `cache_secret` (and --redis-password-file if needed)."""
+        secret_file = self.directory / "cache-secret"
+        secret_file.write_text(self.cache_secret + "\n")
+        flags = [f"--redis-url={self.url}", f"--cache-secret-file={secret_file}"]
+        if self.password is not None:
+            password_file = self.directory / "redis-password"
+            password_file.write_text(self.password + "\n")
+            flags.append(f"--redis-password-file={password_file}")
+        return flags
 
     def start(self) -> RedisServer:
         """Starts (or restarts) the server and waits until it answers PING."""
         binary = require_binary("redis-server")
+        auth = ["--requirepass", self.password] if self.password is not None else []
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"],
+             "--dir", str(self.directory), "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru", *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(self.ping, 10, message=f"redis-server on port {self.port}")
         return self
 
     def client(self):  # type: ignore[no-untyped-def]
-        """A synchronous redis client of this server."""
+        """A synchronous redis client of this server (authenticated when it needs it)."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2)
 
     def ping(self) -> bool:
         """True when the server answers."""

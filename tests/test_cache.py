@@ -318,7 +318,7 @@ def replicas(model_dirs: dict[str, Path], redis_server: RedisServer) -> Iterator
         for _ in range(2):
             port, flag = metrics_port_flag()
             server = start_server(f"--model=minilm={model_dirs['minilm']}", f"--model=gpt2={model_dirs['gpt2']}",
-                                  f"--redis-url={redis_server.url}", flag, env=server_env())
+                                  *redis_server.server_flags(), flag, env=server_env())
             running.append((server, port))
         yield running
     finally:
@@ -351,7 +351,7 @@ async def test_two_replicas_sharing_redis_compute_concurrent_identical_calls_onc
 async def test_a_replica_dying_mid_computation_blocks_nobody(
     replicas: list[tuple[RunningServer, int]], redis_server: RedisServer, model_dirs: dict[str, Path]
 ) -> None:
-    doomed = start_server(f"--model=minilm={model_dirs['minilm']}", f"--redis-url={redis_server.url}", env=server_env())
+    doomed = start_server(f"--model=minilm={model_dirs['minilm']}", *redis_server.server_flags(), env=server_env())
     request = attention_request(long_text(600) + " the leader dies", "minilm", **HEAVY_REQUEST)
     sync = redis_server.client()
 

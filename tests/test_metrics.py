@@ -148,7 +148,7 @@ def test_alert_rules_pass_promtool() -> None:
     promtool = require_binary("promtool")
     check = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=MONITORING, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 4 rules found" in check.stdout
+    assert "SUCCESS: 5 rules found" in check.stdout
     unit = subprocess.run(
         [promtool, "test", "rules", "alerts_test.yml"], cwd=MONITORING, capture_output=True, text=True
     )

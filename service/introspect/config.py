@@ -57,6 +57,8 @@ class Settings:
     cache_ttl_seconds: int = 3600
     cache_max_value_bytes: int = 64 * MIB
     cache_prefix: str = "introspect:"
+    cache_secret_file: str = ""
+    redis_password_file: str = ""
     log_level: str = "INFO"
     auth_tokens_file: str = ""
     auth_health: bool = False
@@ -140,6 +142,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-ttl-seconds", type=int, help="time to live of cached results")
     parser.add_argument("--cache-max-value-bytes", type=int, help="larger results are not cached")
     parser.add_argument("--cache-prefix", help="Redis key prefix")
+    parser.add_argument(
+        "--cache-secret-file",
+        help="file with the secret that tags cached values (line 1: current, optional line 2: previous); "
+        "required with --redis-url",
+    )
+    parser.add_argument("--redis-password-file", help="file with the Redis password (instead of one in --redis-url)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
         "--auth-tokens-file",

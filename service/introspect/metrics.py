@@ -128,6 +128,10 @@ class Metrics:
             "introspect_cache_errors", "Failed or timed-out cache backend operations", ["backend", "operation"],
             registry=registry,
         )
+        self.cache_rejected = Counter(
+            "introspect_cache_rejected", "Stored values that failed their integrity check (deleted, served as misses)",
+            ["backend"], registry=registry,
+        )
         self.cache_up = Gauge(
             "introspect_cache_up", "1 while the cache backend is reachable, else 0", ["backend"], registry=registry
         )
@@ -185,6 +189,7 @@ class CacheMetrics:
         self._metrics = metrics
         self._backend = backend
         metrics.cache_up.labels(backend).set(1)
+        metrics.cache_rejected.labels(backend)  # the series exists from the start, at 0
 
     def hit(self, rpc: str, coalesced: bool) -> None:
         """Counts a hit (and a coalesced one)."""
@@ -203,6 +208,10 @@ class CacheMetrics:
     def available(self, up: bool) -> None:
         """Sets introspect_cache_up."""
         self._metrics.cache_up.labels(self._backend).set(1 if up else 0)
+
+    def rejected(self) -> None:
+        """Counts a value that failed its integrity check."""
+        self._metrics.cache_rejected.labels(self._backend).inc()
 
 
 def cuda_memory_allocated(devices: Iterable[str]) -> Callable[[], dict[str, int]]:

@@ -39,6 +39,7 @@ from .rpc.observing import MetricsInterceptor
 from .rpc.servicer import IntrospectionServicer
 from .rpc.undecodable import UndecodableInterceptor
 from .tls import ReloadingTls, TlsFileError, TlsFiles
+from .secret_files import StartupError
 
 log = logging.getLogger("introspect")
 
@@ -181,11 +182,11 @@ async def serve(
     quiet_caller_left_records()
     tls = load_tls(settings)
     authenticator = build_authenticator(settings.auth_tokens_file, caller_defaults(settings))
+    metrics = Metrics()
+    cache = build_result_cache(settings, metrics.cache_observer)  # before loading: secret files fail fast
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
-    metrics = Metrics()
-    cache = build_result_cache(settings, metrics.cache_observer)
     drain = DrainInterceptor(SERVICE_NAME)
     server = grpc.aio.server(
         options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache, drain, authenticator)
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.addFilter(CallerLogFilter())
     try:
         asyncio.run(serve(settings))
-    except (ModelLoadError, TlsFileError, TokenFileError) as error:
+    except (ModelLoadError, TlsFileError, TokenFileError, StartupError) as error:
         log.error("%s", error)
         return 2
     leave_promptly(STOP_MARGIN_SECONDS)

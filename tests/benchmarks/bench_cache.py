@@ -109,7 +109,7 @@ def main() -> None:
     common = (f"--model=minilm={path}", f"--max-message-bytes={arguments.max_message_bytes}")
     servers = {
         "memory": start_server(*common),
-        "redis": start_server(*common, f"--redis-url={redis_server.url}"),
+        "redis": start_server(*common, *redis_server.server_flags()),
     }
     rows = []
     try:

@@ -45,7 +45,7 @@ def fragile(
     redis_process = RedisServer(tmp_path_factory.mktemp("fragile-redis")).start()
     port, flag = metrics_port_flag()
     server = start_server(
-        f"--model=gpt2={model_dirs['gpt2']}", f"--redis-url={redis_process.url}", flag, env=server_env()
+        f"--model=gpt2={model_dirs['gpt2']}", *redis_process.server_flags(), flag, env=server_env()
     )
     yield redis_process, server, port
     server.stop()

@@ -38,6 +38,9 @@ class Backend(Protocol):
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> bool:
         """Stores `value` for `ttl_seconds` (<= 0: no expiry); False if it was not stored."""
 
+    async def delete(self, key: str) -> None:
+        """Removes the value under `key`, if any."""
+
     async def lead(self, key: str) -> Leadership:
         """Claims the computation of `key` across replicas, waiting while another replica
         holds the claim and is alive."""
@@ -65,6 +68,9 @@ class CacheObserver(Protocol):
     def available(self, up: bool) -> None:
         """The backend became reachable (True) or unreachable (False)."""
 
+    def rejected(self) -> None:
+        """A stored value failed its integrity check (it was deleted, and is a miss)."""
+
 
 class NullObserver:
     """An observer that records nothing."""
@@ -79,4 +85,7 @@ class NullObserver:
         """Ignored."""
 
     def available(self, up: bool) -> None:
+        """Ignored."""
+
+    def rejected(self) -> None:
         """Ignored."""

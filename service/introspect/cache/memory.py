@@ -51,6 +51,10 @@ class MemoryBackend:
         self._bytes += len(value)
         return True
 
+    async def delete(self, key: str) -> None:
+        """Drops the value under `key`."""
+        self._remove(key)
+
     async def lead(self, key: str) -> Leadership:
         """One process only: the result cache's in-process single flight is enough."""
         return Leadership()

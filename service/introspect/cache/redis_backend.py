@@ -91,7 +91,10 @@ class RedisBackend:
         lease_seconds: float = 5.0,
         max_wait_seconds: float = 60.0,
         probe_interval_seconds: float = 2.0,
+        password: str | None = None,
     ) -> None:
+        """`url`: redis:// or rediss:// (TLS; options such as ssl_ca_certs in its query),
+        with an optional user and password (AUTH / ACL); `password` overrides none there."""
         self._url = redact(url)
         self._prefix = prefix
         self._observer = observer or NullObserver()
@@ -101,6 +104,7 @@ class RedisBackend:
             socket_connect_timeout=timeout_seconds,
             socket_read_size=256 * 1024,
             retry=Retry(NoBackoff(), 0),
+            **({"password": password} if password is not None else {}),
         )
         self._renew_script = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)
@@ -136,6 +140,10 @@ class RedisBackend:
         expiry = ttl_seconds if ttl_seconds > 0 else None
         done = await self._call("set", lambda: self._client.set(self.value_key(key), value, ex=expiry))
         return not isinstance(done, _Unavailable) and bool(done)
+
+    async def delete(self, key: str) -> None:
+        """DEL of the value (skipped while Redis is unavailable)."""
+        await self._call("delete", lambda: self._client.delete(self.value_key(key)))
 
     async def lead(self, key: str) -> Leadership:
         """Takes the lock for `key`, or waits (polling with backoff) for the replica that

@@ -1,0 +1,49 @@
+"""Measures the two candidate MACs of cache values, HMAC-SHA256 and keyed BLAKE2b, on
+1, 2 and 4 MB values (the sizes of the cache benchmarks), and prints a Markdown table of
+median milliseconds per value (the figures in README.md, "Result cache").
+
+    python tests/benchmarks/bench_mac.py [--repeats 31]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+MACS: dict[str, Callable[[bytes, bytes], bytes]] = {
+    "HMAC-SHA256": lambda key, value: hmac.new(key, value, hashlib.sha256).digest(),
+    "keyed BLAKE2b-256": lambda key, value: hashlib.blake2b(value, key=key, digest_size=32).digest(),
+}
+
+
+def median_ms(mac: Callable[[bytes, bytes], bytes], key: bytes, value: bytes, repeats: int) -> float:
+    """Median wall time of one MAC of `value`, in milliseconds."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        mac(key, value)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000
+
+
+def main() -> None:
+    """Prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=31)
+    repeats = parser.parse_args().repeats
+    key = os.urandom(32)
+    print("| value | " + " | ".join(f"{name} (ms)" for name in MACS) + " |")
+    print("| --- |" + " --- |" * len(MACS))
+    for megabytes in (1, 2, 4):
+        value = os.urandom(megabytes * 1_000_000)
+        cells = [f"{median_ms(mac, key, value, repeats):.2f}" for mac in MACS.values()]
+        print(f"| {megabytes} MB | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

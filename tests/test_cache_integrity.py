@@ -1,0 +1,250 @@
+"""Cache integrity: tagged values, tampering, secret rotation, Redis AUTH and bad secret
+files. Real parts: a redis-server started here with --requirepass, a real server process
+called over loopback, and the in-process memory backend behind a real ResultCache.
+
+The reference for a tag is HMAC-SHA256 computed here from the documented layout (the
+key's length as 8 little-endian bytes, the key, the value), not the service's helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import RunningServer, start_server
+from introspect.cache import CacheSecrets, MemoryBackend, Outcome, Policy, RedisBackend, ResultCache, SealedBackend
+from introspect.cache.integrity import TAG_BYTES
+from introspect_contract import pb
+from services import RedisServer, attention_request, chunks, metrics_port_flag, scrape, server_env, stream_attention, total
+
+CURRENT, PREVIOUS, UNKNOWN = (f"{name}-secret-0123456789abcdef".encode() for name in ("current", "previous", "unknown"))
+PASSWORD = "redis-password-for-tests"
+
+
+def reference_tag(secret: bytes, key: str, value: bytes) -> bytes:
+    """HMAC-SHA256 over len(key) (u64 LE), key, value."""
+    return hmac.new(secret, struct.pack("<Q", len(key.encode())) + key.encode() + value, hashlib.sha256).digest()
+
+
+def flipped(stored: bytes, position: int = -1) -> bytes:
+    """`stored` with every bit of one byte inverted."""
+    data = bytearray(stored)
+    data[position] ^= 0xFF
+    return bytes(data)
+
+
+async def stored_value(backend: MemoryBackend, key: str) -> bytes:
+    """The raw value under `key` once the cache's background store has put it there."""
+    for _ in range(500):
+        entry = backend._entries.get(key)
+        if entry is not None:
+            return entry[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"nothing stored under {key}")
+
+
+class Rejections:
+    """A cache observer that counts rejected values (and ignores the rest)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hit(self, rpc: str, coalesced: bool) -> None:
+        """Ignored."""
+
+    def miss(self, rpc: str) -> None:
+        """Ignored."""
+
+    def error(self, operation: str) -> None:
+        """Ignored."""
+
+    def available(self, up: bool) -> None:
+        """Ignored."""
+
+    def rejected(self) -> None:
+        """Counts one."""
+        self.count += 1
+
+
+async def test_memory_backend_never_serves_a_tampered_value() -> None:
+    inner = MemoryBackend(1 << 20)
+    rejections = Rejections()
+    cache = ResultCache(SealedBackend(inner, CacheSecrets(CURRENT), rejections), ttl_seconds=60,
+                        max_value_bytes=1 << 20, observer=rejections)
+    computed = [b"first message", b"second message" * 100]
+    computations = 0
+
+    async def compute() -> AsyncIterator[bytes]:
+        nonlocal computations
+        computations += 1
+        for message in computed:
+            yield message
+
+    async def one() -> tuple[Outcome, list[bytes]]:
+        served = await cache.serve("key", Policy.USE, "Rpc", compute)
+        try:
+            return served.outcome, [message async for message in served.messages()]
+        finally:
+            await served.close()
+
+    assert await one() == (Outcome.MISS, computed)
+    stored = await stored_value(inner, "key")
+    assert stored[:TAG_BYTES] == reference_tag(CURRENT, "key", stored[TAG_BYTES:])
+    assert await one() == (Outcome.HIT, computed) and computations == 1
+
+    inner._entries["key"] = (flipped(stored), inner._entries["key"][1])
+    assert await cache.backend.get("key") is None  # rejected and deleted
+    assert "key" not in inner._entries and rejections.count == 1
+    inner._entries["key"] = (flipped(stored, TAG_BYTES + 3), float("inf"))
+    assert await one() == (Outcome.MISS, computed) and computations == 2 and rejections.count == 2
+    assert await stored_value(inner, "key") == stored  # recomputed and stored afresh
+    await cache.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server that requires a password; servers get the current and previous secret."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), password=PASSWORD,
+                         cache_secret=f"{CURRENT.decode()}\n{PREVIOUS.decode()}").start()
+    yield server
+    server.stop()
+
+
+async def test_redis_values_rotate_and_unknown_or_tampered_ones_are_deleted(redis_server: RedisServer) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+    rejections = Rejections()
+    old = SealedBackend(RedisBackend(url, "rot:"), CacheSecrets(PREVIOUS))
+    rotated = SealedBackend(RedisBackend(redis_server.url, "rot:", password=PASSWORD),
+                            CacheSecrets(CURRENT, PREVIOUS), rejections)
+    stranger = SealedBackend(RedisBackend(url, "rot:"), CacheSecrets(UNKNOWN))
+    sync = redis_server.client()
+    try:
+        assert await old.set("k", b"written before the rotation", ttl_seconds=30)
+        raw = sync.get("rot:result:k")
+        assert raw == reference_tag(PREVIOUS, "k", b"written before the rotation") + b"written before the rotation"
+        assert await rotated.get("k") == b"written before the rotation" and rejections.count == 0
+
+        assert await rotated.set("k", b"after", ttl_seconds=30)
+        assert sync.get("rot:result:k") == reference_tag(CURRENT, "k", b"after") + b"after"
+        assert await old.get("k") is None  # a replica without the new secret cannot read it
+
+        assert await stranger.set("k", b"forged", ttl_seconds=30)
+        assert await rotated.get("k") is None and rejections.count == 1 and sync.get("rot:result:k") is None
+
+        assert await rotated.set("k", b"genuine", ttl_seconds=30)
+        sync.set("rot:result:k", flipped(sync.get("rot:result:k")))
+        assert (await rotated.lead("k")).value is None and rejections.count == 2
+
+        assert await rotated.set("k", b"genuine", ttl_seconds=30)
+        sync.set("rot:result:moved", sync.get("rot:result:k"))  # a genuine value under another key
+        assert await rotated.get("moved") is None and rejections.count == 3
+        assert await rotated.get("k") == b"genuine"
+    finally:
+        for backend in (old, rotated, stranger):
+            await backend.close()
+
+
+async def test_redis_without_the_password_is_unavailable_not_an_error(redis_server: RedisServer) -> None:
+    backend = RedisBackend(redis_server.url, "auth:")
+    try:
+        assert await backend.get("k") is None
+        assert not await backend.set("k", b"v", ttl_seconds=5)
+    finally:
+        await backend.close()
+    assert redis_server.client().get("auth:result:k") is None
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs: dict[str, Path], redis_server: RedisServer) -> Iterator[tuple[RunningServer, int]]:
+    """A server on the password-protected Redis, with metrics."""
+    port, flag = metrics_port_flag()
+    running = start_server(f"--model=gpt2={model_dirs['gpt2']}", *redis_server.server_flags(), flag, env=server_env())
+    yield running, port
+    running.stop()
+
+
+async def test_a_tampered_value_in_redis_is_recomputed_deleted_and_counted(
+    server: tuple[RunningServer, int], redis_server: RedisServer
+) -> None:
+    running, port = server
+    sync = redis_server.client()
+    request = attention_request("Tampered values are never served.", "gpt2", layers=[0])
+    reference = await stream_attention(running.address, attention_request(
+        "Tampered values are never served.", "gpt2", layers=[0], cache=pb.CACHE_POLICY_BYPASS))  # BYPASS: the model's numbers
+    assert reference.cache == "bypass"
+    assert (await stream_attention(running.address, request)).cache == "miss"
+    [key] = sync.keys("introspect:result:*")
+    genuine = sync.get(key)
+    assert genuine[:TAG_BYTES] == reference_tag(CURRENT, key.decode().rsplit(":", 1)[1], genuine[TAG_BYTES:])
+    assert (await stream_attention(running.address, request)).cache == "hit"
+
+    for value in (flipped(genuine), flipped(genuine, 0),  # the value's bytes, the tag's
+                  reference_tag(UNKNOWN, key.decode().rsplit(":", 1)[1], genuine[TAG_BYTES:]) + genuine[TAG_BYTES:]):
+        before = total(scrape(port), "introspect_cache_rejected_total", backend="redis")
+        sync.set(key, value)
+        reply = await stream_attention(running.address, request)
+        assert reply.cache == "miss" and not reply.messages[0].header.cached
+        assert chunks(reply.messages) == chunks(reference.messages)
+        assert total(scrape(port), "introspect_cache_rejected_total", backend="redis") == before + 1
+        assert sync.get(key) == genuine  # the bad value was deleted and the result stored again
+
+    # Written under the previous secret (a replica not yet rotated): accepted.
+    body = genuine[TAG_BYTES:]
+    sync.set(key, reference_tag(PREVIOUS, key.decode().rsplit(":", 1)[1], body) + body)
+    reply = await stream_attention(running.address, request)
+    assert reply.cache == "hit" and chunks(reply.messages) == chunks(reference.messages)
+
+
+def _start_fails(tmp_path: Path, *flags: str) -> str:
+    """Runs the server with `flags`; asserts exit code 2 and returns its one error line."""
+    result = subprocess.run([sys.executable, "-m", "introspect", "--port", "0", *flags], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, **server_env()}, cwd=tmp_path)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and len(output.splitlines()) == 1, output
+    return output
+
+
+@pytest.mark.parametrize(
+    ("content", "flag", "says"),
+    [
+        (None, "--cache-secret-file", "No such file"),
+        ("", "--cache-secret-file", "holds 0 secret lines"),
+        ("one-secret-0123456789\ntwo-secret-0123456789\nthree-secret-0123456789\n", "--cache-secret-file",
+         "holds 3 secret lines"),
+        ("short-secret\n", "--cache-secret-file", "at least 16"),
+        (b"\xff\xfe not text", "--cache-secret-file", "UnicodeDecodeError"),
+        ("first-password\nsecond-password\n", "--redis-password-file", "expected one line"),
+        (None, "--redis-password-file", "No such file"),
+    ],
+)
+def test_a_bad_secret_file_stops_the_server_with_one_line_naming_it(
+    tmp_path: Path, content: str | bytes | None, flag: str, says: str
+) -> None:
+    path = tmp_path / "secret"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    good = tmp_path / "good"
+    good.write_text(CURRENT.decode())
+    flags = [f"{flag}={path}"]
+    if flag == "--redis-password-file":
+        flags.append(f"--cache-secret-file={good}")
+    line = _start_fails(tmp_path, "--redis-url=redis://127.0.0.1:1/0", *flags)
+    assert str(path) in line and flag in line and says in line, line
+    for secret in ("short-secret", "one-secret", "first-password"):
+        assert secret not in line
+
+
+def test_redis_without_a_cache_secret_is_refused_at_start(tmp_path: Path) -> None:
+    line = _start_fails(tmp_path, "--redis-url=redis://127.0.0.1:1/0")
+    assert "--cache-secret-file" in line
