@@ -19,7 +19,7 @@ from .ablation import (
     JointAblationResult,
     ablation_request,
 )
-from .client import DEFAULT_MAX_MESSAGE_BYTES, AsyncClient, Client
+from .client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SERVICE_CONFIG, AsyncClient, Client
 from .errors import IntrospectError
 from .inputs import InputLike, InputsLike, make_input, make_inputs
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
@@ -42,6 +42,7 @@ __all__ = [
     "BASELINES",
     "CACHE_POLICIES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_SERVICE_CONFIG",
     "INTEGRATION_RULES",
     "SALIENCY_METHODS",
     "VALUE_DTYPES",

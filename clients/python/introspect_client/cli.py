@@ -7,7 +7,9 @@
     introspect ablate --text TEXT --target KIND ...  head ablation / importance: summary, --json, --png
     introspect lens --text TEXT ...        the logit lens (LM heads): table, --json
 
-Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051).
+Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051),
+over TLS with --tls-ca/--tls-cert/--tls-key, with a bearer token from --token or
+--token-file (and $INTROSPECT_TLS_CA, ..., $INTROSPECT_TOKEN, $INTROSPECT_TOKEN_FILE).
 Errors print `error: <message>` to stderr and exit with status 1.
 """
 
@@ -28,30 +30,26 @@ from introspect_contract import pb
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
 from .cli_lens import add_lens_command
 from .cli_saliency import add_saliency_command
+from .cli_connection import DEFAULT_SERVER, SERVER_ENV, add_connection_arguments, client_of
 from .client import Client
 from .errors import IntrospectError
 from .options import VIEWS
 from .results import AttentionResult, InputAttention
 
-DEFAULT_SERVER = "127.0.0.1:50051"
-SERVER_ENV = "INTROSPECT_SERVER"
+__all__ = ["DEFAULT_SERVER", "SERVER_ENV", "build_parser", "main"]
 
 
 def _client_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """Flags every client subcommand takes."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--server",
-        default=environ.get(SERVER_ENV) or DEFAULT_SERVER,
-        metavar="HOST:PORT",
-        help=f"server address (default: ${SERVER_ENV}, else {DEFAULT_SERVER})",
-    )
+    add_connection_arguments(parent, environ)
     parent.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="deadline of the call")
     return parent
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The argument parser of `introspect` (the environment supplies the --server default)."""
+    """The argument parser of `introspect` (the environment supplies the defaults of the
+    connection flags: --server, TLS, token)."""
     client_options = _client_options(os.environ if environ is None else environ)
     parser = argparse.ArgumentParser(
         prog="introspect",
@@ -361,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(arguments[1:])
     args = build_parser().parse_args(arguments)
     try:
-        with Client(args.server) as client:
+        with client_of(args) as client:
             args.run(args, client, sys.stdout)
     except (IntrospectError, ValueError, ImportError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -14,7 +14,9 @@ call is awaited.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+import json
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, Unpack
 
@@ -24,7 +26,7 @@ import grpc.aio
 from introspect_contract import pb
 from introspect_contract import pb_grpc
 from .ablation import AblationAssembler, AblationOptions, AblationResult, ablation_request
-from .errors import translate_rpc_errors
+from .errors import IntrospectError, translate_rpc_errors
 from .inputs import InputLike, InputsLike
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .options import AttentionOptions, attention_request, int_list
@@ -36,6 +38,41 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 """Default largest message the client receives (and sends); the server's default is 4 MiB."""
 
 Metadata = Sequence[tuple[str, str | bytes]]
+ChannelOptions = Sequence[tuple[str, Any]]
+
+SERVICE_NAME = "introspect.v1.Introspection"
+
+DEFAULT_SERVICE_CONFIG: Mapping[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE_NAME}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+"""The clients' default gRPC service config (pass `service_config=None` for gRPC's own
+defaults: pick_first, transparent retries only).
+
+- `round_robin`: calls are spread over every address the target resolves to (a headless
+  Kubernetes Service's `dns:///` name, or an `ipv4:A:P1,B:P2` list); with one address
+  it behaves as pick_first does.
+- A retry policy on UNAVAILABLE for every RPC of the service (all are idempotent: the
+  same request gives the same answer): gRPC retries a call, up to 3 attempts, while no
+  response has started (no headers or message received), e.g. on a replica that is
+  draining or gone. Once a response has started gRPC never retries; the assembled
+  methods (`attention`, `saliency`, ...) then restart the stream themselves, once.
+"""
+
+STREAM_RESTARTS = 1
+"""How often an assembled call restarts a stream that ended UNAVAILABLE after its
+response began (gRPC's retry policy covers failures before that)."""
 
 MessageT = TypeVar("MessageT", contravariant=True)
 ResultT = TypeVar("ResultT", covariant=True)
@@ -49,6 +86,39 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+
+
+def channel_arguments(
+    max_message_bytes: int, service_config: Mapping[str, Any] | None, options: ChannelOptions | None
+) -> list[tuple[str, Any]]:
+    """The channel arguments of a client: message size limits, the service config (as
+    JSON) and the caller's `options`, which override the others by name."""
+    merged: dict[str, Any] = dict(channel_options(max_message_bytes))
+    if service_config is not None:
+        merged["grpc.service_config"] = json.dumps(service_config)
+        merged["grpc.enable_retries"] = 1
+    merged.update(options or ())
+    return list(merged.items())
+
+
+def bearer_metadata(token: str) -> tuple[str, str]:
+    """The `authorization: Bearer <token>` pair; ValueError (not naming the token) for
+    one that cannot travel as a metadata value."""
+    if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError("the token must be non-empty printable ASCII without spaces")
+    return ("authorization", f"Bearer {token}")
+
+
+def _attempt_timeouts(timeout: float | None) -> Iterator[float | None]:
+    """Timeouts of a call's attempts, all within the call's one deadline: the first,
+    then up to STREAM_RESTARTS restarts while time is left."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    yield timeout
+    for _ in range(STREAM_RESTARTS):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        yield remaining
 
 
 def assembler_for(options: AttentionOptions) -> AttentionAssembler:
@@ -86,32 +156,48 @@ class _ClientBase:
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = None,
         metadata: Metadata | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        options: ChannelOptions | None = None,
+        service_config: Mapping[str, Any] | None = DEFAULT_SERVICE_CONFIG,
+        channel: Any = None,
     ) -> None:
-        self.target = target
+        if channel is None and target is None:
+            raise ValueError("give a target or a channel")
+        if channel is not None and (options is not None or credentials is not None):
+            raise ValueError("options and credentials configure a channel the client opens, not a given one")
+        self.target = target if target is not None else "<channel>"
         self.timeout = timeout
-        self._metadata = tuple(metadata or ())
-        self._options = channel_options(max_message_bytes)
-        self._channel = self._open_channel(target, credentials, self._options)
+        self._metadata = tuple(metadata or ()) + ((bearer_metadata(token),) if token is not None else ())
+        self._owns_channel = channel is None
+        if channel is None:
+            channel = self._open_channel(
+                self.target, credentials, channel_arguments(max_message_bytes, service_config, options)
+            )
+        self._channel = channel
         self._stub = pb_grpc.IntrospectionStub(self._channel)
 
     @staticmethod
     def _open_channel(
-        target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, int]]
+        target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
     ) -> Any:  # pragma: no cover - each client opens its own kind of channel
         raise NotImplementedError
 
     def _call_kwargs(self, timeout: float | None) -> dict[str, Any]:
         """Per-call keyword arguments: the call's timeout, else the client's, and metadata."""
         return {
-            "timeout": self.timeout if timeout is None else timeout,
+            "timeout": self._timeout_of(timeout),
             "metadata": self._metadata or None,
         }
+
+    def _timeout_of(self, timeout: float | None) -> float | None:
+        """A call's timeout: its own, else the client's."""
+        return self.timeout if timeout is None else timeout
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target!r})"
@@ -121,26 +207,47 @@ class Client(_ClientBase):
     """Blocking client. Use as a context manager or call `close()`.
 
     Args:
-        target: "host:port" of the server.
+        target: a gRPC target: "host:port", "dns:///name:port" (every address the name
+            resolves to), or "ipv4:127.0.0.1:P1,127.0.0.1:P2" (a fixed list).
         max_message_bytes: largest message to receive (default 64 MiB).
         timeout: default deadline of every call in seconds (None: no deadline).
-        metadata: (key, value) pairs sent with every call (e.g. authorization).
-        credentials: TLS credentials; None for a plaintext channel.
+        metadata: (key, value) pairs sent with every call.
+        credentials: TLS credentials (`grpc.ssl_channel_credentials(...)`; with a client
+            certificate and key for mutual TLS); None for a plaintext channel.
+        token: sends `authorization: Bearer <token>` with every call. It is kept only in
+            the calls' metadata: never in `repr`, logs or error messages.
+        options: extra gRPC channel arguments, e.g. `("grpc.keepalive_time_ms", 30000)`;
+            they override the client's own (message sizes, service config) by name.
+        service_config: the channel's gRPC service config (a JSON-like dict), by default
+            `DEFAULT_SERVICE_CONFIG` (round_robin, retries on UNAVAILABLE); None for
+            gRPC's defaults.
+        channel: a ready channel to use instead of opening one (then `target` only names
+            it in `repr`; options, credentials and service_config belong to the channel
+            and cannot be given). `close()` leaves a given channel open.
 
     Every gRPC error is raised as `IntrospectError`; invalid option names as ValueError.
+
+    Failover: a call that fails UNAVAILABLE before its response starts is retried by
+    gRPC (service config). A stream that ends UNAVAILABLE after it started (a replica
+    killed or drained mid-stream) is restarted once by the assembled methods
+    (`attention`, `saliency`, `ablate`, `logit_lens`), within the call's deadline; the
+    result is built from the restarted stream only. The raw `stream_*` iterators never
+    restart (they have already handed out the first messages): they raise the error.
     """
 
     @staticmethod
     def _open_channel(
-        target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, int]]
+        target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
     ) -> grpc.Channel:
         if credentials is None:
             return grpc.insecure_channel(target, options=options)
         return grpc.secure_channel(target, credentials, options=options)
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Closes the channel the client opened (calls in flight are cancelled); a
+        channel given to the client stays open."""
+        if self._owns_channel:
+            self._channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -167,7 +274,10 @@ class Client(_ClientBase):
         """The raw StreamAttention messages as they arrive: a header, then chunks.
 
         Takes the same arguments as `attention`. Options are checked before the call is
-        made; leaving the loop early cancels the call.
+        made; leaving the loop early cancels the call. Like every `stream_*` method it
+        is retried by gRPC only before the first message (service config) and never
+        restarted after it: an UNAVAILABLE mid-stream raises IntrospectError, and a
+        caller that restarts must discard what it has taken.
         """
         request = attention_request(inputs, **options)
         return self._stream(self._stub.StreamAttention, request, timeout)
@@ -191,8 +301,8 @@ class Client(_ClientBase):
             truncate: cut inputs longer than the model's limit instead of failing.
             cache: "use", "bypass" or "refresh".
         """
-        messages = self.stream_attention(inputs, timeout=timeout, **options)  # checks the options
-        return _assembled(messages, assembler_for(options))
+        request = attention_request(inputs, **options)  # checks the options
+        return self._assembled(self._stub.StreamAttention, request, timeout, lambda: assembler_for(options))
 
     def stream_ablation(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
@@ -231,8 +341,8 @@ class Client(_ClientBase):
         ([layers, heads], NaN for heads not ablated), joint fills `joint`, importance
         fills `importance`.
         """
-        messages = self.stream_ablation(input, timeout=timeout, **options)  # checks the options
-        return _assembled(messages, AblationAssembler())
+        request = ablation_request(input, **options)  # checks the options
+        return self._assembled(self._stub.StreamHeadAblation, request, timeout, AblationAssembler)
 
     def stream_saliency(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
@@ -270,8 +380,8 @@ class Client(_ClientBase):
         Returns a SaliencyResult: `scores` [tokens], the target (and baseline) score, and
         for integrated gradients the steps and convergence delta of every refinement.
         """
-        messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
-        return _assembled(messages, SaliencyAssembler())
+        request = saliency_request(input, **options)  # checks the options
+        return self._assembled(self._stub.StreamSaliency, request, timeout, SaliencyAssembler)
 
     def stream_logit_lens(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
@@ -301,8 +411,27 @@ class Client(_ClientBase):
             truncate: cut an input longer than the model's limit instead of failing.
             cache: "use", "bypass" or "refresh".
         """
-        messages = self.stream_logit_lens(input, timeout=timeout, **options)  # checks the options
-        return _assembled(messages, LogitLensAssembler())
+        request = logit_lens_request(input, **options)  # checks the options
+        return self._assembled(self._stub.StreamLogitLens, request, timeout, LogitLensAssembler)
+
+    def _assembled(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        new_assembler: Callable[[], _Assembler[Any, ResultT]],
+    ) -> ResultT:
+        """The result of a streaming call, restarted once on UNAVAILABLE (see the class)."""
+        failure: IntrospectError | None = None
+        for attempt_timeout in _attempt_timeouts(self._timeout_of(timeout)):
+            try:
+                return _assembled(self._stream(method, request, attempt_timeout), new_assembler())
+            except IntrospectError as error:
+                if error.code is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                failure = error
+        assert failure is not None
+        raise failure
 
     def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
         call = method(request, **self._call_kwargs(timeout))
@@ -316,21 +445,24 @@ class Client(_ClientBase):
 class AsyncClient(_ClientBase):
     """asyncio client (grpc.aio). Use `async with` or `await close()`.
 
-    Takes the same arguments and offers the same methods as `Client`, as coroutines;
-    `stream_attention` returns an async iterator.
+    Takes the same arguments (a given `channel` is a `grpc.aio.Channel`), offers the same
+    methods as `Client`, as coroutines, and fails over the same way; `stream_attention`
+    returns an async iterator.
     """
 
     @staticmethod
     def _open_channel(
-        target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, int]]
+        target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
     ) -> grpc.aio.Channel:
         if credentials is None:
             return grpc.aio.insecure_channel(target, options=options)
         return grpc.aio.secure_channel(target, credentials, options=options)
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        await self._channel.close()
+        """Closes the channel the client opened (calls in flight are cancelled); a
+        channel given to the client stays open."""
+        if self._owns_channel:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -362,8 +494,8 @@ class AsyncClient(_ClientBase):
         self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
     ) -> AttentionResult:
         """Attention maps of one input or a batch; see `Client.attention` for the arguments."""
-        messages = self.stream_attention(inputs, timeout=timeout, **options)  # checks the options
-        return await _assembled_async(messages, assembler_for(options))
+        request = attention_request(inputs, **options)  # checks the options
+        return await self._assembled(self._stub.StreamAttention, request, timeout, lambda: assembler_for(options))
 
     def stream_ablation(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
@@ -376,8 +508,8 @@ class AsyncClient(_ClientBase):
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
     ) -> AblationResult:
         """Head ablation, importance or joint ablation; see `Client.ablate` for the arguments."""
-        messages = self.stream_ablation(input, timeout=timeout, **options)  # checks the options
-        return await _assembled_async(messages, AblationAssembler())
+        request = ablation_request(input, **options)  # checks the options
+        return await self._assembled(self._stub.StreamHeadAblation, request, timeout, AblationAssembler)
 
     def stream_saliency(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
@@ -390,8 +522,8 @@ class AsyncClient(_ClientBase):
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
     ) -> SaliencyResult:
         """Per-token attributions of a target score; see `Client.saliency` for the arguments."""
-        messages = self.stream_saliency(input, timeout=timeout, **options)  # checks the options
-        return await _assembled_async(messages, SaliencyAssembler())
+        request = saliency_request(input, **options)  # checks the options
+        return await self._assembled(self._stub.StreamSaliency, request, timeout, SaliencyAssembler)
 
     def stream_logit_lens(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
@@ -404,8 +536,27 @@ class AsyncClient(_ClientBase):
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
     ) -> LogitLensResult:
         """The logit lens; see `Client.logit_lens` for the arguments."""
-        messages = self.stream_logit_lens(input, timeout=timeout, **options)  # checks the options
-        return await _assembled_async(messages, LogitLensAssembler())
+        request = logit_lens_request(input, **options)  # checks the options
+        return await self._assembled(self._stub.StreamLogitLens, request, timeout, LogitLensAssembler)
+
+    async def _assembled(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        new_assembler: Callable[[], _Assembler[Any, ResultT]],
+    ) -> ResultT:
+        """The result of a streaming call, restarted once on UNAVAILABLE (see `Client`)."""
+        failure: IntrospectError | None = None
+        for attempt_timeout in _attempt_timeouts(self._timeout_of(timeout)):
+            try:
+                return await _assembled_async(self._stream(method, request, attempt_timeout), new_assembler())
+            except IntrospectError as error:
+                if error.code is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                failure = error
+        assert failure is not None
+        raise failure
 
     async def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> AsyncIterator[Any]:
         call = method(request, **self._call_kwargs(timeout))
