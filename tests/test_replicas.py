@@ -68,7 +68,7 @@ class Cluster:
     def start_replica(self, *arguments: str) -> Replica:
         """Starts one more replica sharing the Redis cache."""
         port, flag = metrics_port_flag()
-        server = start_server(self.model_flag, f"--redis-url={self.redis.url}", flag,
+        server = start_server(self.model_flag, *self.redis.server_flags(), flag,
                               f"--max-connection-age-seconds={MAX_CONNECTION_AGE_SECONDS}", *arguments,
                               env=server_env())
         return Replica(server, port)
