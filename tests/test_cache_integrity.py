@@ -248,3 +248,44 @@ def test_a_bad_secret_file_stops_the_server_with_one_line_naming_it(
 def test_redis_without_a_cache_secret_is_refused_at_start(tmp_path: Path) -> None:
     line = _start_fails(tmp_path, "--redis-url=redis://127.0.0.1:1/0")
     assert "--cache-secret-file" in line
+
+
+async def test_rediss_speaks_tls_with_a_password_and_refuses_a_wrong_ca(tmp_path: Path) -> None:
+    """`rediss://` (TLS, the CA in the URL's query) with AUTH, against a real redis-server
+    listening with TLS only: values round-trip sealed; a client trusting another CA gets
+    nothing (unavailable, not an error)."""
+    from certificates import Authority
+    from services import free_port, require_binary, stop_process, wait_until
+
+    authority, stranger = Authority("redis test CA"), Authority("another CA")
+    cert, key = authority.issue("127.0.0.1", server=True).write(tmp_path, "redis")
+    ca, other_ca = authority.write(tmp_path, "ca"), stranger.write(tmp_path, "other-ca")
+    port = free_port()
+    process = subprocess.Popen(
+        [require_binary("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--requirepass", PASSWORD, "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    trusted = SealedBackend(RedisBackend(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", "tls:", password=PASSWORD),
+                            CacheSecrets(CURRENT))
+    untrusting = SealedBackend(
+        RedisBackend(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={other_ca}", "tls:", password=PASSWORD),
+        CacheSecrets(CURRENT))
+    try:
+        wait_until(lambda: process.poll() is None and _listening(port), 10, message="redis-server with TLS")
+        assert await trusted.set("k", b"over TLS", ttl_seconds=30)
+        assert await trusted.get("k") == b"over TLS"
+        assert await untrusting.get("k") is None
+    finally:
+        await trusted.close()
+        await untrusting.close()
+        stop_process(process, timeout=10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
