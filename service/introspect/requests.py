@@ -16,6 +16,7 @@ from introspect_contract.enums import (
     ABLATION_VALUE,
     ATTENTION_VIEW,
     BASELINE,
+    CAM_POINT,
     DTYPE,
     INTEGRATION_RULE,
     SALIENCY_METHOD,
@@ -72,8 +73,7 @@ class AttentionQuery:
     top_k: int = 0
     dtype: str = "float32"
     rollout_residual_weight: float = DEFAULT_ROLLOUT_RESIDUAL_WEIGHT
-
-
+    patch_grid: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ class IntegratedGradientsSettings:
     steps: int = 0
     batch_size: int = 0
     tolerance: float = 0.0
+    blur_sigma: float = 0.0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,19 @@ class OcclusionSettings:
     batch_size: int = 0
 
 
+CAM_POINTS = CAM_POINT.names
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """CamOptions of a request: the CAM layer (None: the last), where in it, and the
+    other CAM methods to compute from the same pass."""
+
+    layer: int | None = None
+    point: str = "attention_input"
+    also: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class SaliencyQuery:
     """What StreamSaliency was asked for, before validation against the model.
@@ -144,6 +159,8 @@ class SaliencyQuery:
     integrated_gradients: IntegratedGradientsSettings = field(default_factory=IntegratedGradientsSettings)
     smoothgrad: SmoothGradSettings = field(default_factory=SmoothGradSettings)
     occlusion: OcclusionSettings = field(default_factory=OcclusionSettings)
+    cam: CamSettings = field(default_factory=CamSettings)
+    upsample: bool = False
 
 
 ABLATION_MODES = ABLATION_MODE.names

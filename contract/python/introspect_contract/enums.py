@@ -88,6 +88,7 @@ BASELINE = names_of(pb.Baseline.DESCRIPTOR)
 INTEGRATION_RULE = names_of(pb.IntegrationRule.DESCRIPTOR)
 ABLATION_MODE = names_of(pb.AblationMode.DESCRIPTOR)
 ABLATION_VALUE = names_of(pb.AblationValue.DESCRIPTOR)
+CAM_POINT = names_of(pb.CamPoint.DESCRIPTOR)
 
 TARGET_KINDS: tuple[str, ...] = tuple(field.name for field in pb.Target.DESCRIPTOR.oneofs_by_name["kind"].fields)
 """Names of the Target oneof cases ("next_token", ..., "embedding_norm")."""

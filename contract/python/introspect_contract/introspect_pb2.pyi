@@ -45,6 +45,7 @@ class AttentionView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ATTENTION_VIEW_HEAD_MEAN: _ClassVar[AttentionView]
     ATTENTION_VIEW_HEAD_MAX: _ClassVar[AttentionView]
     ATTENTION_VIEW_ROLLOUT: _ClassVar[AttentionView]
+    ATTENTION_VIEW_MEAN_DISTANCE: _ClassVar[AttentionView]
 
 class SaliencyMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +57,10 @@ class SaliencyMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SALIENCY_METHOD_OCCLUSION: _ClassVar[SaliencyMethod]
     SALIENCY_METHOD_ATTENTION_ROLLOUT: _ClassVar[SaliencyMethod]
     SALIENCY_METHOD_ATTENTION_FLOW: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_GRAD_CAM: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_HI_RES_CAM: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_XGRAD_CAM: _ClassVar[SaliencyMethod]
+    SALIENCY_METHOD_LAYER_CAM: _ClassVar[SaliencyMethod]
 
 class Baseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -64,6 +69,9 @@ class Baseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASELINE_ZERO: _ClassVar[Baseline]
     BASELINE_MASK: _ClassVar[Baseline]
     BASELINE_TOKENS: _ClassVar[Baseline]
+    BASELINE_BLACK: _ClassVar[Baseline]
+    BASELINE_BLUR: _ClassVar[Baseline]
+    BASELINE_NOISE: _ClassVar[Baseline]
 
 class IntegrationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -73,6 +81,13 @@ class IntegrationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTEGRATION_RULE_RIEMANN_RIGHT: _ClassVar[IntegrationRule]
     INTEGRATION_RULE_RIEMANN_MIDDLE: _ClassVar[IntegrationRule]
     INTEGRATION_RULE_RIEMANN_TRAPEZOID: _ClassVar[IntegrationRule]
+
+class CamPoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CAM_POINT_UNSPECIFIED: _ClassVar[CamPoint]
+    CAM_POINT_ATTENTION_INPUT: _ClassVar[CamPoint]
+    CAM_POINT_BLOCK_INPUT: _ClassVar[CamPoint]
+    CAM_POINT_BLOCK_OUTPUT: _ClassVar[CamPoint]
 
 class AblationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -110,6 +125,7 @@ ATTENTION_VIEW_HEADS: AttentionView
 ATTENTION_VIEW_HEAD_MEAN: AttentionView
 ATTENTION_VIEW_HEAD_MAX: AttentionView
 ATTENTION_VIEW_ROLLOUT: AttentionView
+ATTENTION_VIEW_MEAN_DISTANCE: AttentionView
 SALIENCY_METHOD_UNSPECIFIED: SaliencyMethod
 SALIENCY_METHOD_GRADIENT: SaliencyMethod
 SALIENCY_METHOD_GRADIENT_X_INPUT: SaliencyMethod
@@ -118,17 +134,28 @@ SALIENCY_METHOD_SMOOTHGRAD: SaliencyMethod
 SALIENCY_METHOD_OCCLUSION: SaliencyMethod
 SALIENCY_METHOD_ATTENTION_ROLLOUT: SaliencyMethod
 SALIENCY_METHOD_ATTENTION_FLOW: SaliencyMethod
+SALIENCY_METHOD_GRAD_CAM: SaliencyMethod
+SALIENCY_METHOD_HI_RES_CAM: SaliencyMethod
+SALIENCY_METHOD_XGRAD_CAM: SaliencyMethod
+SALIENCY_METHOD_LAYER_CAM: SaliencyMethod
 BASELINE_UNSPECIFIED: Baseline
 BASELINE_PAD: Baseline
 BASELINE_ZERO: Baseline
 BASELINE_MASK: Baseline
 BASELINE_TOKENS: Baseline
+BASELINE_BLACK: Baseline
+BASELINE_BLUR: Baseline
+BASELINE_NOISE: Baseline
 INTEGRATION_RULE_UNSPECIFIED: IntegrationRule
 INTEGRATION_RULE_GAUSS_LEGENDRE: IntegrationRule
 INTEGRATION_RULE_RIEMANN_LEFT: IntegrationRule
 INTEGRATION_RULE_RIEMANN_RIGHT: IntegrationRule
 INTEGRATION_RULE_RIEMANN_MIDDLE: IntegrationRule
 INTEGRATION_RULE_RIEMANN_TRAPEZOID: IntegrationRule
+CAM_POINT_UNSPECIFIED: CamPoint
+CAM_POINT_ATTENTION_INPUT: CamPoint
+CAM_POINT_BLOCK_INPUT: CamPoint
+CAM_POINT_BLOCK_OUTPUT: CamPoint
 ABLATION_MODE_UNSPECIFIED: AblationMode
 ABLATION_MODE_PER_HEAD: AblationMode
 ABLATION_MODE_JOINT: AblationMode
@@ -238,18 +265,44 @@ class Input(_message.Message):
     def __init__(self, text: _Optional[_Union[TextInput, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ...) -> None: ...
 
 class TokenizedInput(_message.Message):
-    __slots__ = ("input_index", "token_ids", "tokens", "truncated", "original_length")
+    __slots__ = ("input_index", "token_ids", "tokens", "truncated", "original_length", "image")
     INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     input_index: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
     truncated: bool
     original_length: int
-    def __init__(self, input_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., original_length: _Optional[int] = ...) -> None: ...
+    image: ImageLayout
+    def __init__(self, input_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., original_length: _Optional[int] = ..., image: _Optional[_Union[ImageLayout, _Mapping]] = ...) -> None: ...
+
+class ImageLayout(_message.Message):
+    __slots__ = ("height", "width", "patch_height", "patch_width", "grid_rows", "grid_columns", "special_tokens", "first_patch", "original_height", "original_width")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    PATCH_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PATCH_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    GRID_ROWS_FIELD_NUMBER: _ClassVar[int]
+    GRID_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_PATCH_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    patch_height: int
+    patch_width: int
+    grid_rows: int
+    grid_columns: int
+    special_tokens: _containers.RepeatedScalarFieldContainer[str]
+    first_patch: int
+    original_height: int
+    original_width: int
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., patch_height: _Optional[int] = ..., patch_width: _Optional[int] = ..., grid_rows: _Optional[int] = ..., grid_columns: _Optional[int] = ..., special_tokens: _Optional[_Iterable[str]] = ..., first_patch: _Optional[int] = ..., original_height: _Optional[int] = ..., original_width: _Optional[int] = ...) -> None: ...
 
 class StreamHeader(_message.Message):
     __slots__ = ("model", "fingerprint", "inputs", "cached")
@@ -264,7 +317,7 @@ class StreamHeader(_message.Message):
     def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TokenizedInput, _Mapping]]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class StreamAttentionRequest(_message.Message):
-    __slots__ = ("model", "inputs", "truncate", "layers", "heads", "view", "top_k", "dtype", "rollout_residual_weight", "cache")
+    __slots__ = ("model", "inputs", "truncate", "layers", "heads", "view", "top_k", "dtype", "rollout_residual_weight", "cache", "patch_grid")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +328,7 @@ class StreamAttentionRequest(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_RESIDUAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    PATCH_GRID_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     truncate: bool
@@ -285,10 +339,11 @@ class StreamAttentionRequest(_message.Message):
     dtype: Dtype
     rollout_residual_weight: float
     cache: CachePolicy
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+    patch_grid: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ..., patch_grid: _Optional[bool] = ...) -> None: ...
 
 class AttentionChunk(_message.Message):
-    __slots__ = ("input_index", "layer", "heads", "query_start", "query_end", "view", "values", "key_indices", "layer_complete")
+    __slots__ = ("input_index", "layer", "heads", "query_start", "query_end", "view", "values", "key_indices", "layer_complete", "grid_rows", "grid_columns")
     INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +353,8 @@ class AttentionChunk(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     KEY_INDICES_FIELD_NUMBER: _ClassVar[int]
     LAYER_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    GRID_ROWS_FIELD_NUMBER: _ClassVar[int]
+    GRID_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     input_index: int
     layer: int
     heads: _containers.RepeatedScalarFieldContainer[int]
@@ -307,7 +364,9 @@ class AttentionChunk(_message.Message):
     values: Tensor
     key_indices: Tensor
     layer_complete: bool
-    def __init__(self, input_index: _Optional[int] = ..., layer: _Optional[int] = ..., heads: _Optional[_Iterable[int]] = ..., query_start: _Optional[int] = ..., query_end: _Optional[int] = ..., view: _Optional[_Union[AttentionView, str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., key_indices: _Optional[_Union[Tensor, _Mapping]] = ..., layer_complete: _Optional[bool] = ...) -> None: ...
+    grid_rows: int
+    grid_columns: int
+    def __init__(self, input_index: _Optional[int] = ..., layer: _Optional[int] = ..., heads: _Optional[_Iterable[int]] = ..., query_start: _Optional[int] = ..., query_end: _Optional[int] = ..., view: _Optional[_Union[AttentionView, str]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., key_indices: _Optional[_Union[Tensor, _Mapping]] = ..., layer_complete: _Optional[bool] = ..., grid_rows: _Optional[int] = ..., grid_columns: _Optional[int] = ...) -> None: ...
 
 class StreamAttentionResponse(_message.Message):
     __slots__ = ("header", "chunk")
@@ -368,20 +427,24 @@ class Target(_message.Message):
     def __init__(self, next_token: _Optional[_Union[NextTokenTarget, _Mapping]] = ..., logit_difference: _Optional[_Union[LogitDifferenceTarget, _Mapping]] = ..., class_score: _Optional[_Union[ClassTarget, _Mapping]] = ..., embedding_similarity: _Optional[_Union[EmbeddingSimilarityTarget, _Mapping]] = ..., embedding_norm: _Optional[_Union[EmbeddingNormTarget, _Mapping]] = ...) -> None: ...
 
 class IntegratedGradientsOptions(_message.Message):
-    __slots__ = ("baseline", "baseline_token_ids", "rule", "steps", "batch_size", "tolerance")
+    __slots__ = ("baseline", "baseline_token_ids", "rule", "steps", "batch_size", "tolerance", "blur_sigma", "seed")
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     baseline: Baseline
     baseline_token_ids: _containers.RepeatedScalarFieldContainer[int]
     rule: IntegrationRule
     steps: int
     batch_size: int
     tolerance: float
-    def __init__(self, baseline: _Optional[_Union[Baseline, str]] = ..., baseline_token_ids: _Optional[_Iterable[int]] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
+    blur_sigma: float
+    seed: int
+    def __init__(self, baseline: _Optional[_Union[Baseline, str]] = ..., baseline_token_ids: _Optional[_Iterable[int]] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., tolerance: _Optional[float] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class SmoothGradOptions(_message.Message):
     __slots__ = ("noise_level", "samples", "seed", "batch_size")
@@ -408,7 +471,7 @@ class OcclusionOptions(_message.Message):
     def __init__(self, span: _Optional[int] = ..., stride: _Optional[int] = ..., replacement: _Optional[_Union[Baseline, str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class StreamSaliencyRequest(_message.Message):
-    __slots__ = ("model", "input", "truncate", "target", "method", "integrated_gradients", "smoothgrad", "occlusion", "per_dimension", "cache")
+    __slots__ = ("model", "input", "truncate", "target", "method", "integrated_gradients", "smoothgrad", "occlusion", "per_dimension", "cache", "cam", "upsample")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
@@ -419,6 +482,8 @@ class StreamSaliencyRequest(_message.Message):
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
     PER_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    CAM_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
     model: str
     input: Input
     truncate: bool
@@ -429,10 +494,22 @@ class StreamSaliencyRequest(_message.Message):
     occlusion: OcclusionOptions
     per_dimension: bool
     cache: CachePolicy
-    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., per_dimension: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+    cam: CamOptions
+    upsample: bool
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., per_dimension: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ..., cam: _Optional[_Union[CamOptions, _Mapping]] = ..., upsample: _Optional[bool] = ...) -> None: ...
+
+class CamOptions(_message.Message):
+    __slots__ = ("layer", "point", "also")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    ALSO_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    point: CamPoint
+    also: _containers.RepeatedScalarFieldContainer[SaliencyMethod]
+    def __init__(self, layer: _Optional[int] = ..., point: _Optional[_Union[CamPoint, str]] = ..., also: _Optional[_Iterable[_Union[SaliencyMethod, str]]] = ...) -> None: ...
 
 class SaliencyChunk(_message.Message):
-    __slots__ = ("scores", "per_dimension", "target_score", "baseline_score", "steps", "convergence_delta", "final", "token_start", "token_end", "batch_size", "converged")
+    __slots__ = ("scores", "per_dimension", "target_score", "baseline_score", "steps", "convergence_delta", "final", "token_start", "token_end", "batch_size", "converged", "method", "grid_scores", "pixel_scores", "upsampled_scores")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PER_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -444,6 +521,10 @@ class SaliencyChunk(_message.Message):
     TOKEN_END_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    GRID_SCORES_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SCORES_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLED_SCORES_FIELD_NUMBER: _ClassVar[int]
     scores: Tensor
     per_dimension: Tensor
     target_score: float
@@ -455,7 +536,11 @@ class SaliencyChunk(_message.Message):
     token_end: int
     batch_size: int
     converged: bool
-    def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., batch_size: _Optional[int] = ..., converged: _Optional[bool] = ...) -> None: ...
+    method: SaliencyMethod
+    grid_scores: Tensor
+    pixel_scores: Tensor
+    upsampled_scores: Tensor
+    def __init__(self, scores: _Optional[_Union[Tensor, _Mapping]] = ..., per_dimension: _Optional[_Union[Tensor, _Mapping]] = ..., target_score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., steps: _Optional[int] = ..., convergence_delta: _Optional[float] = ..., final: _Optional[bool] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., batch_size: _Optional[int] = ..., converged: _Optional[bool] = ..., method: _Optional[_Union[SaliencyMethod, str]] = ..., grid_scores: _Optional[_Union[Tensor, _Mapping]] = ..., pixel_scores: _Optional[_Union[Tensor, _Mapping]] = ..., upsampled_scores: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class StreamSaliencyResponse(_message.Message):
     __slots__ = ("header", "chunk")
