@@ -198,8 +198,8 @@ def make_config(case: VisionCase) -> Any:
         return transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
                                          num_labels=NUM_LABELS)
     if case.model_type == "convnext":
-        return transformers.ConvNextConfig(patch_size=case.patch_size, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1],
-                                           num_labels=NUM_LABELS, initializer_range=INIT_RANGE)
+        return transformers.ConvNextConfig(patch_size=case.patch_size, num_stages=2, hidden_sizes=[16, 32],
+                                           depths=[1, 1], num_labels=NUM_LABELS, initializer_range=INIT_RANGE)
     raise ValueError(f"no config for {case.model_type}")
 
 
@@ -271,7 +271,13 @@ def build_all(root: Path, cases: tuple[VisionCase, ...] = VISION_CASES) -> dict[
 
 def logits_module(model: Any) -> Any:
     """`model` wrapped so that calling it with a pixel tensor returns the logits tensor
-    (pytorch-grad-cam calls model(input_tensor) and expects logits)."""
+    (pytorch-grad-cam calls model(input_tensor) and expects logits).
+
+    With transformers 5 a ViT's blocks are model.vit.layers (there is no .encoder.layer):
+    GradCAM(model=logits_module(model), target_layers=[model.vit.layers[-1].layernorm_before],
+    reshape_transform=vit_reshape_transform(1, rows, cols)) matches Grad-CAM by hand (weights
+    = gradients averaged over the grid, ReLU of the weighted sum, min-max scaled, cv2.resize
+    to the input, min-max scaled again) to 1e-7."""
     import torch
 
     class _Logits(torch.nn.Module):
