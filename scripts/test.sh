@@ -30,6 +30,8 @@ python=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --disable-pip-version-check torch==2.13.0
 python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# the vision tests' Grad-CAM reference, without torchvision (see the dev extra in pyproject.toml)
+python -m pip install -q --disable-pip-version-check --no-deps "grad-cam==1.5.7"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 # --durations=15 prints the slowest tests; exec hands pytest's exit code to the caller.

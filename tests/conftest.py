@@ -259,3 +259,60 @@ def reference_inputs(model_dirs: dict[str, Path], name: str, text: str | list[st
     model = reference_model(model_dirs, name)
     with_types = bool(getattr(model.config, "type_vocab_size", 0))
     return tokenizer(text, pair, return_tensors="pt", padding=True, return_token_type_ids=with_types)
+
+
+# ---------------------------------------------------------------------------------------
+# Vision models (tests/vision.py builds them)
+
+
+@pytest.fixture(scope="session")
+def vision_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny vision case (served and refused) built once per session, by name."""
+    import vision
+
+    return vision.build_all(tmp_path_factory.mktemp("vision"))
+
+
+@pytest.fixture(scope="session")
+def vision_server(vision_dirs: dict[str, Path]) -> Iterator[InProcessServer]:
+    """One server for the session serving every vision case that introspect serves, under
+    its case name (e.g. "vit-classifier")."""
+    import vision
+
+    served = [case.name for case in vision.VISION_CASES if case.served]
+    running = InProcessServer(*(f"--model={name}={vision_dirs[name]}" for name in served))
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def vision_client(vision_server: InProcessServer):  # type: ignore[no-untyped-def]
+    """A sync client of the vision server."""
+    from introspect_client import Client
+
+    with Client(vision_server.address) as connected:
+        yield connected
+
+
+def reference_vision_model(vision_dirs: dict[str, Path], name: str, attn_implementation: str = "eager"):  # type: ignore[no-untyped-def]
+    """A vision case loaded independently by plain transformers (its own head class, eager
+    attention by default), float32, eval mode."""
+    key = (f"vision:{name}", attn_implementation)
+    if key not in _EAGER_CACHE:
+        import transformers
+        from transformers import AutoConfig
+
+        path = vision_dirs[name]
+        architecture = (AutoConfig.from_pretrained(path).architectures or [])[0]
+        loader = getattr(transformers, architecture)
+        _EAGER_CACHE[key] = loader.from_pretrained(path, attn_implementation=attn_implementation).eval()
+    return _EAGER_CACHE[key]
+
+
+def reference_pixel_values(vision_dirs: dict[str, Path], name: str, image):  # type: ignore[no-untyped-def]
+    """The case's own image processor applied to a PIL image (or [height, width, 3]
+    array), independently of the server: pixel_values [1, 3, height, width]."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(vision_dirs[name])
+    return processor(images=image, return_tensors="pt")["pixel_values"]

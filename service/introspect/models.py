@@ -312,6 +312,8 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: str,
     if missing:
         raise refuse(f"the weights lack {len(missing)} parameters of {type(model).__name__} (e.g. {missing[0]}): "
                      "they would be random; the directory does not hold this model")
+    if kind.modality == "image" and not _declares_attention_interface(config, kind):
+        raise refuse(no_interface)
     model.to(device).eval()
     model.requires_grad_(False)
     try:
