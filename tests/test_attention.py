@@ -294,7 +294,7 @@ def test_an_image_to_a_text_model_names_the_field_and_the_modalities_it_takes(
     with pytest.raises(IntrospectError) as raised:
         client.attention(["some text", pb.Input(image=image)], model="minilm", cache=cache)
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.field_violations == [("inputs[1]", "model 'minilm' takes text inputs, not image")]
+    assert raised.value.field_violations == [("inputs[1]", "model 'minilm' takes text or token ids, not images")]
 
 
 @pytest.mark.parametrize(
