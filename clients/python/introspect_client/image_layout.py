@@ -1,5 +1,6 @@
 """`ImageLayout`: how an image input became the model's tokens (from the stream header),
-and the mapping between per-token values and the patch grid."""
+the mapping between per-token values and the patch grid, and the bilinear resize that
+takes a grid to the processed image's pixels."""
 
 from __future__ import annotations
 
@@ -71,6 +72,32 @@ class ImageLayout:
         if patches.shape[-1] != self.patches:
             raise ValueError(f"{values.shape[-1]} token values, the layout has {self.first_patch + self.patches}")
         return patches.reshape(*values.shape[:-1], self.grid_rows, self.grid_columns)
+
+    def upsample(self, grid: np.ndarray) -> np.ndarray:
+        """A map [rows, columns] resized bilinearly to the processed image: [height, width]."""
+        return bilinear_resize(grid, self.height, self.width)
+
+
+def _linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower index, upper index, weight of the upper) of every output position along one
+    axis, with half-pixel centres (source = (out + 0.5) * in / out - 0.5, clamped at 0)."""
+    source = np.maximum((np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5, 0.0)
+    lower = np.minimum(np.floor(source).astype(np.int64), size_in - 1)
+    upper = np.minimum(lower + 1, size_in - 1)
+    return lower, upper, source - lower
+
+
+def bilinear_resize(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes a 2-D map [rows, columns] to [height, width] (float32) by bilinear
+    interpolation with half-pixel centres, as torch's interpolate(mode="bilinear",
+    align_corners=False) and OpenCV's resize do (and the server's `upsample`)."""
+    values = np.asarray(grid, dtype=np.float64)
+    if values.ndim != 2 or not values.size or height <= 0 or width <= 0:
+        raise ValueError(f"cannot resize a map of shape {values.shape} to {height}x{width}")
+    low, high, weight = _linear_taps(values.shape[0], height)
+    rows = values[low] * (1 - weight)[:, None] + values[high] * weight[:, None]  # [height, columns]
+    low, high, weight = _linear_taps(values.shape[1], width)
+    return (rows[:, low] * (1 - weight) + rows[:, high] * weight).astype(np.float32)  # [height, width]
 
 
 def layout_of(item: pb.TokenizedInput) -> ImageLayout | None:
