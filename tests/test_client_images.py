@@ -338,3 +338,89 @@ def test_mean_distance_figure_plots_every_head() -> None:
     points = np.concatenate([collection.get_offsets() for collection in axes.collections])
     assert sorted(map(tuple, points.tolist())) == [(0, 1), (0, 2), (1, 5), (1, 9)]
     np.testing.assert_allclose(axes.lines[0].get_ydata(), distances.mean(axis=1))
+
+
+# ----------------------------------------------------------------------------------------
+# The CLI's image flags, on a stand-in client that returns hand-assembled results
+
+
+class _StandInClient:
+    """Records the calls of the CLI and answers with assembled hand-made streams."""
+
+    def __init__(self, saliency: list[pb.StreamSaliencyResponse], attention: list[pb.StreamAttentionResponse]) -> None:
+        self.calls: list[tuple[str, object, dict[str, object]]] = []
+        self._saliency, self._attention = saliency, attention
+
+    def saliency(self, input: object, **options: object) -> object:
+        self.calls.append(("saliency", input, options))
+        assembler = SaliencyAssembler(str(options["method"]))
+        for message in self._saliency:
+            assembler.add(message)
+        return assembler.result()
+
+    def attention(self, inputs: object, **options: object) -> object:
+        self.calls.append(("attention", inputs, options))
+        assembler = AttentionAssembler(str(options["view"]))
+        for message in self._attention:
+            assembler.add(message)
+        return assembler.result()
+
+
+def _run_cli(arguments: list[str], client: _StandInClient) -> str:
+    from introspect_client.cli import build_parser
+
+    args = build_parser({}).parse_args(arguments)
+    out = io.StringIO()
+    args.run(args, client, out)
+    return out.getvalue()
+
+
+def test_cli_saliency_image_json_and_png(tmp_path: Path) -> None:
+    import json
+
+    grid, other = np.ones(GRID, np.float32), np.full(GRID, 2.0, np.float32)
+    client = _StandInClient([pb.StreamSaliencyResponse(header=_header()),
+                             _cam_chunk(pb.SALIENCY_METHOD_GRAD_CAM, grid),
+                             _cam_chunk(pb.SALIENCY_METHOD_LAYER_CAM, other)], [])
+    image = tmp_path / "cat.png"
+    image.write_bytes(_png(_pixels(40, 50)))
+    common = ["saliency", "--image", str(image), "--target", "class", "--method", "grad_cam", "--cam-layer", "1",
+              "--cam-point", "block_input", "--also", "layer_cam", "--upsample"]
+    document = json.loads(_run_cli(common + ["--json"], client))
+    _, sent, options = client.calls[0]
+    assert sent == image and options["cam_layer"] == 1 and options["also"] == ["layer_cam"] and options["upsample"]
+    assert document["image"]["grid_rows"] == GRID[0] and document["image"]["special_tokens"] == ["[CLS]"]
+    assert document["grid_scores"] == grid.tolist() and document["also"]["layer_cam"]["grid_scores"] == other.tolist()
+    _run_cli(common + ["--png", str(tmp_path / "out.png")], client)
+    assert Image.open(tmp_path / "out.png").size[0] > 0
+    with pytest.raises(SystemExit):
+        _run_cli(["saliency", "--image", str(image), "--text", "both"], client)
+
+
+def test_cli_attention_patch_grid_and_mean_distance(tmp_path: Path) -> None:
+    import json
+
+    values = np.random.default_rng(6).random((4, *GRID)).astype(np.float32)
+    client = _StandInClient([], [pb.StreamAttentionResponse(header=_header()), _grid_chunk(2, [0, 1, 2, 3], values, True)])
+    image = tmp_path / "cat.png"
+    image.write_bytes(_png(_pixels(40, 50)))
+    document = json.loads(_run_cli(["attention", "--image", str(image), "--layer", "2", "--view", "heads",
+                                    "--patch-grid", "--json"], client))
+    assert client.calls[0][2]["patch_grid"] is True
+    np.testing.assert_allclose(np.array(document["layers"]["2"]), values)
+    assert document["image"]["height"] == HEIGHT
+    _run_cli(["attention", "--image", str(image), "--layer", "2", "--view", "heads", "--patch-grid",
+              "--png", str(tmp_path / "heads.png")], client)
+    assert (tmp_path / "heads.png").stat().st_size > 0
+
+    distances = np.arange(8, dtype=np.float32).reshape(2, 4)
+    client = _StandInClient([], [pb.StreamAttentionResponse(header=_header())] + [
+        pb.StreamAttentionResponse(chunk=pb.AttentionChunk(
+            layer=layer, view=pb.ATTENTION_VIEW_MEAN_DISTANCE, heads=[0, 1, 2, 3], query_start=0, query_end=1,
+            values=encode_tensor(distances[layer].reshape(4, 1, 1)), layer_complete=True))
+        for layer in range(2)
+    ])
+    document = json.loads(_run_cli(["attention", "--image", str(image), "--view", "mean_distance", "--json"], client))
+    assert client.calls[0][2]["layers"] == []
+    assert document["layers"] == {"0": [0.0, 1.0, 2.0, 3.0], "1": [4.0, 5.0, 6.0, 7.0]}
+    assert "mean attention distance" in _run_cli(["attention", "--image", str(image), "--view", "mean_distance"], client)

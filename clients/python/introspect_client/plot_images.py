@@ -183,7 +183,7 @@ def figure_for(
     if item.image is None:
         last = max(item.layers)
         matrix = np.asarray(item.layers[last], dtype=np.float32).mean(axis=0)  # [query, keys]
-        return attention_figure(matrix, item.tokens, f"{heading}, layer {last}")
+        return attention_figure(matrix, item.tokens, title or f"{heading}, layer {last}")
     pixels = None if image is None else image_pixels(image, item.image.height, item.image.width)
     return overlay_figure(pixels, attention_panels(item, item.image), heading, item.image,
                           value_label="attention probability")
