@@ -310,7 +310,8 @@ CASES: tuple[ArchitectureCase, ...] = (
                      dict(hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=TINY_LAYERS,
                           num_attention_heads=TINY_HEADS, image_size=16, patch_size=8, num_channels=3,
                           initializer_range=0.2),
-                     "vision encoder: needs pixel_values, no input_ids", uses_vocab=False, expected_refusal=True),
+                     "vision encoder saved without its image processor: refused (served with one: tests/vision.py)",
+                     uses_vocab=False, expected_refusal=True),
 )
 
 CASES_BY_TYPE: dict[str, ArchitectureCase] = {case.model_type: case for case in CASES}

@@ -42,7 +42,7 @@ REFUSED = {
     "t5-encoder": "the weights lack",
     "bart": "encoder-decoder",
     "whisper": "encoder-decoder",
-    "vit": "takes pixel_values",
+    "vit": "no preprocessor_config.json",  # served with its image processor (tests/test_vision.py)
 }
 SERVED = [case.model_type for case in CASES if case.model_type not in REFUSED]
 

@@ -41,6 +41,7 @@ class Settings:
     max_text_bytes: int = 128 * 1024
     max_request_text_bytes: int = 1 * MIB
     max_batch_tokens: int = 65536
+    max_image_pixels: int = 40_000_000  # width x height of one image as sent (images.DEFAULT_MAX_IMAGE_PIXELS)
     max_request_bytes: int = 0  # 0: a share of the device's memory (budget.default_request_bytes)
     stall_timeout_seconds: float = 10.0
     grace_seconds: float = 10.0
@@ -104,6 +105,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inputs", type=int, help="inputs in one request, mean references included (default 64)")
     parser.add_argument("--max-text-bytes", type=int, help="UTF-8 bytes of one input's text (default 128 KiB)")
     parser.add_argument("--max-request-text-bytes", type=int, help="UTF-8 bytes of all texts of a request (default 1 MiB)")
+    parser.add_argument("--max-image-pixels", type=int,
+                        help="width x height of one image, checked from its header before decoding (default 40000000)")
     parser.add_argument("--max-batch-tokens", type=int, help="inputs x longest input in tokens, per batch (default 65536)")
     parser.add_argument(
         "--max-request-bytes",
@@ -216,7 +219,7 @@ def build_settings(
         raise ValueError("stall_timeout_seconds must be > 0")
     if settings.max_message_bytes < 64 * 1024:
         raise ValueError("max_message_bytes must be at least 65536")
-    for name in ("max_inputs", "max_text_bytes", "max_request_text_bytes", "max_batch_tokens"):
+    for name in ("max_inputs", "max_text_bytes", "max_request_text_bytes", "max_batch_tokens", "max_image_pixels"):
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be at least 1")
     for name in ("caller_max_concurrency", "caller_rate_per_second", "caller_burst"):

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -73,6 +74,15 @@ def probe_inputs(model: PreTrainedModel, pad_token_id: int, vocab_size: int) -> 
         ids[row, :length] = (torch.arange(length) * 7 + 3 + row) % max(vocab_size, 1)
         mask[row, :length] = 1
     return {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
+
+
+def probe_images(model: PreTrainedModel, process: Callable[[np.ndarray], np.ndarray]) -> dict[str, torch.Tensor]:
+    """A batch of two different processed images for load-time forwards (`process`: the
+    model's image processor, pixels [height, width, 3] uint8 -> [3, height, width])."""
+    generator = np.random.default_rng(0)
+    images = [generator.integers(0, 256, size=(48 + 16 * row, 64, 3), dtype=np.uint8) for row in range(2)]
+    pixels = torch.from_numpy(np.stack([process(image) for image in images]))
+    return {"pixel_values": pixels.to(device=model.device, dtype=model.dtype)}
 
 
 def layer_modules(model: PreTrainedModel, kind: ModelKind, inputs: dict[str, torch.Tensor],
@@ -226,10 +236,10 @@ def unembedding(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelHo
 
 
 def check_parity(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelHooks,
-                 inputs: dict[str, torch.Tensor], implementation: str) -> None:
+                 inputs: dict[str, torch.Tensor], implementation: str) -> int:
     """Raises DiscoveryError unless outputs and attention probabilities through the hooks
-    equal the model's eager attention on a padded batch (real positions only)."""
-    mask = inputs["attention_mask"].bool()
+    equal the model's eager attention on a padded batch of texts, or a batch of images
+    (real positions only); returns the tokens the maps run over."""
     captured: dict[int, torch.Tensor] = {}
     capture = hooks.HookSet({hooks.ATTN_PROBS: lambda layer, probs: captured.__setitem__(layer, probs)})
     with torch.inference_mode():
@@ -238,11 +248,16 @@ def check_parity(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelH
             with_maps = kind.outputs(model, inputs).float()
         model.set_attn_implementation("eager")
         try:
-            output = model(**inputs, output_attentions=True, **({"use_cache": False} if kind.causal else {}))
+            eager, eager_maps = kind.eager_reference(model, inputs)
         finally:
             model.set_attn_implementation(implementation)
-    eager_maps = output.attentions
-    eager = kind.head_output(output).float()
+    eager = eager.float()
+    batch = eager.shape[0]
+    if not captured or any(probs.shape[0] != batch for probs in captured.values()):
+        raise DiscoveryError("its attention maps do not have one row per input (windowed attention?)")
+    tokens = next(iter(captured.values())).shape[-1]
+    mask = inputs.get("attention_mask")
+    mask = mask.bool() if mask is not None else torch.ones(batch, tokens, dtype=torch.bool, device=eager.device)
     tolerance = PARITY_TOLERANCE.get(model.dtype, 1e-4)
     rows = mask if eager.dim() == 3 else torch.ones(eager.shape[0], dtype=torch.bool, device=eager.device)
     for what, ours in (("outputs", plain), ("outputs with attention maps", with_maps)):
@@ -251,9 +266,9 @@ def check_parity(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelH
         if not difference <= tolerance * scale:
             raise DiscoveryError(f"its {what} differ from its own eager attention by {difference:.3g} "
                                  "(an attention feature introspect does not reproduce)")
-    if eager_maps is None or len(eager_maps) != len(captured):
-        raise DiscoveryError(f"eager attention returned {0 if eager_maps is None else len(eager_maps)} attention "
-                             f"maps for {len(captured)} attention layers")
+    if len(eager_maps) != len(captured):
+        raise DiscoveryError(f"eager attention returned {len(eager_maps)} attention maps for {len(captured)} "
+                             "attention layers")
     pair = mask[:, None, :, None] & mask[:, None, None, :]  # [batch, 1, query, key]: real positions
     for layer, eager_map in enumerate(eager_maps):
         ours = captured[layer]
@@ -263,3 +278,4 @@ def check_parity(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelH
         difference = float(((ours - eager_map.float()).abs() * pair).max())
         if not difference <= tolerance:
             raise DiscoveryError(f"layer {layer}: attention maps differ from eager attention by {difference:.3g}")
+    return int(tokens)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -26,18 +27,29 @@ _UNBOUNDED_TOKENIZER_LIMIT = 1_000_000
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    """Inputs right-padded into one batch on the model's device."""
+    """Inputs batched on the model's device: token ids right-padded, or processed images
+    stacked. `attention_mask` marks real tokens either way (all ones for images, which
+    the model is not given)."""
 
     inputs: tuple[EncodedInput, ...]
-    input_ids: torch.Tensor  # [batch, tokens]
+    input_ids: torch.Tensor | None  # [batch, tokens]; None for images
     attention_mask: torch.Tensor  # [batch, tokens], 1 for real tokens
     token_type_ids: torch.Tensor | None  # [batch, tokens]
+    pixel_values: torch.Tensor | None = None  # [batch, 3, height, width]; images only
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        """Keyword arguments for the model's forward."""
-        arguments = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+    @property
+    def width(self) -> int:
+        """Tokens per row (the longest input's length)."""
+        return int(self.attention_mask.shape[1])
+
+    def model_inputs(self, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
+        """Keyword arguments for the model's forward (of the given rows)."""
+        if self.pixel_values is not None:
+            return {"pixel_values": self.pixel_values[rows]}
+        assert self.input_ids is not None
+        arguments = {"input_ids": self.input_ids[rows], "attention_mask": self.attention_mask[rows]}
         if self.token_type_ids is not None:
-            arguments["token_type_ids"] = self.token_type_ids
+            arguments["token_type_ids"] = self.token_type_ids[rows]
         return arguments
 
 
@@ -135,16 +147,21 @@ class TextProcessor:
         )
 
 
-def batch_inputs(encoded: Sequence[EncodedInput], pad_token_id: int, device: torch.device) -> EncodedBatch:
-    """Right-pads encoded inputs into tensors on `device`."""
+def batch_inputs(encoded: Sequence[EncodedInput], pad_token_id: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> EncodedBatch:
+    """Right-pads encoded token inputs, or stacks processed images (`dtype`: the model's
+    weights'), into tensors on `device`."""
     width = max(item.length for item in encoded)
-    ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, item in enumerate(encoded):
+        mask[row, : item.length] = 1
+    if any(item.pixel_values is not None for item in encoded):
+        return _image_batch(encoded, mask, device, dtype)
+    ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
     with_types = any(item.token_type_ids is not None for item in encoded)
     types = torch.zeros((len(encoded), width), dtype=torch.long) if with_types else None
     for row, item in enumerate(encoded):
         ids[row, : item.length] = torch.tensor(item.token_ids, dtype=torch.long)
-        mask[row, : item.length] = 1
         if types is not None and item.token_type_ids is not None:
             types[row, : item.length] = torch.tensor(item.token_type_ids, dtype=torch.long)
     return EncodedBatch(
@@ -152,4 +169,19 @@ def batch_inputs(encoded: Sequence[EncodedInput], pad_token_id: int, device: tor
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         token_type_ids=types.to(device) if types is not None else None,
+    )
+
+
+def _image_batch(encoded: Sequence[EncodedInput], mask: torch.Tensor, device: torch.device,
+                 dtype: torch.dtype) -> EncodedBatch:
+    sizes = {item.pixel_values.shape for item in encoded if item.pixel_values is not None}
+    if len(sizes) != 1 or any(item.pixel_values is None for item in encoded):
+        raise InvalidInput("inputs", "images of one batch must all be images of one processed size")
+    pixels = torch.from_numpy(np.stack([item.pixel_values for item in encoded]))  # type: ignore[misc]
+    return EncodedBatch(
+        inputs=tuple(encoded),
+        input_ids=None,
+        attention_mask=mask.to(device),
+        token_type_ids=None,
+        pixel_values=pixels.to(device=device, dtype=dtype),
     )

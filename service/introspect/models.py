@@ -9,9 +9,14 @@ these and never branch on the model's kind or modality themselves.
 Models load from local directories only, as safetensors, never with trust_remote_code,
 with the introspect attention function (probe.py). A model the server cannot serve
 exactly is refused at load with a ModelLoadError naming the reason: an encoder-decoder,
-a model that does not use transformers' attention interface, one that takes images, or
-one whose outputs or attention maps differ from its own eager attention on a short padded
-batch (discovery.check_parity), whatever feature causes it.
+a model that does not use transformers' attention interface (convolutional image models
+among them), windowed image attention (Swin), or one whose outputs or attention maps
+differ from its own eager attention on a short padded batch (discovery.check_parity),
+whatever feature causes it.
+
+Image models (vision transformers: classifiers, encoders, and the image tower of CLIP /
+SigLIP dual encoders) load with the image processor their directory carries; their
+tokens are the special tokens ([CLS], [DIST], registers) followed by the patch grid.
 """
 
 from __future__ import annotations
@@ -24,15 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.auto_factory import _get_model_class
 
 from . import discovery, hooks, probe
 from .budget import RequestBudget, default_request_bytes
 from .config import DEFAULT_MODEL_NAME, ModelSpec, Settings
 from .errors import InvalidInput, ModelNotFound, shown
+from .image_inputs import ImageProcessor, TokenLayout, patch_size, special_token_names
+from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .inputs import EncodedBatch, TextProcessor, batch_inputs
-from .kinds import ModelKind, kind_of
+from .kinds import DualEncoderKind, ModelKind, kind_of
 from .requests import InputSpec
 from .results import EncodedInput
 
@@ -40,7 +47,8 @@ log = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DTYPE_NAMES = {value: name for name, value in _TORCH_DTYPES.items()}
-_FINGERPRINTED_FILES = ("*.safetensors", "config.json")
+_FINGERPRINTED_FILES = ("*.safetensors", "config.json", "preprocessor_config.json")
+Processor = TextProcessor | ImageProcessor
 
 
 class ModelLoadError(RuntimeError):
@@ -80,7 +88,7 @@ class LoadedModel:
         description: ModelDescription,
         model: PreTrainedModel,
         kind: ModelKind,
-        processors: Mapping[str, TextProcessor],
+        processors: Mapping[str, Processor],
         registry: hooks.ModelHooks,
         unembedding: discovery.Unembedding | None,
     ) -> None:
@@ -105,22 +113,32 @@ class LoadedModel:
 
     @property
     def text(self) -> TextProcessor:
-        """The text processor (every model served today takes text)."""
-        return self.processors["text"]
-
-    def processor(self, spec: InputSpec, field: str) -> TextProcessor:
-        """The processor for an input's modality; INVALID_ARGUMENT naming the field and
-        the modalities the model takes when it has none."""
-        processor = self.processors.get(spec.modality)
-        if processor is None:
-            raise InvalidInput(field, f"model {self.name!r} takes {' or '.join(self.processors)} inputs, "
-                                      f"not {spec.modality}")
+        """The text processor (text models, and the text tower of a dual encoder)."""
+        processor = self.processors["text"]
+        assert isinstance(processor, TextProcessor)
         return processor
 
-    def encode(self, spec: InputSpec, truncate: bool, field: str) -> EncodedInput:
+    @property
+    def image(self) -> ImageProcessor | None:
+        """The image processor of an image model, else None."""
+        processor = self.processors.get("image")
+        return processor if isinstance(processor, ImageProcessor) else None
+
+    def processor(self, spec: InputSpec, field: str, reference: bool = False) -> Processor:
+        """The processor for an input's modality; INVALID_ARGUMENT naming the field and
+        the modalities the model takes when it takes no such input. A dual encoder's text
+        tower takes text only as a similarity `reference`."""
+        modalities = self.description.modalities + (("text",) if reference and "text" in self.processors else ())
+        if spec.modality not in modalities:
+            kinds = {"text": "text or token ids", "image": "images"}
+            raise InvalidInput(field, f"model {self.name!r} takes {' or '.join(kinds[m] for m in modalities)}, "
+                                      f"not {kinds[spec.modality]}")
+        return self.processors[spec.modality]
+
+    def encode(self, spec: InputSpec, truncate: bool, field: str, reference: bool = False) -> EncodedInput:
         """One input as the model sees it (within the model's length limit, or cut to it
         when `truncate`); safe from any thread."""
-        return self.processor(spec, field).encode(spec, truncate, field, self.description)
+        return self.processor(spec, field, reference).encode(spec, truncate, field, self.description)
 
     def encode_batch(self, specs: tuple[InputSpec, ...] | list[InputSpec], truncate: bool,
                      field: str = "inputs") -> EncodedBatch:
@@ -130,8 +148,20 @@ class LoadedModel:
         return self.batch([self.encode(spec, truncate, f"{field}[{i}]") for i, spec in enumerate(specs)])
 
     def batch(self, encoded: list[EncodedInput]) -> EncodedBatch:
-        """Encoded inputs right-padded into tensors on the model's device."""
-        return batch_inputs(encoded, self.text.pad_token_id, self.device)
+        """Encoded inputs right-padded (or images stacked) into tensors on the model's device."""
+        pad = self.text.pad_token_id if "text" in self.processors else 0
+        return batch_inputs(encoded, pad, self.device, self.model.dtype)
+
+    def embed_reference(self, spec: InputSpec, field: str) -> torch.Tensor:
+        """The embedding [dim] float32 a similarity target compares with: the mean of the
+        last hidden states of an encoder, or the joint-space embedding of a dual encoder
+        (whose references may also be text). No gradients."""
+        encoded = self.encode(spec, True, field, reference=True)
+        batch = self.batch([encoded])
+        with torch.no_grad():
+            if isinstance(self.kind, DualEncoderKind) and encoded.pixel_values is None:
+                return self.kind.text_embeddings(self.model, batch.model_inputs())[0].float()
+            return pooled_embedding(self.outputs(batch.model_inputs()).float(), batch.attention_mask)[0]
 
     def outputs(self, arguments: Mapping[str, torch.Tensor], last_positions: int | None = None) -> torch.Tensor:
         """The model's outputs (see ModelKind.outputs) for keyword arguments such as
@@ -141,6 +171,20 @@ class LoadedModel:
     def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The input-embedding layer's output [batch, tokens, hidden] for token ids."""
         return self.model.get_input_embeddings()(input_ids)
+
+    def run_trunk(self, arguments: Mapping[str, torch.Tensor]) -> None:
+        """Runs every attention layer and nothing after them (ModelKind.trunk), for
+        methods that only read hook points."""
+        self.kind.trunk(self.model)(**arguments)
+
+
+def pooled_embedding(outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """An encoder's embedding per row [batch, dim]: the mean over real tokens of last
+    hidden states [batch, tokens, hidden], or a dual encoder's embeddings [batch, dim]."""
+    if outputs.dim() == 2:
+        return outputs
+    weights = attention_mask.to(outputs.dtype).unsqueeze(-1)
+    return (outputs * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def default_model_spec() -> ModelSpec:
@@ -191,6 +235,8 @@ def _weight_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 _NO_INTERFACE = "does not use transformers' attention interface, so its attention cannot be read or edited exactly"
+_NO_IMAGE_ATTENTION = ("has no attention layers that use transformers' attention interface (a convolutional image "
+                       "model has no attention to read)")
 
 
 def _refusal(config: PretrainedConfig, kind: ModelKind) -> str | None:
@@ -203,9 +249,17 @@ def _refusal(config: PretrainedConfig, kind: ModelKind) -> str | None:
         model_class = _get_model_class(config, kind.loader._model_mapping)
     except (KeyError, ValueError):
         return f"model type {model_type!r} has no {kind.loader.__name__} class"
-    if getattr(model_class, "main_input_name", "input_ids") != "input_ids":
-        return (f"model type {model_type!r} takes {model_class.main_input_name} (not token ids); "
-                "image and audio models are not served yet")
+    main_input = getattr(model_class, "main_input_name", "input_ids")
+    if kind.modality == "image" and not isinstance(kind, DualEncoderKind):
+        if main_input != "pixel_values":
+            return f"model type {model_type!r} takes {main_input}, not pixel values"
+        if getattr(config, "window_size", None) is not None:
+            return (f"model type {model_type!r} has windowed attention (Swin-style): each attention map covers one "
+                    "window of patches and patches merge between stages, so maps are not over the image's tokens; "
+                    "introspect serves vision transformers whose every layer attends over all tokens")
+    elif main_input != "input_ids":
+        return (f"model type {model_type!r} takes {main_input} (not token ids or pixel values); "
+                "audio and other models are not served")
     return None
 
 
@@ -215,7 +269,8 @@ def _declares_attention_interface(config: PretrainedConfig, kind: ModelKind) -> 
     return bool(getattr(_get_model_class(config, kind.loader._model_mapping), "_supports_attention_backend", False))
 
 
-def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel:
+def load_model(spec: ModelSpec, device: torch.device, dtype: str,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> LoadedModel:
     """Loads one local Hugging Face directory with the introspect attention function;
     ModelLoadError naming the model, the directory and the reason when it cannot be
     served exactly."""
@@ -237,7 +292,8 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel
     reason = _refusal(config, kind)
     if reason is not None:
         raise refuse(reason)
-    no_interface = f"{_get_model_class(config, kind.loader._model_mapping).__name__} {_NO_INTERFACE}"
+    no_interface = f"{_get_model_class(config, kind.loader._model_mapping).__name__} " + (
+        _NO_IMAGE_ATTENTION if kind.modality == "image" else _NO_INTERFACE)
     try:
         model, loading = kind.loader.from_pretrained(
             path,
@@ -248,7 +304,6 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel
             dtype=_weight_dtype(dtype, device),
             output_loading_info=True,
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds; each is a refusal
         if not _declares_attention_interface(config, kind):
             raise refuse(no_interface) from None
@@ -260,8 +315,12 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel
     model.to(device).eval()
     model.requires_grad_(False)
     try:
-        text = TextProcessor(tokenizer, uses_token_types=bool(getattr(config, "type_vocab_size", 0)))
-        return _wrap(spec, model, kind, text, device, started)
+        processors = _processors(path, config, kind, model, max_image_pixels)
+    except Exception as error:  # noqa: BLE001 - a missing or unreadable processor is a refusal
+        raise refuse(f"its {'image processor' if kind.modality == 'image' else 'tokenizer'} cannot be loaded "
+                     f"({type(error).__name__}: {_first_line(error)})") from None
+    try:
+        return _wrap(spec, model, kind, processors, device, started)
     except discovery.DiscoveryError as error:
         raise refuse(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a forward that fails at load is a refusal, not a traceback
@@ -271,28 +330,61 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: str) -> LoadedModel
                      f"{_first_line(error)})") from None
 
 
+def _processors(path: Path, config: PretrainedConfig, kind: ModelKind, model: PreTrainedModel,
+                max_image_pixels: int) -> dict[str, Processor]:
+    """The model's processors by modality: its tokenizer (text models and dual encoders)
+    and its image processor with the token layout (image models)."""
+    processors: dict[str, Processor] = {}
+    if kind.modality == "text" or isinstance(kind, DualEncoderKind):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        text_config = getattr(config, "text_config", None) or config
+        processors["text"] = TextProcessor(tokenizer, uses_token_types=bool(getattr(text_config, "type_vocab_size", 0)))
+    if kind.modality == "image":
+        if not (path / "preprocessor_config.json").is_file():
+            raise FileNotFoundError("the directory has no preprocessor_config.json (save the model's image processor)")
+        image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        patch_height, patch_width = patch_size(getattr(config, "vision_config", None) or config)
+        embeddings = getattr(kind.trunk(model), "embeddings", None)
+        layout = TokenLayout(patch_height, patch_width, special_token_names(embeddings))
+        processors["image"] = ImageProcessor(image_processor, layout, max_image_pixels)
+    return processors
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else ""
 
 
-def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, text: TextProcessor, device: torch.device,
-          started: float) -> LoadedModel:
+def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, processors: dict[str, Processor],
+          device: torch.device, started: float) -> LoadedModel:
     """Finds the model's layers and hook points, proves parity with eager attention and
     describes it."""
     config = model.config
-    num_heads = _config_value(config, "num_attention_heads", "n_head")
-    hidden_size = _config_value(config, "hidden_size", "n_embd", "d_model")
-    intermediate_size = _config_value(config, "intermediate_size", "n_inner", "ffn_dim")
-    vocab_size = _config_value(config, "vocab_size")
-    inputs = discovery.probe_inputs(model, text.pad_token_id, vocab_size)
+    # an image-text dual encoder is described (and served) by its image tower
+    layers_config = getattr(config, "vision_config", None) if kind.modality == "image" else None
+    layers_config = layers_config or config
+    num_heads = _config_value(layers_config, "num_attention_heads", "n_head")
+    hidden_size = _config_value(layers_config, "hidden_size", "n_embd", "d_model")
+    intermediate_size = _config_value(layers_config, "intermediate_size", "n_inner", "ffn_dim")
+    text = processors.get("text")
+    image = processors.get("image")
+    vocab_size = _config_value(getattr(config, "text_config", None) or config, "vocab_size") if text else 0
+    if isinstance(image, ImageProcessor):
+        inputs = discovery.probe_images(model, image.pixel_values)
+    else:
+        assert isinstance(text, TextProcessor)
+        inputs = discovery.probe_inputs(model, text.pad_token_id, vocab_size)
     modules = discovery.layer_modules(model, kind, inputs, intermediate_size or None, hidden_size)
     registry = hooks.ModelHooks(modules, num_heads)
     registry.install()
     registry.growth = discovery.verify_growth(registry, kind, model, inputs)
-    discovery.check_parity(model, kind, registry, inputs, probe.ATTENTION_IMPLEMENTATION)
+    tokens = discovery.check_parity(model, kind, registry, inputs, probe.ATTENTION_IMPLEMENTATION)
+    if isinstance(image, ImageProcessor):
+        max_tokens = _check_image_tokens(image, inputs["pixel_values"], tokens)
+    else:
+        assert isinstance(text, TextProcessor)
+        max_tokens = text.max_tokens(_config_value(config, "max_position_embeddings", "n_positions", default=512))
     unembedding = discovery.unembedding(model, kind, registry, inputs)
-    position_limit = _config_value(config, "max_position_embeddings", "n_positions", default=512)
     description = ModelDescription(
         name=spec.name,
         architecture=(config.architectures or [type(model).__name__])[0],
@@ -300,23 +392,37 @@ def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, text: TextPr
         kind=kind.name,
         num_layers=registry.num_layers,
         num_heads=num_heads,
-        num_key_value_heads=_config_value(config, "num_key_value_heads", default=num_heads),
-        head_dim=_config_value(config, "head_dim", default=hidden_size // max(num_heads, 1)),
-        max_tokens=text.max_tokens(position_limit),
+        num_key_value_heads=_config_value(layers_config, "num_key_value_heads", default=num_heads),
+        head_dim=_config_value(layers_config, "head_dim", default=hidden_size // max(num_heads, 1)),
+        max_tokens=max_tokens,
         dtype=_DTYPE_NAMES.get(model.dtype, str(model.dtype)),
         device=str(device if device.index is not None or device.type == "cpu" else torch.device(device.type, 0)),
         fingerprint=fingerprint_directory(spec.path),
         hidden_size=hidden_size,
         vocab_size=vocab_size,
-        num_labels=int(getattr(config, "num_labels", 0)) if kind.name == "sequence_classifier" else 0,
+        num_labels=int(getattr(config, "num_labels", 0)) if kind.name.endswith("classifier") else 0,
         load_seconds=time.perf_counter() - started,
         supported_targets=kind.targets,
-        modalities=("text",),
+        modalities=(kind.modality,),
         intermediate_size=intermediate_size,
     )
     log.info("loaded model %s (%s, %d layers, batches grow at: %s) from %s in %.1fs", spec.name,
              description.architecture, description.num_layers, registry.growth, spec.path, description.load_seconds)
-    return LoadedModel(description, model, kind, {"text": text}, registry, unembedding)
+    return LoadedModel(description, model, kind, processors, registry, unembedding)
+
+
+def _check_image_tokens(image: ImageProcessor, pixel_values: torch.Tensor, tokens: int) -> int:
+    """The tokens of every processed image; DiscoveryError unless the model's attention
+    runs over exactly its special tokens and patches."""
+    height, width = pixel_values.shape[-2:]
+    layout = image.tokens.layout(height, width, height, width)
+    expected = layout.first_patch + layout.patches
+    if height % layout.patch_height or width % layout.patch_width or tokens != expected:
+        raise discovery.DiscoveryError(
+            f"its attention runs over {tokens} tokens, but a {height}x{width} image in {layout.patch_height}x"
+            f"{layout.patch_width} patches with special tokens {list(layout.special_tokens)} makes {expected}: "
+            "introspect cannot map its tokens to the image")
+    return expected
 
 
 class ModelRegistry:
@@ -331,7 +437,7 @@ class ModelRegistry:
         """Loads every configured model (or the packaged MiniLM when none is configured)."""
         specs = settings.models or (default_model_spec(),)
         device = resolve_device(settings.device)
-        models = [load_model(spec, device, settings.dtype) for spec in specs]
+        models = [load_model(spec, device, settings.dtype, settings.max_image_pixels) for spec in specs]
         for model in models:  # after every load: the default budget is a share of the memory left
             request_bytes = settings.max_request_bytes or default_request_bytes(model.device)
             model.budget = RequestBudget(request_bytes, settings.max_batch_tokens)

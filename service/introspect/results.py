@@ -5,6 +5,7 @@ Arrays are numpy, already in their wire storage (see introspect_contract.tensors
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -12,23 +13,55 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class ImageLayout:
+    """How a processed image became tokens (see ImageLayout in the proto)."""
+
+    height: int
+    width: int
+    patch_height: int
+    patch_width: int
+    grid_rows: int
+    grid_columns: int
+    special_tokens: tuple[str, ...]
+    original_height: int
+    original_width: int
+
+    @property
+    def first_patch(self) -> int:
+        """Token index of patch (0, 0)."""
+        return len(self.special_tokens)
+
+    @property
+    def patches(self) -> int:
+        """Patch tokens: grid_rows * grid_columns."""
+        return self.grid_rows * self.grid_columns
+
+
+@dataclass(frozen=True, eq=False)
 class EncodedInput:
-    """An input as the model sees it."""
+    """An input as the model sees it: token ids, or for an image its processed pixels
+    [3, height, width] and their layout (`tokens` then names each token)."""
 
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]
     token_type_ids: tuple[int, ...] | None
     truncated: bool
     original_length: int
+    image: ImageLayout | None = None
+    pixel_values: np.ndarray | None = None  # [3, height, width] float32, images only
 
     @property
     def length(self) -> int:
         """Number of tokens."""
-        return len(self.token_ids)
+        return len(self.tokens)
 
     @property
     def identity(self) -> bytes:
-        """What the model sees, as bytes for cache keys: its token ids, tagged."""
+        """What the model sees, as bytes for cache keys: its token ids, or a digest of its
+        processed pixels, tagged."""
+        if self.pixel_values is not None:
+            digest = hashlib.sha256(np.ascontiguousarray(self.pixel_values, dtype="<f4").tobytes()).hexdigest()
+            return f"pixels:{','.join(map(str, self.pixel_values.shape))}:{digest}".encode()
         return b"token_ids:" + struct.pack(f"<{len(self.token_ids)}q", *self.token_ids)
 
 
@@ -57,8 +90,10 @@ class AttentionLayerResult:
     layer: int
     heads: tuple[int, ...]  # empty for views reduced over heads
     view: str
-    values: WireArray  # [heads_or_1, query, keys_or_k]
+    values: WireArray  # [heads_or_1, query, keys_or_k], or [heads_or_1, grid_rows, grid_columns]
     key_indices: WireArray | None  # int32 [heads_or_1, query, k] with top_k
+    grid_rows: int = 0  # patch_grid: values are the [CLS] row laid out as the patch grid
+    grid_columns: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +115,10 @@ class SaliencyResult:
     final: bool = False
     batch_size: int = 0  # rows per forward that ran (set by methods.saliency)
     converged: bool = False  # final results: False only where a tolerance was missed
+    method: str = ""  # set by methods.saliency (CAMs computed together set their own)
+    grid_scores: WireArray | None = None  # images: float32 [grid_rows, grid_columns]
+    pixel_scores: WireArray | None = None  # images, pixel methods: float32 [height, width]
+    upsampled_scores: WireArray | None = None  # images with upsample: float32 [height, width]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ forward pass (baselines, noisy samples, ablated variants) scores the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from .errors import InvalidInput, require
 from .inputs import EncodedBatch
 from .kinds import ModelKind
-from .models import LoadedModel, ModelDescription
+from .models import LoadedModel, ModelDescription, pooled_embedding
 from .requests import TARGET_KINDS, TargetSpec
 
 NEXT_TOKEN_TARGETS = ("next_token", "logit_difference")
@@ -40,35 +41,6 @@ def check_target_kind(description: ModelDescription, spec: TargetSpec | None) ->
     return spec
 
 
-def _forward_arguments(
-    attention_mask: torch.Tensor,
-    input_ids: torch.Tensor | None = None,
-    inputs_embeds: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Keyword arguments of a model forward: the mask and whichever inputs are given."""
-    given = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "token_type_ids": token_type_ids}
-    return {"attention_mask": attention_mask, **{name: value for name, value in given.items() if value is not None}}
-
-
-def model_outputs(
-    model: LoadedModel,
-    attention_mask: torch.Tensor,
-    input_ids: torch.Tensor | None = None,
-    inputs_embeds: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Runs the whole model; returns logits [batch, tokens, vocab] (causal LM), logits
-    [batch, classes] (classifier) or last hidden states [batch, tokens, hidden] (encoder)."""
-    return model.outputs(_forward_arguments(attention_mask, input_ids, inputs_embeds, token_type_ids))
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens: [batch, tokens, hidden] -> [batch, hidden]."""
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-
 @dataclass(frozen=True)
 class BoundTarget:
     """A target resolved for one model and one input."""
@@ -88,14 +60,14 @@ class BoundTarget:
         return self.model_kind.output_change_metric
 
     def score(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The target per batch row [batch] (float32), from model_outputs()."""
+        """The target per batch row [batch] (float32), from the model's outputs."""
         if self.kind in NEXT_TOKEN_TARGETS:
             return self.score_next_token_logits(outputs[:, self.position])
         if self.kind == "class_score":
             logits = outputs.float()
             values = torch.softmax(logits, dim=-1) if self.probability else logits
             return values[:, self.class_index]
-        pooled = mean_pool(outputs.float(), attention_mask)
+        pooled = pooled_embedding(outputs.float(), attention_mask)
         if self.kind == "embedding_norm":
             return pooled.norm(dim=-1)
         reference = self.reference_embedding.to(pooled.device)  # type: ignore[union-attr]
@@ -110,12 +82,12 @@ class BoundTarget:
 
     def output_summary(self, outputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per row: log-probabilities of the next-token (at the target position) or class
-        distribution, or the pooled embedding for encoders. [batch, D] float32."""
+        distribution, or the embedding for encoders. [batch, D] float32."""
         if self.kind in NEXT_TOKEN_TARGETS:
             return torch.log_softmax(outputs[:, self.position].float(), dim=-1)
         if self.kind == "class_score":
             return torch.log_softmax(outputs.float(), dim=-1)
-        return mean_pool(outputs.float(), attention_mask)
+        return pooled_embedding(outputs.float(), attention_mask)
 
     def output_change(self, base: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
         """KL(base || changed) of distributions, or 1 - cosine of embeddings. base [D] or
@@ -129,16 +101,15 @@ class BoundTarget:
 def target_scores(
     model: LoadedModel,
     target: BoundTarget,
+    arguments: Mapping[str, torch.Tensor],
     attention_mask: torch.Tensor,
-    input_ids: torch.Tensor | None = None,
-    inputs_embeds: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Runs the model and scores the target per row [batch] (float32), differentiable
-    when the inputs are. Next-token targets compute logits from the target position on
-    only (no [batch, tokens, vocab] tensor); the input may then end at the target
-    position, since later tokens cannot change it (ModelKind.relevant_length)."""
-    arguments = _forward_arguments(attention_mask, input_ids, inputs_embeds, token_type_ids)
+    """Runs the model on forward `arguments` (input_ids or inputs_embeds with the mask and
+    token types, or pixel_values) and scores the target per row [batch] (float32),
+    differentiable when the inputs are; `attention_mask` [batch, tokens] marks the real
+    tokens. Next-token targets compute logits from the target position on only (no
+    [batch, tokens, vocab] tensor); the input may then end at the target position, since
+    later tokens cannot change it (ModelKind.relevant_length)."""
     if target.kind not in NEXT_TOKEN_TARGETS:
         return target.score(model.outputs(arguments), attention_mask)
     length = attention_mask.shape[1]
@@ -186,18 +157,15 @@ def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch
         class_index = spec.class_index
     with torch.no_grad():
         if needs_prediction:
-            outputs = model_outputs(model, batch.attention_mask[:1], batch.input_ids[:1],
-                                    token_type_ids=None if batch.token_type_ids is None else batch.token_type_ids[:1])
+            outputs = model.outputs(batch.model_inputs(slice(0, 1)))
             if spec.kind == "next_token":
                 token_id = int(outputs[0, position].argmax())
             else:
                 class_index = int(outputs[0].argmax())
         if spec.kind == "embedding_similarity":
-            require(spec.reference is not None, "target.embedding_similarity.reference", "a reference input is required")
-            reference = model.encode_batch([spec.reference], truncate=True, field="target.embedding_similarity.reference")
-            hidden = model_outputs(model, reference.attention_mask, reference.input_ids,
-                                   token_type_ids=reference.token_type_ids)
-            reference_embedding = mean_pool(hidden.float(), reference.attention_mask)[0]
+            field = "target.embedding_similarity.reference"
+            require(spec.reference is not None, field, "a reference input is required")
+            reference_embedding = model.embed_reference(spec.reference, field)  # type: ignore[arg-type]
     return BoundTarget(
         kind=spec.kind,
         model_kind=model.kind,

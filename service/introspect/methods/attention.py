@@ -3,6 +3,8 @@
 forward pass runs.
 
 Rollout: Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers".
+Mean attention distance: Dosovitskiy et al. (2021), "An Image is Worth 16x16 Words", fig. 7.
+For images, `patch_grid` returns the [CLS] row over the patches laid out as the grid.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from ..engine import Sink
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
-from ..results import AttentionLayerResult, StreamStart
+from ..results import AttentionLayerResult, ImageLayout, StreamStart
 from ..wire import to_wire
 from .registry import Method
-from .reductions import head_max, head_mean, residual_attention, rollout_step
+from .reductions import head_max, head_mean, mean_attention_distance, patch_centres, residual_attention, rollout_step
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class AttentionOptions:
     top_k: int
     dtype: str
     rollout_residual_weight: float
+    patch_grid: bool = False
 
     @property
     def layers_computed(self) -> frozenset[int]:
@@ -59,6 +62,14 @@ def prepare(description: ModelDescription, query: AttentionQuery) -> AttentionOp
     require(query.view in ATTENTION_VIEWS, "view", f"unknown view {query.view!r}; use one of {ATTENTION_VIEWS}")
     require(query.dtype in VALUE_DTYPES, "dtype", f"values can be {VALUE_DTYPES}, not {query.dtype!r}")
     require(query.top_k >= 0, "top_k", "must be >= 0")
+    images = "image" in description.modalities
+    require(query.view != "mean_distance" or images, "view",
+            f"mean_distance is in pixels of an image; model {description.name!r} takes text")
+    require(not query.patch_grid or images, "patch_grid", f"applies to images; model {description.name!r} takes text")
+    require(not query.patch_grid or query.view != "mean_distance", "patch_grid",
+            "applies to the heads, head_mean, head_max and rollout views")
+    require(not query.top_k or not (query.patch_grid or query.view == "mean_distance"), "top_k",
+            "does not combine with patch_grid or the mean_distance view")
     require(
         0.0 <= query.rollout_residual_weight <= 1.0,
         "rollout_residual_weight",
@@ -71,6 +82,7 @@ def prepare(description: ModelDescription, query: AttentionQuery) -> AttentionOp
         top_k=query.top_k,
         dtype=query.dtype,
         rollout_residual_weight=query.rollout_residual_weight,
+        patch_grid=query.patch_grid,
     )
 
 
@@ -79,7 +91,10 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
     batch = model.encode_batch(query.inputs, query.truncate)
     shortest = min(item.length for item in batch.inputs)
     require(options.top_k <= shortest, "top_k", f"{options.top_k} exceeds the shortest input ({shortest} tokens)")
-    model.budget.check_batch_tokens(len(batch.inputs), batch.input_ids.shape[1], "inputs")
+    layout = batch.inputs[0].image
+    require(not options.patch_grid or (layout is not None and layout.first_patch > 0), "patch_grid",
+            f"model {model.name!r} has no [CLS] token whose row could be laid out over the patches")
+    model.budget.check_batch_tokens(len(batch.inputs), batch.width, "inputs")
     model.budget.require(footprint(model.description, [item.length for item in batch.inputs], options))
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
@@ -89,6 +104,8 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
     head_index = torch.tensor(options.heads, device=model.device)
     rollouts: list[torch.Tensor | None] = [None] * len(batch.inputs)
     last_layer = max(options.layers_computed)
+    centres = None if layout is None else patch_centres(layout.grid_rows, layout.grid_columns, layout.patch_height,
+                                                        layout.patch_width)
 
     def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
         # probabilities: [batch, heads, query, key] float32
@@ -107,14 +124,19 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
                 "head_mean": lambda: head_mean(maps),
                 "head_max": lambda: head_max(maps),
                 "rollout": lambda: rollouts[row][None],  # type: ignore[index]
+                "mean_distance": lambda: mean_attention_distance(maps, layout.first_patch, centres)[:, None, None],
             }[options.view]()
-            sink.emit(_layer_result(row, layer, view_values, options))
+            if options.patch_grid:
+                assert layout is not None
+                # [heads_or_1, tokens, tokens] -> [heads_or_1, rows, columns]: the [CLS] row over the patches
+                view_values = view_values[:, 0, layout.first_patch:].reshape(-1, layout.grid_rows, layout.grid_columns)
+            sink.emit(_layer_result(row, layer, view_values, options, layout))
         if layer == last_layer:
             raise hooks.StopForward()  # the layers after it are not needed
 
     capture = hooks.HookSet({hooks.ATTN_PROBS: on_probabilities}, {hooks.ATTN_PROBS: options.layers_computed})
     with model.hooks.active(capture), torch.inference_mode():
-        model.model.base_model(**batch.model_inputs())
+        model.run_trunk(batch.model_inputs())
 
 
 def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions) -> Footprint:
@@ -122,7 +144,7 @@ def footprint(description: ModelDescription, lengths: list[int], options: Attent
     per input and requested layer [heads or 1, tokens, tokens or top_k] values (and int32
     key indices with top_k), and rollout's running product."""
     width = max(lengths)
-    heads = len(options.heads) if options.view == "heads" else 1
+    heads = len(options.heads) if options.view in ("heads", "mean_distance") else 1
     value_bytes = DTYPE_BYTES[options.dtype] + (4 if options.top_k else 0)
     returned = sum(len(options.layers) * heads * length * (options.top_k or length) * value_bytes for length in lengths)
     rollout = sum(2 * length * length * 4 for length in lengths) if options.view == "rollout" else 0
@@ -135,7 +157,8 @@ def footprint(description: ModelDescription, lengths: list[int], options: Attent
     )
 
 
-def _layer_result(row: int, layer: int, values: torch.Tensor, options: AttentionOptions) -> AttentionLayerResult:
+def _layer_result(row: int, layer: int, values: torch.Tensor, options: AttentionOptions,
+                  layout: ImageLayout | None) -> AttentionLayerResult:
     indices = None
     if options.top_k:
         values, top_indices = torch.topk(values, options.top_k, dim=-1)
@@ -143,10 +166,12 @@ def _layer_result(row: int, layer: int, values: torch.Tensor, options: Attention
     return AttentionLayerResult(
         input_index=row,
         layer=layer,
-        heads=options.heads if options.view == "heads" else (),
+        heads=options.heads if options.view in ("heads", "mean_distance") else (),
         view=options.view,
         values=to_wire(values, options.dtype),
         key_indices=indices,
+        grid_rows=layout.grid_rows if options.patch_grid and layout else 0,
+        grid_columns=layout.grid_columns if options.patch_grid and layout else 0,
     )
 
 

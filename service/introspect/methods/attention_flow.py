@@ -43,8 +43,16 @@ def prepare(description: ModelDescription, query: SaliencyQuery) -> None:
     """Rollout and flow take no options."""
 
 
+def validate_rollout(problem: AttributionProblem, options: None) -> None:
+    """An image model's explained token is its [CLS] token: one without (SigLIP) is refused."""
+    require(problem.image is None or problem.image.first_patch > 0, "method",
+            f"model {problem.model.name!r} has no [CLS] token whose attention explains its output (its pooling "
+            "head reads every patch); use a gradient method or a CAM")
+
+
 def validate_flow(problem: AttributionProblem, options: None) -> None:
     """Max-flow is computed for inputs of at most MAX_FLOW_TOKENS tokens."""
+    validate_rollout(problem, options)
     require(
         problem.length <= MAX_FLOW_TOKENS,
         "input",
@@ -78,7 +86,7 @@ def attention_rollout(problem: AttributionProblem, options: None, check: Check) 
     rollout = None
     for attention in layers:
         rollout = rollout_step(rollout, attention)
-    yield problem.result(rollout[problem.attention_row], target_score=target_score)  # type: ignore[index]
+    yield problem.token_result(rollout[problem.attention_row], target_score=target_score)  # type: ignore[index]
 
 
 def max_flows(layers: list[np.ndarray], row: int, check: Check) -> np.ndarray:
@@ -111,8 +119,9 @@ def attention_flow(problem: AttributionProblem, options: None, check: Check) -> 
     flows = max_flows([attention.cpu().numpy() for attention in layers], problem.attention_row, check)
     total = flows.sum()
     scores = torch.from_numpy(flows / total if total > 0 else flows)
-    yield problem.result(scores, target_score=target_score)
+    yield problem.token_result(scores, target_score=target_score)
 
 
-ATTENTION_ROLLOUT = Technique("attention_rollout", prepare, attention_rollout, footprint=footprint)
+ATTENTION_ROLLOUT = Technique("attention_rollout", prepare, attention_rollout, validate=validate_rollout,
+                              footprint=footprint)
 ATTENTION_FLOW = Technique("attention_flow", prepare, attention_flow, validate=validate_flow, footprint=footprint)

@@ -1,9 +1,13 @@
-"""The problem every saliency technique solves: one input's word embeddings, a bound
-target as a differentiable function of them, and the baselines they are compared with.
+"""The problem every saliency technique solves: one input's features, a bound target as
+a differentiable function of them, and the baselines they are compared with.
 
-Attributions are taken on the output of the model's input-embedding layer (as Captum's
-`LayerIntegratedGradients` on the word embeddings): the model runs with
-``inputs_embeds``, so position and token-type embeddings are still added inside it.
+Features are [positions, dims]. For text they are the word embeddings [tokens, hidden]:
+attributions are taken on the output of the model's input-embedding layer (as Captum's
+`LayerIntegratedGradients` on the word embeddings), and the model runs with
+``inputs_embeds``, so position and token-type embeddings are still added inside it. For
+images they are the processed pixels [height * width, 3] (the pixel values the image
+processor produced, as Captum's IntegratedGradients on the model's input tensor): a
+technique's per-position scores are per pixel, summed per patch for the patch grid.
 
 For causal language models the input is cut after the target position: later tokens
 cannot change the target (causal attention), so they are not computed and score 0.
@@ -11,6 +15,7 @@ cannot change the target (causal attention), so they are not computed and score 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +26,10 @@ from ..budget import Footprint, activation_bytes, output_bytes
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import SaliencyQuery
-from ..results import EncodedInput, SaliencyResult
+from ..results import EncodedInput, ImageLayout, SaliencyResult
 from ..targets import BoundTarget, bind_target, target_scores
 from ..wire import to_wire
+from .reductions import bilinear_resize
 
 Check = Callable[[], None]
 """Raises Cancelled once the caller has gone away; techniques call it between batches."""
@@ -31,21 +37,27 @@ Check = Callable[[], None]
 
 @dataclass(frozen=True)
 class AttributionProblem:
-    """One input, bound to one target, ready to be scored from embeddings."""
+    """One input, bound to one target, ready to be scored from its features."""
 
     model: LoadedModel
     target: BoundTarget
     encoded: EncodedInput
-    input_ids: torch.Tensor  # [1, length]
+    input_ids: torch.Tensor | None  # [1, length]; None for images
     attention_mask: torch.Tensor  # [1, length]
     token_type_ids: torch.Tensor | None  # [1, length]
-    embeddings: torch.Tensor  # [length, hidden] float32 word embeddings of the input
-    special: torch.Tensor  # [length] bool: special tokens ([CLS], [SEP], BOS, ...)
+    embeddings: torch.Tensor  # [positions, dims] float32: word embeddings, or pixels [height * width, 3]
+    special: torch.Tensor  # [positions] bool: special tokens ([CLS], [SEP], BOS, ...); all False for pixels
+    upsample: bool = False  # images: add the grid resized to the processed image to final results
+
+    @property
+    def image(self) -> ImageLayout | None:
+        """The layout of an image input; None for text."""
+        return self.encoded.image
 
     @property
     def length(self) -> int:
-        """Positions that can affect the target (all but those after a causal LM's target)."""
-        return self.input_ids.shape[1]
+        """Tokens that can affect the target (all but those after a causal LM's target)."""
+        return self.attention_mask.shape[1]
 
     @property
     def total_length(self) -> int:
@@ -53,24 +65,37 @@ class AttributionProblem:
         return self.encoded.length
 
     @property
+    def positions(self) -> int:
+        """Positions of the features: tokens for text, pixels for images."""
+        return self.embeddings.shape[0]
+
+    @property
     def attention_row(self) -> int:
         """The position whose attention rollout / flow explains the target: a causal LM's
         target position, else the first token ([CLS], which classifier heads read)."""
         return self.model.kind.explained_position(self.target.position)
 
-    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Target per row [batch] float32 of embeddings [batch, length, hidden]."""
+    def forward_arguments(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's forward arguments for features [batch, positions, dims]."""
         rows = embeddings.shape[0]
-        return target_scores(
-            self.model,
-            self.target,
-            self.attention_mask.expand(rows, -1),
-            inputs_embeds=embeddings.to(self.model.model.dtype),
-            token_type_ids=None if self.token_type_ids is None else self.token_type_ids.expand(rows, -1),
-        )
+        embeddings = embeddings.to(self.model.model.dtype)
+        if self.image is not None:
+            height, width = self.image.height, self.image.width
+            # [batch, height * width, 3] -> [batch, 3, height, width]
+            return {"pixel_values": embeddings.reshape(rows, height, width, 3).permute(0, 3, 1, 2)}
+        arguments = {"inputs_embeds": embeddings, "attention_mask": self.attention_mask.expand(rows, -1)}
+        if self.token_type_ids is not None:
+            arguments["token_type_ids"] = self.token_type_ids.expand(rows, -1)
+        return arguments
+
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Target per row [batch] float32 of features [batch, positions, dims]."""
+        rows = embeddings.shape[0]
+        return target_scores(self.model, self.target, self.forward_arguments(embeddings),
+                             self.attention_mask.expand(rows, -1))
 
     def scores_and_gradients(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores [batch], d score / d embeddings [batch, length, hidden] float32); the
+        """(scores [batch], d score / d features [batch, positions, dims] float32); the
         autograd graph is freed before returning."""
         with torch.enable_grad():
             leaf = embeddings.to(self.model.model.dtype).detach().requires_grad_(True)
@@ -91,7 +116,7 @@ class AttributionProblem:
         activations (kept for the backward with `gradients`) and outputs per row, the
         input's embeddings, plus the technique's own `fixed` and `per_row` bytes."""
         description = self.model.description
-        embeddings = self.length * description.hidden_size * 4  # one [length, hidden] float32 copy
+        embeddings = self.embeddings.numel() * 4  # one float32 copy of the features
         return Footprint(
             fixed=4 * embeddings + fixed,
             per_row=activation_bytes(description, self.length, gradients=gradients)
@@ -118,10 +143,19 @@ class AttributionProblem:
         token_start: int = 0,
         token_end: int | None = None,
     ) -> SaliencyResult:
-        """A result for positions [token_start, token_end) of the whole input, from
-        scores [length] (and per-dimension attributions [length, hidden]); positions
-        after `length` score 0. `converged` is False for a final result that missed its
+        """A result from per-position scores [positions] (and per-dimension attributions
+        [positions, dims], text only): for text, positions [token_start, token_end) of
+        the whole input, those after `length` scoring 0; for images, per-pixel scores,
+        summed per patch. `converged` is False for a final result that missed its
         tolerance; results that are not final are never marked converged."""
+        numbers = dict(target_score=float(target_score), baseline_score=float(baseline_score), steps=steps,
+                       convergence_delta=float(convergence_delta), final=final, converged=final and converged)
+        if self.image is not None:
+            pixels = scores.float().reshape(self.image.height, self.image.width)
+            # [rows * patch_height, columns * patch_width] -> [rows, columns]: sum of each patch's pixels
+            grid = pixels.reshape(self.image.grid_rows, self.image.patch_height, self.image.grid_columns,
+                                  self.image.patch_width).sum(dim=(1, 3))
+            return self.grid_result(grid, pixels=pixels, **numbers)
         end = self.total_length if token_end is None else token_end
         full = torch.zeros(self.total_length, dtype=torch.float32, device=scores.device)
         full[: self.length] = scores.float()
@@ -135,12 +169,44 @@ class AttributionProblem:
             per_dimension=dimensions,
             token_start=token_start,
             token_end=end,
+            **numbers,  # type: ignore[arg-type]
+        )
+
+    def token_result(self, scores: torch.Tensor, *, target_score: float) -> SaliencyResult:
+        """A final result from per-token scores [length] (attention rollout and flow):
+        for images the patch tokens' scores also laid out as the grid."""
+        if self.image is None:
+            return self.result(scores, target_score=target_score)
+        layout = self.image
+        grid = scores.float()[layout.first_patch: layout.first_patch + layout.patches]
+        return self.grid_result(grid.reshape(layout.grid_rows, layout.grid_columns), target_score=target_score,
+                                token_scores=scores.float())
+
+    def grid_result(self, grid: torch.Tensor, *, target_score: float, pixels: torch.Tensor | None = None,
+                    token_scores: torch.Tensor | None = None, final: bool = True, **numbers: Any) -> SaliencyResult:
+        """A result for an image from patch scores [grid_rows, grid_columns] (and the
+        per-pixel [height, width] or per-token [tokens] scores behind them); `scores`
+        then holds the grid per token (special tokens 0, unless `token_scores` are given)."""
+        layout = self.image
+        assert layout is not None
+        grid = grid.float()
+        if token_scores is None:
+            token_scores = torch.zeros(self.total_length, dtype=torch.float32, device=grid.device)
+            token_scores[layout.first_patch:] = grid.flatten()
+        upsampled = None
+        if self.upsample and final:
+            upsampled = to_wire(bilinear_resize(grid, layout.height, layout.width), "float32")
+        return SaliencyResult(
+            scores=to_wire(token_scores, "float32"),
+            per_dimension=None,
+            token_start=0,
+            token_end=self.total_length,
             target_score=float(target_score),
-            baseline_score=float(baseline_score),
-            steps=steps,
-            convergence_delta=float(convergence_delta),
             final=final,
-            converged=final and converged,
+            grid_scores=to_wire(grid, "float32"),
+            pixel_scores=None if pixels is None else to_wire(pixels.float(), "float32"),
+            upsampled_scores=upsampled,
+            **{"converged": final, **numbers},
         )
 
 
@@ -149,7 +215,19 @@ def attribution_problem(model: LoadedModel, query: SaliencyQuery) -> Attribution
     or target)."""
     batch = model.encode_batch([query.input], query.truncate, field="input")
     target = bind_target(model, query.target, batch)
-    length = model.kind.relevant_length(target.position, batch.inputs[0].length)
+    encoded = batch.inputs[0]
+    if batch.pixel_values is not None:
+        pixels = batch.pixel_values[0].float()  # [3, height, width]
+        return AttributionProblem(
+            model=model, target=target, encoded=encoded, input_ids=None, attention_mask=batch.attention_mask,
+            token_type_ids=None,
+            embeddings=pixels.permute(1, 2, 0).reshape(-1, pixels.shape[0]),  # [height * width, 3]
+            special=torch.zeros(pixels.shape[1] * pixels.shape[2], dtype=torch.bool, device=model.device),
+            upsample=query.upsample,
+        )
+    require(not query.upsample, "upsample", "applies to image inputs only")
+    assert batch.input_ids is not None
+    length = model.kind.relevant_length(target.position, encoded.length)
     input_ids = batch.input_ids[:, :length]
     special_ids = model.text.special_ids
     with torch.no_grad():
@@ -157,7 +235,7 @@ def attribution_problem(model: LoadedModel, query: SaliencyQuery) -> Attribution
     return AttributionProblem(
         model=model,
         target=target,
-        encoded=batch.inputs[0],
+        encoded=encoded,
         input_ids=input_ids,
         attention_mask=batch.attention_mask[:, :length],
         token_type_ids=None if batch.token_type_ids is None else batch.token_type_ids[:, :length],
@@ -166,25 +244,40 @@ def attribution_problem(model: LoadedModel, query: SaliencyQuery) -> Attribution
     )
 
 
+TEXT_BASELINES = ("pad", "mask", "zero", "tokens")
+IMAGE_BASELINES = ("black", "blur", "noise", "zero")
+DEFAULT_BLUR_SIGMA = 5.0
+
+
 def default_baseline(model: LoadedModel) -> str:
-    """BASELINE_UNSPECIFIED: the pad token, else the mask token, else zeros."""
+    """BASELINE_UNSPECIFIED: for text the pad token, else the mask token, else zeros; for
+    images a black image."""
+    if model.image is not None:
+        return "black"
     if model.text.has_pad_token:
         return "pad"
     return "mask" if model.text.mask_token_id is not None else "zero"
 
 
-def baseline_embeddings(problem: AttributionProblem, baseline: str, token_ids: tuple[int, ...], field: str) -> torch.Tensor:
-    """Baseline embeddings [length, hidden] float32.
+def baseline_embeddings(problem: AttributionProblem, baseline: str, token_ids: tuple[int, ...], field: str,
+                        blur_sigma: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Baseline features [positions, dims] float32.
 
-    pad / mask: non-special positions get that token's embedding; zero: non-special
+    Text: pad / mask: non-special positions get that token's embedding; zero: non-special
     positions are zeros; special tokens keep their own embedding (so they get no
     attribution). tokens: the embeddings of `token_ids`, exactly as given, one per input
-    token. INVALID_ARGUMENT (naming `field`) when the model lacks the token or the ids do
-    not match the input's length.
+    token. Images: black (raw pixel 0, normalised), blur (the input under a Gaussian of
+    `blur_sigma` pixels), noise (uniform raw pixels from `seed`, normalised) or zero (0
+    after normalisation). INVALID_ARGUMENT (naming `field`) for a baseline of the other
+    modality, when the model lacks the token or the ids do not match the input's length.
     """
     model = problem.model
     if baseline == "default":
         baseline = default_baseline(model)
+    if problem.image is not None:
+        require(baseline in IMAGE_BASELINES, field, f"{baseline} is a text baseline; images take {list(IMAGE_BASELINES)}")
+        return _image_baseline(problem, baseline, blur_sigma or DEFAULT_BLUR_SIGMA, seed)
+    require(baseline in TEXT_BASELINES, field, f"{baseline} is an image baseline; text takes {list(TEXT_BASELINES)}")
     if baseline == "tokens":
         require(
             len(token_ids) == problem.total_length,
@@ -200,6 +293,38 @@ def baseline_embeddings(problem: AttributionProblem, baseline: str, token_ids: t
         replacement = problem.word_embeddings([int(token)])[0]  # type: ignore[arg-type]
     keep = problem.special[:, None]
     return torch.where(keep, problem.embeddings, replacement.expand_as(problem.embeddings))
+
+
+def _image_baseline(problem: AttributionProblem, baseline: str, blur_sigma: float, seed: int) -> torch.Tensor:
+    """Pixel baseline features [height * width, 3] float32 (see baseline_embeddings)."""
+    assert problem.image is not None and problem.model.image is not None
+    device = problem.embeddings.device
+    mean, std = (torch.from_numpy(values).to(device) for values in problem.model.image.mean_and_std)
+    if baseline == "zero":
+        return torch.zeros_like(problem.embeddings)
+    if baseline == "black":
+        return ((0.0 - mean) / std).expand_as(problem.embeddings).clone()
+    if baseline == "noise":
+        generator = torch.Generator().manual_seed(seed)  # on the CPU: the same pixels on every device
+        raw = torch.rand(problem.embeddings.shape, generator=generator).to(device)
+        return (raw - mean) / std
+    height, width = problem.image.height, problem.image.width
+    pixels = problem.embeddings.reshape(height, width, 3).permute(2, 0, 1)  # [3, height, width]
+    return gaussian_blur(pixels, blur_sigma).permute(1, 2, 0).reshape(-1, 3)
+
+
+def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[channels, height, width] blurred by a separable Gaussian of `sigma` pixels: kernel
+    2 * ceil(3 sigma) + 1 taps (its radius at most the image's size - 1), normalised,
+    reflected edges."""
+    channels, height, width = pixels.shape
+    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(pixels)
+    padded = torch.nn.functional.pad(pixels[None], (radius, radius, radius, radius), mode="reflect")
+    rows = torch.nn.functional.conv2d(padded, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return torch.nn.functional.conv2d(rows, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)[0]
 
 
 def batches(items: int, batch_size: int) -> Iterator[range]:

@@ -259,9 +259,8 @@ def _joint(ablation: _Ablation) -> None:
         base, ablated = greedy_continuations(
             forward.model, ablation.batch, options.heads, means, options.continuation_tokens, check
         )
-    text = forward.model.text
-    base_tokens = text.tokens(base) if base else ()
-    ablated_tokens = text.tokens(ablated) if ablated else ()
+    base_tokens = forward.model.text.tokens(base) if base else ()
+    ablated_tokens = forward.model.text.tokens(ablated) if ablated else ()
     ablation.sink.emit(
         JointAblationResult(
             heads=options.heads,

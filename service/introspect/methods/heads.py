@@ -80,6 +80,8 @@ class ScoringForward:
     def create(cls, model: LoadedModel, batch: EncodedBatch, target: BoundTarget) -> ScoringForward:
         """The scoring forward of the first input of `batch`."""
         length = model.kind.relevant_length(target.position, batch.inputs[0].length)
+        if batch.pixel_values is not None:
+            return cls(model, batch.model_inputs(slice(0, 1)), batch.attention_mask[:1], target)
         arguments = {name: value[:1, :length] for name, value in batch.model_inputs().items()}
         if target.position is not None:
             target = replace(target, position=target.position - length + 1)  # -> the last position kept

@@ -29,3 +29,28 @@ def residual_attention(mean_attention: torch.Tensor, residual_weight: float) -> 
 def rollout_step(previous: torch.Tensor | None, layer_attention: torch.Tensor) -> torch.Tensor:
     """Rollout up to this layer: Ã_l · rollout_{l-1} (Abnar & Zuidema 2020, eq. 1)."""
     return layer_attention if previous is None else layer_attention @ previous
+
+
+def bilinear_resize(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[rows, columns] -> [height, width] float32, bilinear with half-pixel centres (torch's
+    interpolate with align_corners=False; OpenCV's resize and so pytorch-grad-cam's)."""
+    resized = torch.nn.functional.interpolate(grid.float()[None, None], size=(height, width), mode="bilinear",
+                                              align_corners=False)
+    return resized[0, 0]
+
+
+def patch_centres(rows: int, columns: int, patch_height: int, patch_width: int) -> torch.Tensor:
+    """Centres [rows * columns, 2] (y, x) in pixels of the patches, row-major."""
+    y = (torch.arange(rows, dtype=torch.float64) + 0.5) * patch_height
+    x = (torch.arange(columns, dtype=torch.float64) + 0.5) * patch_width
+    return torch.stack(torch.meshgrid(y, x, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def mean_attention_distance(maps: torch.Tensor, first_patch: int, centres: torch.Tensor) -> torch.Tensor:
+    """Mean attention distance per head [heads] of maps [heads, tokens, tokens]: over the
+    patch queries, sum_k a(q, k) |centre(q) - centre(k)| over the patch keys, averaged
+    (Dosovitskiy et al. 2021, fig. 7; attention to special tokens counts for nothing).
+    `centres` [patches, 2] in pixels."""
+    distances = torch.cdist(centres, centres).to(device=maps.device)  # [patches, patches] float64
+    patch_maps = maps[:, first_patch:, first_patch:].double()  # [heads, patches, patches]
+    return (patch_maps * distances).sum(dim=-1).mean(dim=-1).float()

@@ -67,6 +67,8 @@ def run(model: LoadedModel, query: SaliencyQuery, plan: SaliencyPlan, sink: Sink
     the technique's results after the header."""
     problem = attribution_problem(model, query)
     technique, options = plan.technique, plan.options
+    require(problem.image is None or not query.per_dimension, "per_dimension",
+            "applies to text inputs; image results carry per-pixel scores (pixel_scores)")
     technique.validate(problem, options)
     batched = options is not None and "batch_size" in {item.name for item in fields(options)}
     # the request's batch size lowered to the memory budget, or the largest that fits it
@@ -76,7 +78,7 @@ def run(model: LoadedModel, query: SaliencyQuery, plan: SaliencyPlan, sink: Sink
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, (problem.encoded,)))
     for result in technique.attribute(problem, options, sink.check):
-        sink.emit(replace(result, batch_size=batch_size))
+        sink.emit(replace(result, batch_size=batch_size, method=result.method or technique.name))
 
 
 METHOD = Method(

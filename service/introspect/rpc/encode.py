@@ -21,11 +21,11 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from introspect_contract import pb
-from introspect_contract.enums import ATTENTION_VIEW, names_of
+from introspect_contract.enums import ATTENTION_VIEW, SALIENCY_METHOD, names_of
 from introspect_contract.tensors import encode_storage
 
 from ..models import ModelDescription
-from ..results import AttentionLayerResult, SaliencyResult, StreamStart, WireArray
+from ..results import AttentionLayerResult, ImageLayout, SaliencyResult, StreamStart, WireArray
 
 # Room for a chunk's fields other than tensor bytes (indices, head lists, framing).
 CHUNK_OVERHEAD_BYTES = 8 * 1024
@@ -100,10 +100,17 @@ def stream_header(start: StreamStart, cached: bool = False) -> pb.StreamHeader:
                 tokens=list(item.tokens),
                 truncated=item.truncated,
                 original_length=item.original_length,
+                image=None if item.image is None else _image_layout(item.image),
             )
             for index, item in enumerate(start.inputs)
         ],
     )
+
+
+def _image_layout(layout: ImageLayout) -> pb.ImageLayout:
+    message = encode_message(layout, pb.ImageLayout)
+    message.first_patch = layout.first_patch  # type: ignore[attr-defined]
+    return message  # type: ignore[return-value]
 
 
 def _row_bytes(*arrays: WireArray | None) -> int:
@@ -137,6 +144,8 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             view=ATTENTION_VIEW.number(result.view),
             values=encode_storage(values[head_start:head_end, query_start:query_end], result.values.dtype),
             layer_complete=position == len(slices) - 1,
+            grid_rows=result.grid_rows,
+            grid_columns=result.grid_columns,
         )
         if result.key_indices is not None:
             indices = result.key_indices.values[head_start:head_end, query_start:query_end]
@@ -167,9 +176,15 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
             token_start=result.token_start + start,
             token_end=result.token_start + end,
             batch_size=result.batch_size,
+            method=SALIENCY_METHOD.number(result.method) if result.method else 0,
         )
         if result.per_dimension is not None:
             chunk.per_dimension.CopyFrom(encode_storage(result.per_dimension.values[start:end], result.per_dimension.dtype))
+        if end == positions:  # image maps ride on the last chunk
+            for name in ("grid_scores", "pixel_scores", "upsampled_scores"):
+                array = getattr(result, name)
+                if array is not None:
+                    getattr(chunk, name).CopyFrom(encode_storage(array.values, array.dtype))
         yield chunk
 
 
