@@ -223,7 +223,7 @@ class AttentionAssembler(HeaderFirst):
             raise ValueError(f"{where}: chunks disagree on the patch grid: {sorted(map(str, grids))}")
         grid = grids.pop() if grids else None
         one_row = grid is not None or target.view == "mean_distance"
-        query_rows = 1 if one_row else len(target.token_ids)
+        query_rows = 1 if one_row else len(target.token_ids) or len(target.tokens)
         heads, values, indices = _assemble_pieces(pieces, query_rows, where, self._head_order)
         if grid is not None:  # [heads_or_1, 1, rows * columns] -> [heads_or_1, rows, columns]
             values = values.reshape(values.shape[0], *grid)

@@ -25,7 +25,7 @@ from introspect_contract import pb
 from .image_inputs import ImageLike
 from .inputs import InputLike, chosen_input, make_input
 from .options import enum_choices, enum_value, set_target, shared_fields
-from .streams import HeaderFirst, SingleInputResult, single_input_fields
+from .streams import HeaderFirst, SingleInputResult, single_input_fields, token_count
 from introspect_contract.enums import BASELINE, CAM_POINT, INTEGRATION_RULE, SALIENCY_METHOD
 from introspect_contract.tensors import decode_tensor
 
@@ -345,7 +345,7 @@ class SaliencyAssembler(HeaderFirst):
         """Takes the next message of the stream."""
         kind = self._payload_kind(message)
         if kind == "header":
-            self._tokens = len(message.header.inputs[0].token_ids) if message.header.inputs else 0
+            self._tokens = token_count(message.header.inputs[0]) if message.header.inputs else 0
         elif kind == "chunk":
             chunk = message.chunk
             primary = next(iter(self._methods), self._requested)

@@ -29,6 +29,12 @@ def input_fields(item: pb.TokenizedInput) -> dict[str, Any]:
     }
 
 
+def token_count(item: pb.TokenizedInput) -> int:
+    """Tokens the model saw: the token ids, or for image inputs (which have no ids) the
+    token names (special tokens, then one per patch)."""
+    return len(item.token_ids) or len(item.tokens)
+
+
 def single_input_fields(header: pb.StreamHeader) -> dict[str, Any]:
     """The SingleInputResult fields of a stream on one input."""
     return stream_fields(header) | input_fields(header.inputs[0] if header.inputs else pb.TokenizedInput())
