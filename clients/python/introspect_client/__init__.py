@@ -21,12 +21,16 @@ from .ablation import (
 )
 from .client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SERVICE_CONFIG, AsyncClient, Client
 from .errors import IntrospectError
+from .image_inputs import ImageLike, make_image_input
+from .image_layout import ImageLayout, bilinear_resize
 from .inputs import InputLike, InputsLike, make_input, make_inputs
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .options import CACHE_POLICIES, VALUE_DTYPES, VIEWS, AttentionOptions, attention_request
 from .results import AttentionAssembler, AttentionResult, InputAttention
 from .saliency import (
     BASELINES,
+    CAM_METHODS,
+    CAM_POINTS,
     INTEGRATION_RULES,
     SALIENCY_METHODS,
     Refinement,
@@ -41,6 +45,8 @@ __all__ = [
     "ABLATION_VALUES",
     "BASELINES",
     "CACHE_POLICIES",
+    "CAM_METHODS",
+    "CAM_POINTS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_SERVICE_CONFIG",
     "INTEGRATION_RULES",
@@ -55,6 +61,8 @@ __all__ = [
     "AttentionOptions",
     "AttentionResult",
     "Client",
+    "ImageLayout",
+    "ImageLike",
     "InputAttention",
     "InputLike",
     "InputsLike",
@@ -69,7 +77,9 @@ __all__ = [
     "SaliencyResult",
     "ablation_request",
     "attention_request",
+    "bilinear_resize",
     "logit_lens_request",
+    "make_image_input",
     "make_input",
     "make_inputs",
     "pb",

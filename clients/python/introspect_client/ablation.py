@@ -15,7 +15,8 @@ from typing import TypedDict
 import numpy as np
 
 from introspect_contract import pb
-from .inputs import InputLike, InputsLike, make_input, make_inputs
+from .image_inputs import ImageLike
+from .inputs import InputLike, InputsLike, chosen_input, make_input, make_inputs
 from .options import enum_choices, enum_value, set_target, shared_fields
 from .streams import HeaderFirst, SingleInputResult, single_input_fields
 from introspect_contract.enums import ABLATION_MODE, ABLATION_VALUE
@@ -33,6 +34,7 @@ HeadLike = tuple[int, int] | pb.HeadRef
 class AblationOptions(TypedDict, total=False):
     """Keyword options of `ablate` / `stream_ablation` (see `ablation_request`)."""
 
+    image: ImageLike | None
     model: str
     target: pb.Target | None
     mode: str
@@ -63,8 +65,9 @@ def head_refs(heads: Iterable[HeadLike]) -> list[pb.HeadRef]:
 
 
 def ablation_request(
-    input: InputLike,
+    input: InputLike | None = None,
     *,
+    image: ImageLike | None = None,
     model: str = "",
     target: pb.Target | None = None,
     mode: str = "per_head",
@@ -79,7 +82,8 @@ def ablation_request(
     """Builds a StreamHeadAblationRequest.
 
     Args:
-        input: one input (text, (text, text_pair), token ids or an Input).
+        input: one input (text, (text, text_pair), token ids, an image or an Input).
+        image: instead of `input`, one image (see `make_image_input`; a str is a path).
         model: model name; "" selects the server's default model.
         target: the score whose change is measured (see `introspect_client.targets`);
             None sends none, and the server names the targets the model supports.
@@ -97,7 +101,7 @@ def ablation_request(
         cache: result cache policy: "use", "bypass" or "refresh".
     """
     request = pb.StreamHeadAblationRequest(
-        input=make_input(input),
+        input=make_input(chosen_input(input, image)),  # type: ignore[arg-type]
         mode=enum_value(ABLATION_MODES, mode, "mode"),  # type: ignore[arg-type]
         value=enum_value(ABLATION_VALUES, value, "value"),  # type: ignore[arg-type]
         heads=head_refs(heads),

@@ -5,6 +5,9 @@
     introspect attention --text TEXT ...   one layer's attention map: summary, --json, --png
     introspect saliency --text TEXT ...    token attributions of a target: summary, --json, --png
     introspect ablate --text TEXT --target KIND ...  head ablation / importance: summary, --json, --png
+
+attention, saliency and ablate take --image PATH (a PNG, JPEG or WebP file) instead of
+--text for models that take images.
     introspect lens --text TEXT ...        the logit lens (LM heads): table, --json
 
 Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051),
@@ -28,13 +31,12 @@ from google.protobuf import json_format
 from . import cli_flags as flags
 from introspect_contract import pb
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
+from .cli_attention import add_attention_command
 from .cli_lens import add_lens_command
 from .cli_saliency import add_saliency_command
 from .cli_connection import DEFAULT_SERVER, SERVER_ENV, add_connection_arguments, client_of
 from .client import Client
 from .errors import IntrospectError
-from .options import VIEWS
-from .results import AttentionResult, InputAttention
 
 __all__ = ["DEFAULT_SERVER", "SERVER_ENV", "build_parser", "main"]
 
@@ -72,30 +74,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     models.set_defaults(run=_run_models)
 
-    attention = flags.add_client_command(
-        commands, client_options, "attention", "attention map of one layer for a text",
-        (
-            "Attention probabilities of one layer for one text (or text pair).\n\n"
-            "Selection: --layer picks the layer (default: the last; negative counts from the\n"
-            "end). With --head N the map is that head's. Without --head the view defaults to\n"
-            "head_mean (the mean over all heads); --view heads without --head returns every\n"
-            "head: --json then holds all of them, while --png and the summary show their mean.\n\n"
-            "Output: --png FILE writes a heatmap (query tokens down, key tokens across),\n"
-            "--json prints {model, fingerprint, tokens, token_ids, view, heads, layers:\n"
-            "{layer: [heads_or_1][query][keys]}}; without either, a summary lists the most\n"
-            "attended key of every query token."
-        ),
-    )
-    flags.add_input_arguments(attention)
-    attention.add_argument("--layer", type=int, default=-1, metavar="N", help="layer, 0-based (default: -1, the last)")
-    attention.add_argument("--head", type=int, default=None, metavar="N", help="one head, 0-based (default: all heads)")
-    attention.add_argument(
-        "--view", choices=list(VIEWS), default=None,
-        help="heads, head_mean, head_max or rollout (default: heads with --head, else head_mean)",
-    )
-    flags.add_request_arguments(attention)
-    flags.add_output_arguments(attention, "write a heatmap PNG to FILE", "print the selected values as JSON")
-    attention.set_defaults(run=_run_attention)
+    add_attention_command(commands, client_options)
     add_saliency_command(commands, client_options)
     _add_ablate_parser(commands, client_options)
     add_lens_command(commands, client_options)
@@ -136,69 +115,6 @@ def _run_models(args: argparse.Namespace, client: Client, out: TextIO) -> None:
         print("the server has no models loaded", file=out)
 
 
-def _selection_label(view: str, head: int | None, heads: Sequence[int]) -> str:
-    if view == "heads":
-        return f"head {heads[0]}" if len(heads) == 1 else f"mean of heads {heads[0]}..{heads[-1]}"
-    scope = "all heads" if head is None else f"head {head}"
-    return {"head_mean": f"mean over {scope}", "head_max": f"max over {scope}", "rollout": f"rollout (mean over {scope})"}[view]
-
-
-def _summary(item: InputAttention, matrix: np.ndarray, title: str) -> str:
-    """The most attended key of every query token, one line each."""
-    width = max(len(token) for token in item.tokens)
-    lines = [title, f"{'query':>{width + 6}}  ->  most attended key (probability)"]
-    for row, token in enumerate(item.tokens):
-        key = int(np.argmax(matrix[row]))
-        lines.append(f"{row:>4}  {token:<{width}}  ->  {key:>4}  {item.tokens[key]} ({float(matrix[row, key]):.3f})")
-    return "\n".join(lines)
-
-
-def _attention_json(result: AttentionResult, layer: int) -> dict[str, Any]:
-    """{model, fingerprint, tokens, token_ids, view, heads, layers: {layer: values}} of
-    the first input."""
-    item = result[0]
-    return {
-        "model": result.model,
-        "fingerprint": result.fingerprint,
-        "tokens": item.tokens,
-        "token_ids": item.token_ids,
-        "view": item.view,
-        "heads": item.heads,
-        "layers": {str(layer): item.layers[layer].tolist()},
-    }
-
-
-def _run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> None:
-    layer = args.layer
-    if layer < 0:  # counts from the end: ask the model's depth (the server checks the rest)
-        info = client.get_model(args.model, timeout=args.timeout)
-        layer += info.num_layers
-        if layer < 0:
-            raise ValueError(f"--layer {args.layer} is out of range: {info.name} has {info.num_layers} layers")
-    view = args.view or ("heads" if args.head is not None else "head_mean")
-    result = client.attention(
-        flags.input_of(args),
-        model=args.model,
-        layers=[layer],
-        heads=() if args.head is None else [args.head],
-        view=view,
-        truncate=args.truncate,
-        cache=args.cache,
-        timeout=args.timeout,
-    )
-    item = result[0]
-    values = item.layers[layer]  # [heads_or_1, query, keys]
-    matrix = values.astype(np.float32).mean(axis=0)  # one head (or reduced view): itself
-    title = f"{result.model}: layer {layer}, {_selection_label(item.view, args.head, item.heads)}"
-
-    def draw(path: str) -> None:
-        from .plot import attention_heatmap
-
-        attention_heatmap(matrix, item.tokens, title, path)
-
-    flags.write_outputs(args, out, lambda: _attention_json(result, layer), draw, lambda: _summary(item, matrix, title))
-
-
 def _head(text: str) -> tuple[int, int]:
     """LAYER:HEAD -> (layer, head)."""
     layer, separator, head = text.partition(":")
@@ -225,7 +141,7 @@ def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -
             "null); without either, a summary lists the heads that matter most."
         ),
     )
-    flags.add_input_arguments(ablate)
+    flags.add_input_arguments(ablate, image=True)
     flags.add_target_arguments(ablate)
     ablate.add_argument("--mode", choices=list(ABLATION_MODES), default="per_head", help="default: per_head")
     ablate.add_argument("--value", choices=list(ABLATION_VALUES), default="zero",
@@ -244,13 +160,6 @@ def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -
     ablate.set_defaults(run=_run_ablate)
 
 
-def _grid_json(grid: np.ndarray | None) -> list[list[float | None]] | None:
-    """A [layers, heads] grid as nested lists, NaN as null."""
-    if grid is None:
-        return None
-    return [[None if np.isnan(value) else float(value) for value in row] for row in grid]
-
-
 def _ablation_json(result: AblationResult, mode: str, value: str) -> dict[str, Any]:
     joint = result.joint
     return {
@@ -262,9 +171,9 @@ def _ablation_json(result: AblationResult, mode: str, value: str) -> dict[str, A
         "value": value,
         "baseline_score": result.baseline_score,
         "output_change_metric": result.output_change_metric,
-        "target_delta": _grid_json(result.target_delta),
-        "output_change": _grid_json(result.output_change),
-        "importance": _grid_json(result.importance),
+        "target_delta": flags.array_json(result.target_delta),
+        "output_change": flags.array_json(result.output_change),
+        "importance": flags.array_json(result.importance),
         "joint": None if joint is None else {
             "heads": [list(head) for head in joint.heads],
             "ablated_score": joint.ablated_score,

@@ -4,13 +4,18 @@ into: the input, the target, the request options and the outputs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 from . import targets
 from introspect_contract import pb
 from .client import Client
+from .image_layout import ImageLayout
 from .options import CACHE_POLICIES
 
 TARGET_CHOICES = ("next_token", "logit_difference", "class", "similarity", "norm")
@@ -30,16 +35,40 @@ def add_client_command(
     )
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """--text, --pair and --model: one text (or text pair) for one model."""
-    parser.add_argument("--text", required=True, help="the input text")
+def add_input_arguments(parser: argparse.ArgumentParser, *, image: bool = False) -> None:
+    """--text, --pair and --model: one text (or text pair) for one model; with `image`,
+    --image PATH too, in place of --text."""
+    if image:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--text", help="the input text")
+        source.add_argument("--image", type=Path, default=None, metavar="PATH",
+                            help="an image file (PNG, JPEG or WebP) instead of --text, for models that take images")
+    else:
+        parser.add_argument("--text", required=True, help="the input text")
     parser.add_argument("--pair", default=None, metavar="TEXT", help="optional second segment (text pair)")
     parser.add_argument("--model", default="", help="model name (default: the server's default model)")
 
 
-def input_of(args: argparse.Namespace) -> str | tuple[str, str]:
-    """The input the --text and --pair flags describe."""
+def input_of(args: argparse.Namespace) -> str | tuple[str, str] | Path:
+    """The input the --text and --pair (or --image) flags describe."""
+    image = getattr(args, "image", None)
+    if image is not None:
+        if args.pair is not None:
+            raise ValueError("--pair goes with --text, not --image")
+        return image  # type: ignore[no-any-return]
     return args.text if args.pair is None else (args.text, args.pair)
+
+
+def layout_json(layout: ImageLayout | None) -> dict[str, Any] | None:
+    """An image layout as a JSON object (None for text inputs)."""
+    return None if layout is None else dataclasses.asdict(layout)
+
+
+def array_json(values: np.ndarray | None) -> Any:
+    """An array as nested lists (NaN as null); None stays None."""
+    if values is None:
+        return None
+    return np.where(np.isnan(values), None, values.astype(object)).tolist()
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +86,8 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--class", dest="class_index", type=int, default=None, metavar="N",
                        help="class: class scored (default: the predicted class)")
     group.add_argument("--probability", action="store_true", help="class: score the probability, not the logit")
-    group.add_argument("--reference", default=None, metavar="TEXT", help="similarity: the reference text")
+    group.add_argument("--reference", default=None, metavar="TEXT",
+                       help="similarity: the reference text (image-text dual encoders: a text for an image)")
 
 
 def target_of(args: argparse.Namespace, client: Client) -> pb.Target:
@@ -68,6 +98,7 @@ def target_of(args: argparse.Namespace, client: Client) -> pb.Target:
         kind = {
             pb.MODEL_KIND_CAUSAL_LM: "next_token",
             pb.MODEL_KIND_SEQUENCE_CLASSIFIER: "class",
+            pb.MODEL_KIND_IMAGE_CLASSIFIER: "class",
         }.get(info.kind, "similarity" if args.reference is not None else "norm")
     if kind == "next_token":
         return targets.next_token(position=args.position, token_id=args.token_id)

@@ -1,5 +1,6 @@
-"""`introspect saliency`: per-token attributions of a target score for one text, as a
-summary, JSON (--json) or a PNG of the tokens coloured by score (--png)."""
+"""`introspect saliency`: per-token attributions of a target score for one text or image,
+as a summary, JSON (--json) or a PNG (--png) of the tokens coloured by score or of the
+map over the image."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any, TextIO
 
 from . import cli_flags as flags
 from .client import Client
-from .saliency import BASELINES, INTEGRATION_RULES, SaliencyResult
+from .saliency import BASELINES, CAM_METHODS, CAM_POINTS, INTEGRATION_RULES, SaliencyResult
 
-METHOD_CHOICES = ("ig", "gradient", "gradient_x_input", "smoothgrad", "occlusion", "rollout", "flow")
+METHOD_CHOICES = ("ig", "gradient", "gradient_x_input", "smoothgrad", "occlusion", "rollout", "flow") + CAM_METHODS
 _SUMMARY_BAR_WIDTH = 30
 
 
@@ -19,22 +20,29 @@ def add_saliency_command(commands: Any, client_options: argparse.ArgumentParser)
     parser = flags.add_client_command(
         commands, client_options, "saliency", "which input tokens drove a target score",
         (
-            "Attributions of a target score to the tokens of one text.\n\n"
+            "Attributions of a target score to the tokens of one text, or to the patches and\n"
+            "pixels of one image (--image PATH; the CAM methods grad_cam, hi_res_cam,\n"
+            "xgrad_cam and layer_cam are for images only).\n\n"
             "Targets: next_token (causal LM: log-probability of --token-id, default the\n"
             "prediction, after --position), logit_difference (--token-id minus\n"
             "--contrast-token-id), class (classifier: --class, default the prediction;\n"
             "--probability for the softmax), similarity (encoder: cosine to --reference),\n"
             "norm (encoder: norm of the pooled embedding). Default: the model's first\n"
             "(norm for encoders without --reference).\n\n"
-            "Output: --png FILE colours the tokens by score, --json prints {model, method,\n"
-            "tokens, token_ids, scores, target_score, baseline_score, steps,\n"
-            "convergence_delta, converged, refinements}; without either, a table of the scores."
+            "Output: --png FILE colours the tokens by score (images: the map over the image,\n"
+            "one panel per --also method), --json prints {model, method, tokens, token_ids,\n"
+            "image, scores, grid_scores, pixel_scores, upsampled_scores, target_score,\n"
+            "baseline_score, steps, convergence_delta, converged, refinements, also: {method:\n"
+            "{scores, grid_scores, ...}}}; without either, a table of the scores."
         ),
     )
-    flags.add_input_arguments(parser)
+    flags.add_input_arguments(parser, image=True)
     parser.add_argument("--method", choices=METHOD_CHOICES, default="ig", help="attribution method (default: ig)")
     flags.add_target_arguments(parser)
-    parser.add_argument("--baseline", choices=list(BASELINES), default="default", help="ig baseline")
+    parser.add_argument("--baseline", choices=list(BASELINES), default="default",
+                        help="ig baseline (images: black, blur or noise)")
+    parser.add_argument("--blur-sigma", type=float, default=0.0, metavar="X",
+                        help="baseline blur: Gaussian std in pixels (default 5)")
     parser.add_argument(
         "--rule", choices=list(INTEGRATION_RULES), default="default",
         help="ig rule (default: gauss_legendre; riemann_trapezoid with --tolerance)",
@@ -44,12 +52,31 @@ def add_saliency_command(commands: Any, client_options: argparse.ArgumentParser)
     parser.add_argument("--batch-size", type=int, default=0, metavar="N", help="rows per forward pass (0: auto)")
     parser.add_argument("--samples", type=int, default=0, metavar="N", help="smoothgrad samples (default 20)")
     parser.add_argument("--noise-level", type=float, default=0.0, metavar="X", help="smoothgrad noise (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="smoothgrad seed")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="smoothgrad seed; baseline noise: its seed")
     parser.add_argument("--span", type=int, default=0, metavar="N", help="occlusion span (default 1)")
     parser.add_argument("--stride", type=int, default=0, metavar="N", help="occlusion stride (default 1)")
+    cam = parser.add_argument_group("CAM methods (images)")
+    cam.add_argument("--cam-layer", type=int, default=None, metavar="N", help="block read, 0-based (default: the last)")
+    cam.add_argument("--cam-point", choices=list(CAM_POINTS), default="default",
+                     help="where in the block (default: attention_input)")
+    cam.add_argument("--also", action="append", choices=CAM_METHODS, default=[], metavar="METHOD",
+                     help="another CAM method from the same pass (repeatable)")
+    parser.add_argument("--upsample", action="store_true",
+                        help="images: also the grid scores resized to the processed image")
     flags.add_request_arguments(parser)
     flags.add_output_arguments(parser, "write the coloured tokens to a PNG FILE", "print the result as JSON")
     parser.set_defaults(run=run_saliency)
+
+
+def _scores_json(result: SaliencyResult) -> dict[str, Any]:
+    """The scores of one method: per token and, for images, the maps."""
+    return {
+        "scores": result.scores.tolist(),
+        "grid_scores": flags.array_json(result.grid_scores),
+        "pixel_scores": flags.array_json(result.pixel_scores),
+        "upsampled_scores": flags.array_json(result.upsampled_scores),
+        "target_score": result.target_score,
+    }
 
 
 def _document(result: SaliencyResult, method: str) -> dict[str, Any]:
@@ -59,8 +86,8 @@ def _document(result: SaliencyResult, method: str) -> dict[str, Any]:
         "method": method,
         "tokens": result.tokens,
         "token_ids": result.token_ids,
-        "scores": result.scores.tolist(),
-        "target_score": result.target_score,
+        "image": flags.layout_json(result.image),
+        **_scores_json(result),
         "baseline_score": result.baseline_score,
         "steps": result.steps,
         "convergence_delta": result.convergence_delta,
@@ -68,6 +95,7 @@ def _document(result: SaliencyResult, method: str) -> dict[str, Any]:
         "refinements": [
             {"steps": item.steps, "convergence_delta": item.convergence_delta} for item in result.refinements
         ],
+        "also": {name: _scores_json(item) for name, item in result.by_method.items() if name != result.method},
     }
 
 
@@ -102,17 +130,25 @@ def run_saliency(args: argparse.Namespace, client: Client, out: TextIO) -> None:
         samples=args.samples,
         noise_level=args.noise_level,
         seed=args.seed,
+        blur_sigma=args.blur_sigma,
         span=args.span,
         stride=args.stride,
+        cam_layer=args.cam_layer,
+        cam_point=args.cam_point,
+        also=args.also,
+        upsample=args.upsample,
         truncate=args.truncate,
         cache=args.cache,
         timeout=args.timeout,
     )
     title = f"{result.model}: {args.method} of {target.WhichOneof('kind')}"
+    if args.method in CAM_METHODS:
+        title += f", layer {'last' if args.cam_layer is None else args.cam_layer}"
 
     def draw(path: str) -> None:
-        from .plot import token_saliency
+        from .plot import save_figure
+        from .plot_images import figure_for
 
-        token_saliency(result.scores, result.tokens, title, path)
+        save_figure(figure_for(result, image=args.image, title=title), path)
 
     flags.write_outputs(args, out, lambda: _document(result, args.method), draw, lambda: _summary(result, title))

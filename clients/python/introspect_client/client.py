@@ -127,6 +127,11 @@ def assembler_for(options: AttentionOptions) -> AttentionAssembler:
     return AttentionAssembler(view, int_list(options.get("heads", ()), "heads"))
 
 
+def saliency_assembler_for(options: SaliencyOptions) -> SaliencyAssembler:
+    """An assembler for the stream of a saliency call with these options."""
+    return SaliencyAssembler(str(options.get("method", "integrated_gradients")))
+
+
 class _Assembler(Protocol[MessageT, ResultT]):
     """Collects the messages of one stream into a result."""
 
@@ -269,7 +274,7 @@ class Client(_ClientBase):
             return self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout)).model
 
     def stream_attention(
-        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
     ) -> Iterator[pb.StreamAttentionResponse]:
         """The raw StreamAttention messages as they arrive: a header, then chunks.
 
@@ -283,21 +288,27 @@ class Client(_ClientBase):
         return self._stream(self._stub.StreamAttention, request, timeout)
 
     def attention(
-        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
     ) -> AttentionResult:
         """Attention maps of one input or a batch, assembled into numpy arrays.
 
         Args:
-            inputs: a text, a (text, text_pair) tuple, a sequence of token ids, or a list
-                of those for a batch (see `make_inputs`).
+            inputs: a text, a (text, text_pair) tuple, a sequence of token ids, an image
+                (pathlib.Path, bytes, PIL image, pixel array), or a list of those for a
+                batch (see `make_inputs`).
+            image: instead of `inputs`, one image (a str is then a file path); exactly
+                one of `inputs` and `image` is given (TypeError otherwise).
             timeout: deadline in seconds (default: the client's).
             model: model name; "" selects the server's default.
             layers: layers to return (0-based); empty means all.
             heads: heads to return or reduce over; empty means all.
-            view: "heads", "head_mean", "head_max" or "rollout".
+            view: "heads", "head_mean", "head_max", "rollout" or, for images,
+                "mean_distance" (values [heads] per layer).
             top_k: if > 0, only the k most attended keys per query row (`key_indices`).
             dtype: "float32", "float16" or "bfloat16" values on the wire.
             rollout_residual_weight: rollout's identity weight (None: server default 0.5).
+            patch_grid: images: the [CLS] row over the patches as [heads_or_1,
+                grid_rows, grid_columns] per layer.
             truncate: cut inputs longer than the model's limit instead of failing.
             cache: "use", "bypass" or "refresh".
         """
@@ -305,7 +316,7 @@ class Client(_ClientBase):
         return self._assembled(self._stub.StreamAttention, request, timeout, lambda: assembler_for(options))
 
     def stream_ablation(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[AblationOptions]
     ) -> Iterator[pb.StreamHeadAblationResponse]:
         """The raw StreamHeadAblation messages as they arrive: a header, the baseline, then
         one message per layer (per_head), one joint result or one importance grid.
@@ -316,12 +327,13 @@ class Client(_ClientBase):
         return self._stream(self._stub.StreamHeadAblation, request, timeout)
 
     def ablate(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[AblationOptions]
     ) -> AblationResult:
         """What attention heads do for a target score and for the whole output.
 
         Args:
-            input: a text, a (text, text_pair) tuple or a sequence of token ids.
+            input: a text, a (text, text_pair) tuple, a sequence of token ids or an image.
+            image: instead of `input`, one image (a str is then a file path).
             timeout: deadline in seconds (default: the client's).
             model: model name; "" selects the server's default.
             target: the score to measure, from `introspect_client.targets` (e.g.
@@ -345,7 +357,7 @@ class Client(_ClientBase):
         return self._assembled(self._stub.StreamHeadAblation, request, timeout, AblationAssembler)
 
     def stream_saliency(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
     ) -> Iterator[pb.StreamSaliencyResponse]:
         """The raw StreamSaliency messages as they arrive: a header, then partial results
         (integrated-gradients refinements, occlusion spans, SmoothGrad batches) and the
@@ -357,20 +369,25 @@ class Client(_ClientBase):
         return self._stream(self._stub.StreamSaliency, request, timeout)
 
     def saliency(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
     ) -> SaliencyResult:
         """Per-token attributions of a target score to the input tokens.
 
         Args:
-            input: a text, a (text, text_pair) tuple or a sequence of token ids.
+            input: a text, a (text, text_pair) tuple, a sequence of token ids or an image.
+            image: instead of `input`, one image (a str is then a file path).
             timeout: deadline in seconds (default: the client's).
             model: model name; "" selects the server's default.
             target: the score to explain, from `introspect_client.targets` (e.g.
                 `targets.next_token()`); the model's ModelInfo lists those it supports.
             method: "integrated_gradients" (or "ig", the default), "gradient",
-                "gradient_x_input", "smoothgrad", "occlusion", "rollout", "flow".
-            baseline, rule, steps, tolerance: integrated gradients (see `saliency_request`).
+                "gradient_x_input", "smoothgrad", "occlusion", "rollout", "flow"; images
+                also "grad_cam", "hi_res_cam", "xgrad_cam", "layer_cam".
+            baseline, rule, steps, tolerance: integrated gradients (see `saliency_request`);
+                images also baselines "black", "blur" (blur_sigma) and "noise" (seed).
             noise_level, samples, seed: SmoothGrad.
+            cam_layer, cam_point, also: the CAM methods (see `saliency_request`).
+            upsample: images: also the grid scores resized to the processed image.
             span, stride, replacement: occlusion.
             batch_size: points, samples or variants per forward pass (0: the server chooses).
             per_dimension: also return [tokens, hidden] attributions (gradient methods).
@@ -378,10 +395,12 @@ class Client(_ClientBase):
             cache: "use", "bypass" or "refresh".
 
         Returns a SaliencyResult: `scores` [tokens], the target (and baseline) score, and
-        for integrated gradients the steps and convergence delta of every refinement.
+        for integrated gradients the steps and convergence delta of every refinement;
+        images add `image` (the layout), `grid_scores`, `pixel_scores`,
+        `upsampled_scores`, and `by_method` (with CAM `also`).
         """
         request = saliency_request(input, **options)  # checks the options
-        return self._assembled(self._stub.StreamSaliency, request, timeout, SaliencyAssembler)
+        return self._assembled(self._stub.StreamSaliency, request, timeout, lambda: saliency_assembler_for(options))
 
     def stream_logit_lens(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]
@@ -484,46 +503,46 @@ class AsyncClient(_ClientBase):
             return (await self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout))).model
 
     def stream_attention(
-        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
     ) -> AsyncIterator[pb.StreamAttentionResponse]:
         """The raw StreamAttention messages as they arrive (`async for`); see `Client.attention`."""
         request = attention_request(inputs, **options)
         return self._stream(self._stub.StreamAttention, request, timeout)
 
     async def attention(
-        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
     ) -> AttentionResult:
         """Attention maps of one input or a batch; see `Client.attention` for the arguments."""
         request = attention_request(inputs, **options)  # checks the options
         return await self._assembled(self._stub.StreamAttention, request, timeout, lambda: assembler_for(options))
 
     def stream_ablation(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[AblationOptions]
     ) -> AsyncIterator[pb.StreamHeadAblationResponse]:
         """The raw StreamHeadAblation messages as they arrive (`async for`); see `Client.ablate`."""
         request = ablation_request(input, **options)
         return self._stream(self._stub.StreamHeadAblation, request, timeout)
 
     async def ablate(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[AblationOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[AblationOptions]
     ) -> AblationResult:
         """Head ablation, importance or joint ablation; see `Client.ablate` for the arguments."""
         request = ablation_request(input, **options)  # checks the options
         return await self._assembled(self._stub.StreamHeadAblation, request, timeout, AblationAssembler)
 
     def stream_saliency(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
     ) -> AsyncIterator[pb.StreamSaliencyResponse]:
         """The raw StreamSaliency messages as they arrive (`async for`); see `Client.saliency`."""
         request = saliency_request(input, **options)
         return self._stream(self._stub.StreamSaliency, request, timeout)
 
     async def saliency(
-        self, input: InputLike, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
     ) -> SaliencyResult:
         """Per-token attributions of a target score; see `Client.saliency` for the arguments."""
         request = saliency_request(input, **options)  # checks the options
-        return await self._assembled(self._stub.StreamSaliency, request, timeout, SaliencyAssembler)
+        return await self._assembled(self._stub.StreamSaliency, request, timeout, lambda: saliency_assembler_for(options))
 
     def stream_logit_lens(
         self, input: InputLike, *, timeout: float | None = None, **options: Unpack[LogitLensOptions]

@@ -11,7 +11,8 @@ from typing import Any, TypedDict
 
 from introspect_contract import pb
 from introspect_contract.enums import ATTENTION_VIEW, CACHE_POLICY, DTYPE, EnumNames
-from .inputs import InputsLike, make_inputs
+from .image_inputs import ImageLike
+from .inputs import InputsLike, chosen_input, make_inputs
 
 
 
@@ -45,6 +46,7 @@ CACHE_POLICIES: dict[str, int] = enum_choices(CACHE_POLICY, unset="use")
 class AttentionOptions(TypedDict, total=False):
     """Keyword options of `attention` / `stream_attention` (see `attention_request`)."""
 
+    image: ImageLike | None
     model: str
     layers: int | Iterable[int]
     heads: int | Iterable[int]
@@ -52,6 +54,7 @@ class AttentionOptions(TypedDict, total=False):
     top_k: int
     dtype: str
     rollout_residual_weight: float | None
+    patch_grid: bool
     truncate: bool
     cache: str
 
@@ -90,8 +93,9 @@ def set_target(request: pb.StreamSaliencyRequest | pb.StreamHeadAblationRequest,
 
 
 def attention_request(
-    inputs: InputsLike,
+    inputs: InputsLike | None = None,
     *,
+    image: ImageLike | None = None,
     model: str = "",
     layers: int | Iterable[int] = (),
     heads: int | Iterable[int] = (),
@@ -99,6 +103,7 @@ def attention_request(
     top_k: int = 0,
     dtype: str = "float32",
     rollout_residual_weight: float | None = None,
+    patch_grid: bool = False,
     truncate: bool = False,
     cache: str = "use",
 ) -> pb.StreamAttentionRequest:
@@ -106,23 +111,29 @@ def attention_request(
 
     Args:
         inputs: one input or a batch (see `make_inputs`).
+        image: instead of `inputs`, one image (a path, str included, bytes, a PIL image
+            or a pixel array; see `make_image_input`). Exactly one of the two is given.
         model: model name; "" selects the server's default model.
         layers: layers to return (0-based); empty means all.
         heads: query heads to return or reduce over; empty means all.
-        view: "heads", "head_mean", "head_max" or "rollout".
+        view: "heads", "head_mean", "head_max", "rollout" or, for images,
+            "mean_distance" (each head's mean attention distance in pixels).
         top_k: if > 0, only the k most attended keys of every query row (with their indices).
         dtype: element type of the returned values: "float32", "float16" or "bfloat16".
         rollout_residual_weight: rollout's identity weight; None uses the server's default (0.5).
+        patch_grid: images: only the [CLS] row over the patches, as the patch grid
+            (values [heads_or_1, grid_rows, grid_columns] per layer).
         truncate: cut inputs longer than the model's limit instead of failing.
         cache: result cache policy: "use", "bypass" or "refresh".
     """
     request = pb.StreamAttentionRequest(
-        inputs=make_inputs(inputs),
+        inputs=make_inputs(chosen_input(inputs, image)),
         layers=int_list(layers, "layers"),
         heads=int_list(heads, "heads"),
         view=enum_value(VIEWS, view, "view"),  # type: ignore[arg-type]
         top_k=int(top_k),
         dtype=enum_value(VALUE_DTYPES, dtype, "dtype"),  # type: ignore[arg-type]
+        patch_grid=bool(patch_grid),
         **shared_fields(model, truncate, cache),
     )
     if rollout_residual_weight is not None:

@@ -2,6 +2,8 @@
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so plotting
 neither needs a display nor changes the backend of a program that imports this module.
+Every `*_figure` function returns the matplotlib Figure; the functions without the suffix
+write it to a PNG file (`save_figure`). Image results are drawn by `plot_images`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
+def new_figure(width: float, height: float, *, constrained: bool = True) -> Any:
+    """A Figure of width x height inches on its own Agg canvas (no pyplot)."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained" if constrained else None)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str]) -> None:
+    """Writes `figure` to the PNG file `path`."""
+    figure.savefig(os.fspath(path), format="png", dpi=_DPI)
+
+
 def _side_inches(count: int) -> float:
     """Length of the heatmap side holding `count` tokens."""
     return min(max(_INCHES_PER_TOKEN * count, _MIN_SIDE_INCHES), _MAX_SIDE_INCHES)
@@ -56,7 +71,19 @@ def attention_heatmap(
     key_tokens: Sequence[str] | None = None,
     value_label: str = "attention probability",
 ) -> None:
-    """Writes a heatmap of an attention matrix [query, keys] to the PNG file `path`.
+    """Writes `attention_figure` to the PNG file `path`."""
+    save_figure(attention_figure(matrix, tokens, title, key_tokens=key_tokens, value_label=value_label), path)
+
+
+def attention_figure(
+    matrix: np.ndarray,
+    tokens: Sequence[str],
+    title: str,
+    *,
+    key_tokens: Sequence[str] | None = None,
+    value_label: str = "attention probability",
+) -> Any:
+    """A heatmap of an attention matrix [query, keys].
 
     Query tokens label the rows (y axis, top to bottom), key tokens the columns (x axis);
     `key_tokens` defaults to `tokens`. The figure grows with the number of tokens, and a
@@ -69,8 +96,6 @@ def attention_heatmap(
     queries = list(tokens)
     if values.shape != (len(queries), len(keys)):
         raise ValueError(f"matrix of shape {values.shape} does not match {len(queries)} x {len(keys)} tokens")
-    Figure, FigureCanvasAgg = _matplotlib()
-
     rows, row_font = _ticks(len(queries))
     columns, column_font = _ticks(len(keys))
     longest = max((len(token) for token in queries + keys), default=1)
@@ -78,8 +103,7 @@ def attention_heatmap(
     width = _side_inches(len(keys)) + label_inches + 1.8
     height = _side_inches(len(queries)) + label_inches + 1.0
 
-    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(width, height)
     axes = figure.add_subplot()
     finite = values[np.isfinite(values)]
     top = float(finite.max()) if finite.size else 1.0
@@ -92,7 +116,7 @@ def attention_heatmap(
     axes.set_title(title, fontsize=12)
     colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02, shrink=min(1.0, 6.0 / height))
     colorbar.set_label(value_label)
-    figure.savefig(os.fspath(path), format="png", dpi=_DPI)
+    return figure
 
 
 # Inches per head / layer cell of a head grid, and the largest grid whose cells get
@@ -108,19 +132,21 @@ def head_heatmap(
     *,
     value_label: str = "change of the target score",
 ) -> None:
-    """Writes a layers x heads heatmap of per-head values [layers, heads] to the PNG file
-    `path`: layers down, heads across, a diverging colour scale centred on 0, and NaN
+    """Writes `head_figure` to the PNG file `path`."""
+    save_figure(head_figure(grid, title, value_label=value_label), path)
+
+
+def head_figure(grid: np.ndarray, title: str, *, value_label: str = "change of the target score") -> Any:
+    """A layers x heads heatmap of per-head values [layers, heads]: layers down, heads across, a diverging colour scale centred on 0, and NaN
     (heads not computed) left blank. Small grids carry their values in the cells."""
     values = np.asarray(grid, dtype=np.float32)
     if values.ndim != 2:
         raise ValueError(f"grid must be 2-D [layers, heads], got shape {values.shape}")
-    Figure, FigureCanvasAgg = _matplotlib()
     layers, heads = values.shape
     width = min(max(_INCHES_PER_HEAD_CELL * heads, _MIN_SIDE_INCHES), _MAX_SIDE_INCHES) + 2.0
     height = min(max(_INCHES_PER_HEAD_CELL * layers, _MIN_SIDE_INCHES * 0.75), _MAX_SIDE_INCHES) + 1.2
 
-    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(width, height)
     axes = figure.add_subplot()
     finite = values[np.isfinite(values)]
     bound = float(np.abs(finite).max()) if finite.size else 1.0
@@ -142,7 +168,7 @@ def head_heatmap(
                           color="white" if strong else "black")
     colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
     colorbar.set_label(value_label)
-    figure.savefig(os.fspath(path), format="png", dpi=_DPI)
+    return figure
 
 
 # Token saliency layout: tokens as running text in a monospace font, wrapped at a fixed
@@ -176,13 +202,19 @@ def token_saliency(
     *,
     value_label: str = "attribution",
 ) -> None:
-    """Writes the tokens as text, each on a background coloured by its score, to the PNG
-    file `path`: a diverging colormap centred on 0 (red positive, blue negative) with
+    """Writes `token_saliency_figure` to the PNG file `path`."""
+    save_figure(token_saliency_figure(scores, tokens, title, value_label=value_label), path)
+
+
+def token_saliency_figure(
+    scores: np.ndarray, tokens: Sequence[str], title: str, *, value_label: str = "attribution"
+) -> Any:
+    """The tokens as text, each on a background coloured by its score: a diverging colormap centred on 0 (red positive, blue negative) with
     a colorbar."""
     values = np.asarray(scores, dtype=np.float32)
     if values.shape != (len(tokens),):
         raise ValueError(f"scores of shape {values.shape} do not match {len(tokens)} tokens")
-    Figure, FigureCanvasAgg = _matplotlib()
+    _matplotlib()  # ImportError with the install hint first
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
@@ -195,8 +227,7 @@ def token_saliency(
     text_height = lines * line_inches
     width, height = _TEXT_WIDTH_INCHES + 2.0, text_height + 1.8
 
-    figure = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(figure)
+    figure = new_figure(width, height, constrained=False)
     # text area in inches: x from 0.4, lines downward from below the title
     axes = figure.add_axes((0.4 / width, 1.2 / height, _TEXT_WIDTH_INCHES / width, text_height / height))
     axes.set_xlim(0, _TEXT_WIDTH_INCHES)
@@ -212,13 +243,13 @@ def token_saliency(
         )
     figure.suptitle(title, fontsize=12, y=1 - 0.3 / height)
     bar_axes = figure.add_axes((0.4 / width, 0.45 / height, _TEXT_WIDTH_INCHES / width, 0.2 / height))
-    mappable = _scalar_mappable(norm, colormap)
+    mappable = scalar_mappable(norm, colormap)
     colorbar = figure.colorbar(mappable, cax=bar_axes, orientation="horizontal")
     colorbar.set_label(value_label)
-    figure.savefig(os.fspath(path), format="png", dpi=_DPI)
+    return figure
 
 
-def _scalar_mappable(norm: Any, colormap: Any) -> Any:
+def scalar_mappable(norm: Any, colormap: Any) -> Any:
     """A colour scale for a colorbar without an image."""
     from matplotlib.cm import ScalarMappable
 

@@ -3,6 +3,9 @@
 The server splits one layer's result for one input into chunks by heads and/or by query
 row ranges, and chunks of different inputs may interleave. `AttentionAssembler` puts
 them back together; the sync and async clients both feed it the messages they receive.
+Image inputs add two shapes, both on the query range 0..1: patch-grid chunks (values
+[heads_or_1, grid_rows, grid_columns], the [CLS] row over the patches) and the mean
+attention distance (values [heads, 1, 1], assembled to [heads] per layer).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from introspect_contract import pb
+from .image_layout import ImageLayout
 from .options import VIEW_NAMES
 from .streams import HeaderFirst, input_fields, stream_fields
 from introspect_contract.tensors import decode_tensor
@@ -27,12 +31,16 @@ class InputAttention:
         token_ids: the token ids fed to the model.
         truncated: True when the input was cut to the model's limit.
         original_length: length in tokens before truncation.
-        view: "heads", "head_mean", "head_max" or "rollout".
-        heads: heads along the first axis of every array for view "heads"; empty for the
-            views reduced over heads (their first axis has size 1).
-        layers: layer -> values [heads_or_1, query, keys_or_k]; float32 (float16 when
-            float16 was asked for).
+        view: "heads", "head_mean", "head_max", "rollout" or "mean_distance".
+        heads: heads along the first axis of every array for views "heads" and
+            "mean_distance"; empty for the views reduced over heads (their first axis
+            has size 1).
+        layers: layer -> values; float32 (float16 when float16 was asked for):
+            [heads_or_1, query, keys_or_k], or with patch_grid [heads_or_1, grid_rows,
+            grid_columns] (the [CLS] row over the patches), or for "mean_distance"
+            [heads] (pixels of the processed image).
         key_indices: with top_k, layer -> int32 key positions [heads_or_1, query, k].
+        image: how an image input became tokens; None for text.
     """
 
     tokens: list[str]
@@ -43,9 +51,12 @@ class InputAttention:
     heads: list[int] = field(default_factory=list)
     layers: dict[int, np.ndarray] = field(default_factory=dict)
     key_indices: dict[int, np.ndarray] = field(default_factory=dict)
+    image: ImageLayout | None = None
 
     def stacked(self) -> np.ndarray:
-        """All layers' values stacked in layer order: [layers, heads_or_1, query, keys_or_k]."""
+        """All layers' values stacked in layer order: [layers, heads_or_1, query,
+        keys_or_k], [layers, heads_or_1, grid_rows, grid_columns] with patch_grid, or
+        [layers, heads] for "mean_distance"."""
         if not self.layers:
             raise ValueError("the result holds no layers")
         return np.stack([self.layers[layer] for layer in sorted(self.layers)])
@@ -72,19 +83,31 @@ class AttentionResult:
 
 @dataclass(frozen=True)
 class _Piece:
-    """One decoded chunk: heads (empty for reduced views), rows [start, end), arrays."""
+    """One decoded chunk: heads (empty for reduced views), rows [start, end), arrays, and
+    the patch grid (rows, columns) of a patch-grid chunk, whose values are flattened to
+    one query row."""
 
     heads: tuple[int, ...]
     query_start: int
     query_end: int
     values: np.ndarray  # [heads_or_1, query_end - query_start, keys_or_k]
     key_indices: np.ndarray | None  # int32, same shape as values, with top_k
+    grid: tuple[int, int] | None = None
 
 
 def _piece_of(chunk: pb.AttentionChunk) -> _Piece:
     values = decode_tensor(chunk.values)
     indices = decode_tensor(chunk.key_indices) if chunk.HasField("key_indices") else None
     where = f"chunk of input {chunk.input_index}, layer {chunk.layer}"
+    grid = (chunk.grid_rows, chunk.grid_columns) if chunk.grid_rows or chunk.grid_columns else None
+    if grid is not None:  # [heads_or_1, grid_rows, grid_columns] -> [heads_or_1, 1, grid_rows * grid_columns]
+        if values.ndim != 3 or values.shape[1:] != grid or (chunk.query_start, chunk.query_end) != (0, 1):
+            raise ValueError(
+                f"{where}: patch-grid values of shape {values.shape} for a {grid[0]}x{grid[1]} grid, "
+                f"query rows [{chunk.query_start}, {chunk.query_end})"
+            )
+        values = values.reshape(values.shape[0], 1, -1)
+        indices = None if indices is None else indices.reshape(values.shape)
     rows = chunk.query_end - chunk.query_start
     if values.ndim != 3 or values.shape[1] != rows or rows <= 0:
         raise ValueError(
@@ -95,7 +118,7 @@ def _piece_of(chunk: pb.AttentionChunk) -> _Piece:
         raise ValueError(f"{where}: {len(chunk.heads)} heads but values of shape {values.shape}")
     if indices is not None and indices.shape != values.shape:
         raise ValueError(f"{where}: key_indices of shape {indices.shape}, values of shape {values.shape}")
-    return _Piece(tuple(chunk.heads), chunk.query_start, chunk.query_end, values, indices)
+    return _Piece(tuple(chunk.heads), chunk.query_start, chunk.query_end, values, indices, grid)
 
 
 def _assemble_pieces(
@@ -193,9 +216,22 @@ class AttentionAssembler(HeaderFirst):
     def _finish(self, key: tuple[int, int]) -> None:
         input_index, layer = key
         target = self._inputs[input_index]
-        heads, values, indices = _assemble_pieces(
-            self._pending.pop(key), len(target.token_ids), f"input {input_index}, layer {layer}", self._head_order
-        )
+        pieces = self._pending.pop(key)
+        where = f"input {input_index}, layer {layer}"
+        grids = {piece.grid for piece in pieces}
+        if len(grids) > 1:
+            raise ValueError(f"{where}: chunks disagree on the patch grid: {sorted(map(str, grids))}")
+        grid = grids.pop() if grids else None
+        one_row = grid is not None or target.view == "mean_distance"
+        query_rows = 1 if one_row else len(target.token_ids) or len(target.tokens)
+        heads, values, indices = _assemble_pieces(pieces, query_rows, where, self._head_order)
+        if grid is not None:  # [heads_or_1, 1, rows * columns] -> [heads_or_1, rows, columns]
+            values = values.reshape(values.shape[0], *grid)
+            indices = None if indices is None else indices.reshape(values.shape)
+        elif target.view == "mean_distance":  # [heads, 1, 1] -> [heads]
+            if values.shape[1:] != (1, 1):
+                raise ValueError(f"{where}: mean distance values of shape {values.shape}, expected [heads, 1, 1]")
+            values = values.reshape(values.shape[0])
         target.heads = heads
         target.layers[layer] = values
         if indices is not None:

@@ -3,12 +3,13 @@ anything else, and the result fields it carries."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
 
 from introspect_contract import pb
+from .image_layout import ImageLayout, layout_of
 
 
 def stream_fields(header: pb.StreamHeader) -> dict[str, Any]:
@@ -17,14 +18,21 @@ def stream_fields(header: pb.StreamHeader) -> dict[str, Any]:
 
 
 def input_fields(item: pb.TokenizedInput) -> dict[str, Any]:
-    """One input as the model saw it (tokens, token_ids, truncated, original_length), as
-    result keyword arguments."""
+    """One input as the model saw it (tokens, token_ids, truncated, original_length and
+    the image layout, None for text), as result keyword arguments."""
     return {
         "tokens": list(item.tokens),
         "token_ids": [int(token) for token in item.token_ids],
         "truncated": item.truncated,
         "original_length": item.original_length,
+        "image": layout_of(item),
     }
+
+
+def token_count(item: pb.TokenizedInput) -> int:
+    """Tokens the model saw: the token ids, or for image inputs (which have no ids) the
+    token names (special tokens, then one per patch)."""
+    return len(item.token_ids) or len(item.tokens)
 
 
 def single_input_fields(header: pb.StreamHeader) -> dict[str, Any]:
@@ -40,6 +48,7 @@ class SingleInputResult:
         model, fingerprint, cached: which model (and weights) answered; cached when the
             stream was replayed from the server's result cache.
         tokens, token_ids, truncated, original_length: the input as the model saw it.
+        image: how an image input became tokens (keyword-only); None for text.
     """
 
     model: str
@@ -49,6 +58,7 @@ class SingleInputResult:
     token_ids: list[int]
     truncated: bool
     original_length: int
+    image: ImageLayout | None = field(default=None, kw_only=True)
 
 
 class HeaderFirst:
