@@ -120,12 +120,16 @@ def _row_bytes(*arrays: WireArray | None) -> int:
 def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> Iterator[pb.AttentionChunk]:
     """Splits one layer's result into chunks under `max_message_bytes`: by heads while a
     head's rows fit, else by query rows within one head."""
-    values = result.values.values  # [heads_or_1, query, keys_or_k]
+    values = result.values.values  # [heads_or_1, query, keys_or_k], or [heads_or_1, grid_rows, grid_columns]
     heads_count, query_count = values.shape[0], values.shape[1]
     budget = chunk_budget(max_message_bytes)
     row_bytes = max(_row_bytes(result.values, result.key_indices), 1)
     rows_per_chunk = max(budget // row_bytes, 1)
-    if rows_per_chunk >= query_count:
+    if result.grid_rows:
+        # a patch grid is query row 0 (the [CLS] row) whatever its shape: split by heads only
+        heads_per_chunk = max(rows_per_chunk // max(query_count, 1), 1)
+        slices = [(h, min(h + heads_per_chunk, heads_count), 0, 1) for h in range(0, heads_count, heads_per_chunk)]
+    elif rows_per_chunk >= query_count:
         heads_per_chunk = max(rows_per_chunk // max(query_count, 1), 1)
         slices = [(h, min(h + heads_per_chunk, heads_count), 0, query_count) for h in range(0, heads_count, heads_per_chunk)]
     else:
@@ -135,6 +139,7 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             for q in range(0, query_count, rows_per_chunk)
         ]
     for position, (head_start, head_end, query_start, query_end) in enumerate(slices):
+        rows = slice(None) if result.grid_rows else slice(query_start, query_end)
         chunk = pb.AttentionChunk(
             input_index=result.input_index,
             layer=result.layer,
@@ -142,13 +147,13 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             query_start=query_start,
             query_end=query_end,
             view=ATTENTION_VIEW.number(result.view),
-            values=encode_storage(values[head_start:head_end, query_start:query_end], result.values.dtype),
+            values=encode_storage(values[head_start:head_end, rows], result.values.dtype),
             layer_complete=position == len(slices) - 1,
             grid_rows=result.grid_rows,
             grid_columns=result.grid_columns,
         )
         if result.key_indices is not None:
-            indices = result.key_indices.values[head_start:head_end, query_start:query_end]
+            indices = result.key_indices.values[head_start:head_end, rows]
             chunk.key_indices.CopyFrom(encode_storage(indices, result.key_indices.dtype))
         yield chunk
 

@@ -1,0 +1,352 @@
+"""Vision transformers through a real server and raw gRPC stubs, against the same weights
+loaded by plain transformers (eager attention, tests/conftest.py's reference_vision_model)
+and the model's own image processor loaded independently (reference_pixel_values).
+
+  * models: every served case is described (kind, modality, layers, heads, labels, tokens);
+    every refused one is refused at load naming why, and a server given one exits 2.
+  * header: the ImageLayout and token names of every served case.
+  * attention: every layer and head against output_attentions=True within 1e-5; the
+    reductions, rollout, top_k, patch_grid and mean_distance against numpy.
+  * ablation: PER_HEAD / JOINT / IMPORTANCE against forward pre-hooks on the attention
+    output projection (and autograd through hand-made head gates).
+  * inputs: every accepted encoding and pixel layout against the reference decoding, and
+    every bad input refused with INVALID_ARGUMENT naming the field and what is accepted.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+import vision
+from conftest import InProcessServer, reference_pixel_values, reference_vision_model
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from introspect_contract import pb, pb_grpc
+from introspect_contract.tensors import decode_tensor
+from PIL import Image
+from test_attention import numpy_rollout
+from test_head_ablation import HeadEdit, gated, replaced, zeroed
+
+TOLERANCE = 1e-5
+SERVED = [case for case in vision.VISION_CASES if case.served]
+REFUSED = {  # refused case -> what the load error must say
+    "swin-classifier": "windowed attention",
+    "resnet-classifier": "convolutional",
+    "convnext-classifier": "convolutional",
+}
+KINDS = {
+    vision.IMAGE_CLASSIFIER: pb.MODEL_KIND_IMAGE_CLASSIFIER,
+    vision.IMAGE_ENCODER: pb.MODEL_KIND_IMAGE_ENCODER,
+    vision.DUAL_ENCODER: pb.MODEL_KIND_IMAGE_TEXT_DUAL_ENCODER,
+}
+IMAGE = vision.draw_image(1)  # 64 x 48 (width x height)
+OTHER = vision.draw_image(2, (40, 56))  # another image, another original size
+ACCEPTED_FILES = "PNG, JPEG or WebP"
+
+
+# ---- requests and responses ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stub(vision_server: InProcessServer) -> Iterator[pb_grpc.IntrospectionStub]:
+    """A raw stub of the vision server."""
+    with grpc.insecure_channel(vision_server.address) as channel:
+        yield pb_grpc.IntrospectionStub(channel)
+
+
+def encoded_input(data: bytes) -> pb.Input:
+    """An Input of encoded image bytes."""
+    return pb.Input(image=pb.ImageInput(encoded=data))
+
+
+def png_input(image: Image.Image) -> pb.Input:
+    """An Input of `image` as PNG."""
+    return encoded_input(vision.encode(image, "PNG"))
+
+
+def pixels_input(pixels: np.ndarray, dtype: int, shape: Sequence[int] | None = None) -> pb.Input:
+    """An Input of raw pixels [channels, height, width] (its shape unless `shape` is given)."""
+    tensor = pb.Tensor(shape=list(pixels.shape if shape is None else shape), dtype=dtype, data=pixels.tobytes())
+    return pb.Input(image=pb.ImageInput(pixels=tensor))
+
+
+@dataclass
+class Attention:
+    """One StreamAttention answer: header, then per (input, layer) the assembled values
+    [heads_or_1, query_rows, keys_or_k] (key_indices with top_k) and the chunks."""
+
+    header: pb.StreamHeader
+    values: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    key_indices: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    chunks: list[pb.AttentionChunk] = field(default_factory=list)
+
+    def stacked(self, index: int = 0) -> np.ndarray:
+        """[layers, heads_or_1, ...] of one input, layers in order."""
+        layers = sorted(layer for row, layer in self.values if row == index)
+        return np.stack([self.values[index, layer] for layer in layers])
+
+
+def attention(stub: pb_grpc.IntrospectionStub, model: str, inputs: Sequence[pb.Input], **fields: object) -> Attention:
+    """StreamAttention with the result cache bypassed, chunks assembled along query rows."""
+    request = pb.StreamAttentionRequest(model=model, inputs=list(inputs), cache=pb.CACHE_POLICY_BYPASS, **fields)
+    messages = list(stub.StreamAttention(request))
+    assert messages[0].HasField("header")
+    result = Attention(messages[0].header)
+    result.chunks = [message.chunk for message in messages[1:]]
+    for key in {(chunk.input_index, chunk.layer) for chunk in result.chunks}:
+        parts = [c for c in result.chunks if (c.input_index, c.layer) == key]
+        result.values[key] = _assemble(parts, "values")
+        if parts[0].HasField("key_indices"):
+            result.key_indices[key] = _assemble(parts, "key_indices")
+    return result
+
+
+def _assemble(parts: list[pb.AttentionChunk], name: str) -> np.ndarray:
+    """One layer's tensor from its chunks: query rows joined within each group of heads,
+    the groups joined along the heads axis in the order they came."""
+    groups: dict[tuple[int, ...], list[pb.AttentionChunk]] = {}
+    for chunk in parts:
+        groups.setdefault(tuple(chunk.heads), []).append(chunk)
+    return np.concatenate([
+        np.concatenate([decode_tensor(getattr(c, name)) for c in sorted(group, key=lambda c: c.query_start)], axis=1)
+        for group in groups.values()
+    ], axis=0)
+
+
+def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str]:
+    """(code, BadRequest field, message) of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    error = raised.value
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    fields = []
+    for detail in status.details if status else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            fields += [violation.field for violation in bad_request.field_violations]
+    return error.code(), fields[0] if fields else "", error.details()
+
+
+def attention_refusal(stub: pb_grpc.IntrospectionStub, model: str, inputs: Sequence[pb.Input],
+                      **fields: object) -> tuple[grpc.StatusCode, str, str]:
+    """The refusal of a StreamAttention request."""
+    return refusal(lambda: attention(stub, model, inputs, **fields))
+
+
+# ---- the reference -----------------------------------------------------------------------------
+
+
+def tower(model: torch.nn.Module, case: vision.VisionCase) -> torch.nn.Module:
+    """The module that runs the image encoder: the vision tower of a dual encoder, else the model."""
+    return model.vision_model if case.kind == vision.DUAL_ENCODER else model
+
+
+def eager_maps(vision_dirs: dict[str, Path], name: str, pixel_values: torch.Tensor) -> np.ndarray:
+    """[layers, batch, heads, tokens, tokens] of output_attentions=True on eager attention."""
+    case = vision.VISION_CASES_BY_NAME[name]
+    model = reference_vision_model(vision_dirs, name)
+    with torch.no_grad():
+        output = tower(model, case)(pixel_values=pixel_values, output_attentions=True)
+    return torch.stack(output.attentions).numpy()
+
+
+def reference_maps(vision_dirs: dict[str, Path], name: str, image: Image.Image | np.ndarray) -> np.ndarray:
+    """[layers, heads, tokens, tokens] of one image through the reference processor and model."""
+    return eager_maps(vision_dirs, name, reference_pixel_values(vision_dirs, name, image))[:, 0]
+
+
+def token_names(case: vision.VisionCase) -> list[str]:
+    """The tokens an image of `case` becomes, written out from the case."""
+    rows, cols = case.grid
+    return [*case.special_tokens, *(f"patch {r},{c}" for r in range(rows) for c in range(cols))]
+
+
+# ---- 1. models -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", SERVED, ids=lambda case: case.name)
+def test_served_models_are_described(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path],
+                                     case: vision.VisionCase) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(vision_dirs[case.name])
+    tower_config = getattr(config, "vision_config", None) or config
+    info = stub.GetModel(pb.GetModelRequest(name=case.name)).model
+    assert info.name == case.name and info.architecture == case.architecture and info.model_type == case.model_type
+    assert info.kind == KINDS[case.kind]
+    assert list(info.modalities) == [pb.MODALITY_IMAGE]
+    assert (info.num_layers, info.num_heads) == (tower_config.num_hidden_layers, tower_config.num_attention_heads)
+    assert info.num_labels == (vision.NUM_LABELS if case.kind == vision.IMAGE_CLASSIFIER else 0)
+    assert info.max_tokens == case.seq_len == len(case.special_tokens) + case.grid[0] * case.grid[1]
+    listed = {model.name: model for model in stub.ListModels(pb.ListModelsRequest()).models}
+    assert listed[case.name] == info
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_models_are_refused_at_load_naming_why(vision_dirs: dict[str, Path], name: str) -> None:
+    from introspect.config import ModelSpec
+    from introspect.models import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(ModelSpec(name, vision_dirs[name]), torch.device("cpu"), "float32")
+    message = str(refused.value)
+    assert REFUSED[name] in message and repr(name) in message, message
+
+
+def test_a_server_given_a_refused_model_exits_2_with_one_line(vision_dirs: dict[str, Path]) -> None:
+    path = vision_dirs["swin-classifier"]
+    finished = subprocess.run(
+        [sys.executable, "-m", "introspect", "--port", "0", f"--model=swin={path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert finished.returncode == 2
+    errors = [line for line in finished.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "'swin'" in errors[0] and str(path) in errors[0], finished.stderr
+    assert "windowed attention" in errors[0] and "Traceback" not in finished.stderr
+
+
+# ---- 2. header ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", SERVED, ids=lambda case: case.name)
+def test_header_lays_out_the_tokens(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path],
+                                    case: vision.VisionCase) -> None:
+    rotated = encoded_input(vision.jpeg_with_exif_orientation(IMAGE, 6))  # stored 64x48, upright 48 wide x 64 high
+    header = attention(stub, case.name, [png_input(IMAGE), rotated], layers=[0]).header
+    height, width = reference_pixel_values(vision_dirs, case.name, IMAGE).shape[-2:]
+    assert (height, width) == case.image_size
+    for item, (original_height, original_width) in zip(header.inputs, [(48, 64), (64, 48)], strict=True):
+        layout = item.image
+        assert (layout.height, layout.width) == (height, width)
+        assert (layout.patch_height, layout.patch_width) == (case.patch_size, case.patch_size)
+        assert (layout.grid_rows, layout.grid_columns) == case.grid
+        assert list(layout.special_tokens) == list(case.special_tokens)
+        assert layout.first_patch == len(case.special_tokens)
+        assert (layout.original_height, layout.original_width) == (original_height, original_width)
+        assert list(item.tokens) == token_names(case)
+        assert list(item.token_ids) == [] and item.original_length == case.seq_len
+
+
+# ---- 3. attention ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", SERVED, ids=lambda case: case.name)
+def test_every_head_of_a_batch_of_two_equals_eager_attention_of_each_alone(
+    stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path], case: vision.VisionCase
+) -> None:
+    result = attention(stub, case.name, [png_input(IMAGE), png_input(OTHER)])
+    for index, image in enumerate([IMAGE, OTHER]):
+        reference = reference_maps(vision_dirs, case.name, image)
+        assert reference.shape == (vision.TINY_LAYERS, vision.TINY_HEADS, case.seq_len, case.seq_len)
+        served = result.stacked(index)
+        assert served.shape == reference.shape
+        np.testing.assert_allclose(served, reference, atol=TOLERANCE, rtol=0)
+    assert np.abs(result.stacked(0) - result.stacked(1)).max() > 100 * TOLERANCE  # two images, two answers
+
+
+@pytest.mark.parametrize("name", ["vit-classifier", "deit-classifier"])
+def test_reductions_rollout_and_top_k_equal_numpy(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path],
+                                                  name: str) -> None:
+    reference = reference_maps(vision_dirs, name, IMAGE)  # [layers, heads, T, T]
+    heads = [0, 2, 3]
+    inputs = [png_input(IMAGE)]
+    mean = attention(stub, name, inputs, view=pb.ATTENTION_VIEW_HEAD_MEAN, heads=heads).stacked()[:, 0]
+    np.testing.assert_allclose(mean, reference[:, heads].mean(axis=1), atol=TOLERANCE, rtol=0)
+    maximum = attention(stub, name, inputs, view=pb.ATTENTION_VIEW_HEAD_MAX, heads=heads).stacked()[:, 0]
+    np.testing.assert_allclose(maximum, reference[:, heads].max(axis=1), atol=TOLERANCE, rtol=0)
+    rollout = attention(stub, name, inputs, view=pb.ATTENTION_VIEW_ROLLOUT).stacked()[:, 0]
+    np.testing.assert_allclose(rollout, np.stack(numpy_rollout(reference, 0.5)), atol=TOLERANCE, rtol=0)
+    k = 5
+    top = attention(stub, name, inputs, layers=[1], top_k=k)
+    values, indices = top.values[0, 1], top.key_indices[0, 1].astype(np.int64)
+    np.testing.assert_allclose(values, -np.sort(-reference[1], axis=-1)[..., :k], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.take_along_axis(reference[1], indices, axis=-1), values, atol=TOLERANCE, rtol=0)
+
+
+def expected_view(reference: np.ndarray, view: int) -> np.ndarray:
+    """[layers, heads_or_1, T, T] of a view computed from eager maps [layers, heads, T, T]."""
+    if view == pb.ATTENTION_VIEW_HEADS:
+        return reference
+    if view == pb.ATTENTION_VIEW_HEAD_MEAN:
+        return reference.mean(axis=1, keepdims=True)
+    return np.stack(numpy_rollout(reference, 0.5))[:, None]
+
+
+@pytest.mark.parametrize("name", ["vit-classifier", "deit-classifier", "dinov2-registers-encoder"])
+@pytest.mark.parametrize("view", [pb.ATTENTION_VIEW_HEADS, pb.ATTENTION_VIEW_HEAD_MEAN, pb.ATTENTION_VIEW_ROLLOUT],
+                         ids=["heads", "head_mean", "rollout"])
+def test_patch_grid_is_the_cls_row_over_the_patches_row_major(
+    stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path], name: str, view: int
+) -> None:
+    case = vision.VISION_CASES_BY_NAME[name]
+    rows, cols = case.grid
+    first = len(case.special_tokens)
+    full = expected_view(reference_maps(vision_dirs, name, IMAGE), view)  # [layers, heads_or_1, T, T]
+    result = attention(stub, name, [png_input(IMAGE)], view=view, patch_grid=True)
+    grids = result.stacked()  # [layers, heads_or_1, rows, cols]
+    assert grids.shape == (*full.shape[:2], rows, cols)
+    assert all((c.grid_rows, c.grid_columns, c.query_start, c.query_end) == (rows, cols, 0, 1) for c in result.chunks)
+    for r in range(rows):
+        for c in range(cols):  # patch (r, c) is key token first_patch + r * cols + c
+            np.testing.assert_allclose(grids[..., r, c], full[:, :, 0, first + r * cols + c], atol=TOLERANCE, rtol=0)
+
+
+def test_patch_grid_is_refused_without_a_class_token(stub: pb_grpc.IntrospectionStub) -> None:
+    code, where, message = attention_refusal(stub, "siglip-dual", [png_input(IMAGE)], patch_grid=True)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and where == "patch_grid", message
+    assert "patch_grid" in message and "[CLS]" in message
+
+
+def naive_mean_distance(maps: np.ndarray, case: vision.VisionCase) -> np.ndarray:
+    """Per head of maps [heads, T, T]: the mean over patch queries of sum over patch keys of
+    a(q, k) * the distance between the two patches' pixel centres, by loops."""
+    rows, cols = case.grid
+    size = case.patch_size
+    first = len(case.special_tokens)
+    centres = [((r + 0.5) * size, (c + 0.5) * size) for r in range(rows) for c in range(cols)]
+    distances = np.zeros(maps.shape[0])
+    for head in range(maps.shape[0]):
+        total = 0.0
+        for q, (qy, qx) in enumerate(centres):
+            for k, (ky, kx) in enumerate(centres):
+                total += float(maps[head, first + q, first + k]) * float(np.hypot(qy - ky, qx - kx))
+        distances[head] = total / len(centres)
+    return distances
+
+
+@pytest.mark.parametrize("name", ["vit-classifier", "deit-classifier"])
+def test_mean_distance_equals_a_naive_loop(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path],
+                                           name: str) -> None:
+    case = vision.VISION_CASES_BY_NAME[name]
+    reference = reference_maps(vision_dirs, name, IMAGE)
+    result = attention(stub, name, [png_input(IMAGE)], view=pb.ATTENTION_VIEW_MEAN_DISTANCE, heads=[3, 1])
+    for layer in range(vision.TINY_LAYERS):
+        values = result.values[0, layer]
+        assert values.shape == (2, 1, 1)
+        expected = naive_mean_distance(reference[layer], case)[[3, 1]]
+        assert expected.min() > case.patch_size / 2  # a real distance, not zero
+        np.testing.assert_allclose(values[:, 0, 0], expected, atol=TOLERANCE * case.image_size[1], rtol=0)
+
+
+@pytest.mark.parametrize(("model", "fields", "named"), [
+    ("gpt2", {"view": pb.ATTENTION_VIEW_MEAN_DISTANCE}, "view"),
+    ("minilm", {"patch_grid": True}, "patch_grid"),
+])
+def test_image_views_on_a_text_model_are_invalid(address: str, model: str, fields: dict[str, object],
+                                                 named: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        text_stub = pb_grpc.IntrospectionStub(channel)
+        code, where, message = attention_refusal(text_stub, model, [pb.Input(text=pb.TextInput(text="a cat"))],
+                                                 **fields)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and where == named, message
+    assert "image" in message and "text" in message
