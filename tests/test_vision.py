@@ -350,3 +350,210 @@ def test_image_views_on_a_text_model_are_invalid(address: str, model: str, field
                                                  **fields)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and where == named, message
     assert "image" in message and "text" in message
+
+
+# ---- 4. head ablation and importance -------------------------------------------------------
+
+CLASS = 2
+PROJECTIONS = {  # case -> attribute path of layer i's attention output projection ({i})
+    "vit-classifier": "vit.layers.{i}.attention.o_proj",
+    "dinov2-encoder": "encoder.layer.{i}.attention.o_proj",
+    "clip-dual": "vision_model.encoder.layers.{i}.self_attn.out_proj",
+}
+
+
+@contextmanager
+def edited(model: torch.nn.Module, name: str, edits: dict[int, HeadEdit]) -> Iterator[None]:
+    """Forward pre-hooks on the output projections of the layers in `edits`, whose input
+    [batch, tokens, heads * head_dim] each edit sees as [batch, tokens, heads, head_dim]."""
+    heads = vision.TINY_HEADS
+
+    def hook_for(edit: HeadEdit) -> Callable[..., tuple[torch.Tensor, ...]]:
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            batch, tokens, width = args[0].shape
+            per_head = edit(args[0].reshape(batch, tokens, heads, width // heads))
+            return (per_head.reshape(batch, tokens, width), *args[1:])
+
+        return hook
+
+    modules = {layer: model.get_submodule(PROJECTIONS[name].format(i=layer)) for layer in edits}
+    assert all(module.in_features == vision.TINY_HIDDEN for module in modules.values())
+    handles = [modules[layer].register_forward_pre_hook(hook_for(edit)) for layer, edit in edits.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def features(output: object) -> torch.Tensor:
+    """get_image_features / get_text_features: a tensor, or an output with pooler_output."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore[attr-defined]
+
+
+class ImageReference:
+    """One case's reference model on one image: what its target measures, under head edits.
+
+    outputs: class logits [classes] (classifier), the mean over tokens of the last hidden
+    states [hidden] (encoder), or the projected image embedding [projection] (dual encoder).
+    """
+
+    def __init__(self, vision_dirs: dict[str, Path], name: str, image: Image.Image,
+                 reference: torch.Tensor | None = None) -> None:
+        self.name = name
+        self.kind = vision.VISION_CASES_BY_NAME[name].kind
+        self.model = reference_vision_model(vision_dirs, name)
+        self.pixel_values = reference_pixel_values(vision_dirs, name, image)
+        self.reference = reference  # the embedding a dual encoder's similarity compares with
+        with torch.no_grad():
+            self.base = self.outputs({})
+
+    def outputs(self, edits: dict[int, HeadEdit]) -> torch.Tensor:
+        with edited(self.model, self.name, edits):
+            if self.kind == vision.DUAL_ENCODER:
+                return features(self.model.get_image_features(pixel_values=self.pixel_values))[0]
+            output = self.model(pixel_values=self.pixel_values)
+        return output.logits[0] if self.kind == vision.IMAGE_CLASSIFIER else output.last_hidden_state[0].mean(0)
+
+    def score(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.kind == vision.IMAGE_CLASSIFIER:
+            return outputs[CLASS]
+        if self.reference is not None:
+            return torch.nn.functional.cosine_similarity(outputs, self.reference, dim=0)
+        return outputs.norm()
+
+    def change(self, outputs: torch.Tensor) -> float:
+        """KL(unablated || ablated) of the class distribution, or the embedding's cosine distance."""
+        if self.kind == vision.IMAGE_CLASSIFIER:
+            base, changed = torch.log_softmax(self.base, -1), torch.log_softmax(outputs, -1)
+            return float((base.exp() * (base - changed)).sum())
+        return float(1 - torch.nn.functional.cosine_similarity(outputs, self.base, dim=0))
+
+    def delta_and_change(self, edits: dict[int, HeadEdit]) -> tuple[float, float]:
+        with torch.no_grad():
+            outputs = self.outputs(edits)
+        return float(self.score(outputs) - self.score(self.base)), self.change(outputs)
+
+    def head_means(self) -> dict[int, torch.Tensor]:
+        """Per layer, each head's output [heads, head_dim] averaged over the image's tokens."""
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(layer: int) -> HeadEdit:
+            def edit(values: torch.Tensor) -> torch.Tensor:
+                captured[layer] = values[0].mean(dim=0)
+                return values
+
+            return edit
+
+        with torch.no_grad():
+            self.outputs({layer: capture(layer) for layer in range(vision.TINY_LAYERS)})
+        return captured
+
+    def importance(self) -> np.ndarray:
+        """d score / d gate [layers, heads] by autograd, a gate multiplying each head's slice."""
+        gates = torch.ones(vision.TINY_LAYERS, vision.TINY_HEADS, requires_grad=True)
+
+        def gate(layer: int) -> HeadEdit:
+            return lambda values: values * gates[layer][None, None, :, None]
+
+        score = self.score(self.outputs({layer: gate(layer) for layer in range(vision.TINY_LAYERS)}))
+        (gradient,) = torch.autograd.grad(score, gates)
+        return gradient.numpy()
+
+
+def ablation(stub: pb_grpc.IntrospectionStub, model: str, target: pb.Target, **fields: object,
+             ) -> list[pb.StreamHeadAblationResponse]:
+    """Every message of a StreamHeadAblation on IMAGE."""
+    request = pb.StreamHeadAblationRequest(model=model, input=png_input(IMAGE), target=target,
+                                           cache=pb.CACHE_POLICY_BYPASS, **fields)
+    return list(stub.StreamHeadAblation(request))
+
+
+def text_embedding(vision_dirs: dict[str, Path], text: str) -> torch.Tensor:
+    """CLIP's projected text embedding of `text`, by the reference tokenizer and model."""
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(vision_dirs["clip-dual"])(text, return_tensors="pt")
+    model = reference_vision_model(vision_dirs, "clip-dual")
+    with torch.no_grad():
+        return features(model.get_text_features(input_ids=tokens["input_ids"],
+                                                attention_mask=tokens["attention_mask"]))[0]
+
+
+def image_embedding(vision_dirs: dict[str, Path], image: Image.Image) -> torch.Tensor:
+    """CLIP's projected image embedding of `image`, by the reference processor and model."""
+    return ImageReference(vision_dirs, "clip-dual", image).base
+
+
+@dataclass(frozen=True)
+class AblationCase:
+    """A model, its target on the wire and the reference embedding of that target (if any)."""
+
+    name: str
+    target: pb.Target
+    reference: Callable[[dict[str, Path]], torch.Tensor | None] = lambda dirs: None
+
+
+ABLATION_CASES = [
+    AblationCase("vit-classifier", pb.Target(class_score=pb.ClassTarget(class_index=CLASS))),
+    AblationCase("dinov2-encoder", pb.Target(embedding_norm=pb.EmbeddingNormTarget())),
+    AblationCase("clip-dual", pb.Target(embedding_similarity=pb.EmbeddingSimilarityTarget(
+        reference=pb.Input(text=pb.TextInput(text="a dog")))), lambda dirs: text_embedding(dirs, "a dog")),
+]
+
+
+@pytest.mark.parametrize("case", ABLATION_CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("value", [pb.ABLATION_VALUE_ZERO, pb.ABLATION_VALUE_MEAN], ids=["zero", "mean"])
+def test_per_head_ablation_equals_a_naive_loop(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path],
+                                               case: AblationCase, value: int) -> None:
+    reference = ImageReference(vision_dirs, case.name, IMAGE, case.reference(vision_dirs))
+    messages = ablation(stub, case.name, case.target, mode=pb.ABLATION_MODE_PER_HEAD, value=value)
+    baseline = messages[1].baseline
+    assert abs(baseline.target_score - float(reference.score(reference.base))) <= TOLERANCE
+    assert (baseline.num_layers, baseline.num_heads) == (vision.TINY_LAYERS, vision.TINY_HEADS)
+    means = reference.head_means() if value == pb.ABLATION_VALUE_MEAN else {}
+    layers = [message.layer for message in messages[2:]]
+    assert [layer.layer for layer in layers] == list(range(vision.TINY_LAYERS))
+    deltas = []
+    for layer in layers:
+        assert list(layer.heads) == list(range(vision.TINY_HEADS))
+        for head, delta, change in zip(layer.heads, decode_tensor(layer.target_delta),
+                                       decode_tensor(layer.output_change), strict=True):
+            edit = replaced([head], means[layer.layer]) if means else zeroed([head])
+            expected_delta, expected_change = reference.delta_and_change({layer.layer: edit})
+            assert abs(delta - expected_delta) <= TOLERANCE, (layer.layer, head)
+            assert abs(change - expected_change) <= TOLERANCE, (layer.layer, head)
+            deltas.append(expected_delta)
+    assert max(abs(delta) for delta in deltas) > 100 * TOLERANCE  # the heads matter
+
+
+@pytest.mark.parametrize("case", ABLATION_CASES, ids=lambda case: case.name)
+def test_joint_ablation_and_importance_equal_the_reference(stub: pb_grpc.IntrospectionStub,
+                                                           vision_dirs: dict[str, Path], case: AblationCase) -> None:
+    reference = ImageReference(vision_dirs, case.name, IMAGE, case.reference(vision_dirs))
+    heads = [pb.HeadRef(layer=0, head=1), pb.HeadRef(layer=1, head=3), pb.HeadRef(layer=1, head=0)]
+    joint = ablation(stub, case.name, case.target, mode=pb.ABLATION_MODE_JOINT, heads=heads)[-1].joint
+    expected_delta, expected_change = reference.delta_and_change({0: zeroed([1]), 1: zeroed([3, 0])})
+    base = float(reference.score(reference.base))
+    assert abs(joint.ablated_score - (base + expected_delta)) <= TOLERANCE
+    assert abs(joint.output_change - expected_change) <= TOLERANCE
+    assert abs(expected_delta) > 100 * TOLERANCE
+
+    importance = ablation(stub, case.name, case.target, mode=pb.ABLATION_MODE_IMPORTANCE)[-1].importance.importance
+    expected = reference.importance()
+    assert np.abs(expected).max() > 100 * TOLERANCE
+    np.testing.assert_allclose(decode_tensor(importance), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_similarity_targets_of_a_dual_encoder_equal_the_reference_cosine(
+    stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path]
+) -> None:
+    embedding = image_embedding(vision_dirs, IMAGE)
+    to_text = ABLATION_CASES[2].target
+    to_image = pb.Target(embedding_similarity=pb.EmbeddingSimilarityTarget(reference=png_input(OTHER)))
+    for target, other in [(to_text, text_embedding(vision_dirs, "a dog")), (to_image, image_embedding(vision_dirs, OTHER))]:
+        baseline = ablation(stub, "clip-dual", target, mode=pb.ABLATION_MODE_JOINT,
+                            heads=[pb.HeadRef(layer=0, head=0)])[1].baseline
+        expected = float(torch.nn.functional.cosine_similarity(embedding, other, dim=0))
+        assert abs(baseline.target_score - expected) <= TOLERANCE
+    assert abs(expected) < 1 - 100 * TOLERANCE  # not the image itself
