@@ -557,3 +557,178 @@ def test_similarity_targets_of_a_dual_encoder_equal_the_reference_cosine(
         expected = float(torch.nn.functional.cosine_similarity(embedding, other, dim=0))
         assert abs(baseline.target_score - expected) <= TOLERANCE
     assert abs(expected) < 1 - 100 * TOLERANCE  # not the image itself
+
+
+# ---- 5. inputs and bad inputs --------------------------------------------------------------
+
+NAME = "vit-classifier"
+
+
+def pillow_rgb(data: bytes) -> Image.Image:
+    """The reference decoding of an image file: Pillow, converted to RGB."""
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def assert_maps(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path], sent: pb.Input,
+                expected_image: Image.Image | np.ndarray) -> Attention:
+    """The maps of `sent` equal the reference on the reference processor's pixel values of
+    `expected_image`; returns the answer."""
+    result = attention(stub, NAME, [sent])
+    assert list(result.header.inputs[0].tokens) == token_names(vision.VISION_CASES_BY_NAME[NAME])
+    np.testing.assert_allclose(result.stacked(), reference_maps(vision_dirs, NAME, expected_image),
+                               atol=TOLERANCE, rtol=0)
+    return result
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_encoded_files_equal_the_reference_decoding(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path],
+                                                    fmt: str) -> None:
+    data = vision.encode(IMAGE, fmt)
+    assert_maps(stub, vision_dirs, encoded_input(data), pillow_rgb(data))
+
+
+def test_raw_pixels_equal_the_reference_processor(stub: pb_grpc.IntrospectionStub,
+                                                  vision_dirs: dict[str, Path]) -> None:
+    assert_maps(stub, vision_dirs, pixels_input(vision.pixels_uint8(IMAGE), pb.DTYPE_UINT8), IMAGE)
+    assert_maps(stub, vision_dirs, pixels_input(vision.pixels_float(IMAGE), pb.DTYPE_FLOAT32), IMAGE)
+    grey = np.asarray(IMAGE.convert("L"))[None]  # [1, H, W]
+    assert_maps(stub, vision_dirs, pixels_input(grey, pb.DTYPE_UINT8), IMAGE.convert("L").convert("RGB"))
+
+
+def test_exif_orientation_is_applied(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path]) -> None:
+    data = vision.jpeg_with_exif_orientation(IMAGE, 6)
+    stored = pillow_rgb(data)
+    assert stored.size == (64, 48)
+    upright = vision.exif_upright(stored, 6)  # 48 wide, 64 high
+    result = assert_maps(stub, vision_dirs, encoded_input(data), upright)
+    layout = result.header.inputs[0].image
+    assert (layout.original_height, layout.original_width) == (64, 48)
+    sent_upright = attention(stub, NAME, [png_input(upright)])
+    np.testing.assert_allclose(result.stacked(), sent_upright.stacked(), atol=TOLERANCE, rtol=0)
+    unrotated = reference_maps(vision_dirs, NAME, stored)
+    assert np.abs(result.stacked() - unrotated).max() > 100 * TOLERANCE  # the rotation changed the answer
+
+
+def on_white(data: bytes) -> Image.Image:
+    """An RGBA file composited onto white."""
+    rgba = Image.open(io.BytesIO(data)).convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def sixteen_bit_to_rgb(data: bytes) -> np.ndarray:
+    """A 16-bit grey file as 8-bit RGB [H, W, 3]: values * 255 / 65535, rounded."""
+    values = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float64)
+    grey = np.rint(values * 255.0 / 65535.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+ODD_FILES: dict[str, tuple[Callable[[Image.Image], bytes], Callable[[bytes], Image.Image | np.ndarray]]] = {
+    "rgba": (vision.rgba_png, on_white),
+    "palette": (vision.palette_png, pillow_rgb),
+    "cmyk": (vision.cmyk_jpeg, pillow_rgb),
+    "grey": (vision.grayscale_png, pillow_rgb),
+    "16-bit": (vision.sixteen_bit_png, sixteen_bit_to_rgb),
+}
+
+
+@pytest.mark.parametrize("kind", ODD_FILES)
+def test_other_modes_are_converted_to_rgb(stub: pb_grpc.IntrospectionStub, vision_dirs: dict[str, Path],
+                                          kind: str) -> None:
+    build, convert = ODD_FILES[kind]
+    data = build(IMAGE)
+    expected = convert(data)
+    result = assert_maps(stub, vision_dirs, encoded_input(data), expected)
+    as_rgb = attention(stub, NAME, [png_input(Image.fromarray(np.asarray(expected)))])
+    np.testing.assert_allclose(result.stacked(), as_rgb.stacked(), atol=TOLERANCE, rtol=0)
+    if kind == "rgba":  # white where transparent, not the colour under it
+        assert np.abs(np.asarray(expected, np.int16) - np.asarray(IMAGE, np.int16)).max() > 100
+
+
+def _float_pixels(value: float) -> pb.Input:
+    pixels = vision.pixels_float(IMAGE)
+    pixels[0, 0, 0] = value
+    return pixels_input(pixels, pb.DTYPE_FLOAT32)
+
+
+RNG_BYTES = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+FIELD = "inputs[0].image"
+BAD_INPUTS: dict[str, tuple[Callable[[], pb.Input], str, str]] = {
+    # name: (input, field, what the message must say)
+    "truncated png": (lambda: encoded_input(vision.truncated(vision.encode(IMAGE, "PNG"))), "encoded", ACCEPTED_FILES),
+    "gif": (lambda: encoded_input(vision.gif_bytes(IMAGE)), "encoded", ACCEPTED_FILES),
+    "random bytes": (lambda: encoded_input(RNG_BYTES), "encoded", ACCEPTED_FILES),
+    "empty bytes": (lambda: encoded_input(b""), "encoded", ACCEPTED_FILES),
+    "bomb over pillow's limit": (lambda: encoded_input(vision.decompression_bomb_png()), "encoded",
+                                 "at most 40000000"),
+    "bomb under pillow's limit": (lambda: encoded_input(vision.decompression_bomb_png(8000, 8000)), "encoded",
+                                  "8000x8000 = 64000000 pixels; at most 40000000"),
+    "2 channels": (lambda: pixels_input(vision.pixels_uint8(IMAGE)[:2], pb.DTYPE_UINT8), "pixels.shape",
+                   "1 (grey) or 3 (RGB)"),
+    "4 channels": (lambda: pixels_input(np.concatenate([vision.pixels_uint8(IMAGE)] * 2)[:4], pb.DTYPE_UINT8),
+                   "pixels.shape", "1 (grey) or 3 (RGB)"),
+    "2 dimensions": (lambda: pixels_input(vision.pixels_uint8(IMAGE)[0], pb.DTYPE_UINT8), "pixels.shape",
+                     "[channels, height, width]"),
+    "float16": (lambda: pixels_input(vision.pixels_float(IMAGE).astype(np.float16), pb.DTYPE_FLOAT16),
+                "pixels.dtype", "uint8 or float32"),
+    "int32": (lambda: pixels_input(vision.pixels_uint8(IMAGE).astype(np.int32), pb.DTYPE_INT32), "pixels.dtype",
+              "uint8 or float32"),
+    "short data": (lambda: pixels_input(vision.pixels_uint8(IMAGE)[:, :-1], pb.DTYPE_UINT8, (3, 48, 64)),
+                   "pixels.data", "expected 9216"),
+    "float data not a multiple of 4 bytes": (
+        lambda: pb.Input(image=pb.ImageInput(pixels=pb.Tensor(shape=[1, 1, 1], dtype=pb.DTYPE_FLOAT32, data=b"abc"))),
+        "pixels.data", "3 bytes for float32 pixels of shape [1, 1, 1]: expected 4"),
+    "float above 1": (lambda: _float_pixels(1.5), "pixels.data", "[0, 1]"),
+    "float below 0": (lambda: _float_pixels(-0.1), "pixels.data", "[0, 1]"),
+    "float nan": (lambda: _float_pixels(float("nan")), "pixels.data", "finite"),
+    "neither file nor pixels": (lambda: pb.Input(image=pb.ImageInput()), "", "PNG, JPEG or WebP"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_images_are_invalid_naming_the_field_and_what_is_accepted(stub: pb_grpc.IntrospectionStub,
+                                                                      name: str) -> None:
+    build, where, says = BAD_INPUTS[name]
+    code, violation, message = attention_refusal(stub, NAME, [png_input(IMAGE), build()] if name == "gif" else [build()])
+    expected_field = ".".join(part for part in (FIELD, where) if part)
+    if name == "gif":
+        expected_field = expected_field.replace("inputs[0]", "inputs[1]")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, message
+    assert violation == expected_field, message
+    assert says in message, message
+
+
+@pytest.fixture(scope="module")
+def limited(vision_dirs: dict[str, Path]) -> Iterator[pb_grpc.IntrospectionStub]:
+    """A server of vit-classifier that takes images of at most 1000 pixels."""
+    running = InProcessServer("--max-image-pixels=1000", f"--model={NAME}={vision_dirs[NAME]}")
+    with grpc.insecure_channel(running.address) as channel:
+        yield pb_grpc.IntrospectionStub(channel)
+    assert running.stop() == 0
+
+
+def test_the_pixel_limit_is_checked_before_decoding(limited: pb_grpc.IntrospectionStub,
+                                                    vision_dirs: dict[str, Path]) -> None:
+    at_limit = vision.draw_image(3, (40, 25))
+    assert_maps(limited, vision_dirs, png_input(at_limit), at_limit)
+    over = vision.draw_image(3, (41, 25))
+    for sent, where in [(png_input(over), "encoded"), (pixels_input(vision.pixels_uint8(over), pb.DTYPE_UINT8),
+                                                       "pixels.shape")]:
+        code, violation, message = attention_refusal(limited, NAME, [sent])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and violation == f"{FIELD}.{where}", message
+        assert "41x25 = 1025 pixels; at most 1000" in message
+    for bomb in (vision.decompression_bomb_png(), vision.decompression_bomb_png(8000, 8000)):
+        code, violation, message = attention_refusal(limited, NAME, [encoded_input(bomb)])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and violation == f"{FIELD}.encoded", message
+        assert "at most 1000" in message
+
+
+def test_an_image_to_a_text_model_and_text_to_an_image_model_are_invalid(
+    stub: pb_grpc.IntrospectionStub, address: str
+) -> None:
+    code, violation, message = attention_refusal(stub, NAME, [png_input(IMAGE), pb.Input(text=pb.TextInput(text="a"))])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violation == "inputs[1]", message
+    assert "takes images" in message
+    with grpc.insecure_channel(address) as channel:
+        code, violation, message = attention_refusal(pb_grpc.IntrospectionStub(channel), "gpt2", [png_input(IMAGE)])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violation == "inputs[0]", message
+    assert "takes text or token ids" in message and "not images" in message
