@@ -551,7 +551,8 @@ def test_similarity_targets_of_a_dual_encoder_equal_the_reference_cosine(
     embedding = image_embedding(vision_dirs, IMAGE)
     to_text = ABLATION_CASES[2].target
     to_image = pb.Target(embedding_similarity=pb.EmbeddingSimilarityTarget(reference=png_input(OTHER)))
-    for target, other in [(to_text, text_embedding(vision_dirs, "a dog")), (to_image, image_embedding(vision_dirs, OTHER))]:
+    others = [(to_text, text_embedding(vision_dirs, "a dog")), (to_image, image_embedding(vision_dirs, OTHER))]
+    for target, other in others:
         baseline = ablation(stub, "clip-dual", target, mode=pb.ABLATION_MODE_JOINT,
                             heads=[pb.HeadRef(layer=0, head=0)])[1].baseline
         expected = float(torch.nn.functional.cosine_similarity(embedding, other, dim=0))
@@ -688,7 +689,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[], pb.Input], str, str]] = {
 def test_bad_images_are_invalid_naming_the_field_and_what_is_accepted(stub: pb_grpc.IntrospectionStub,
                                                                       name: str) -> None:
     build, where, says = BAD_INPUTS[name]
-    code, violation, message = attention_refusal(stub, NAME, [png_input(IMAGE), build()] if name == "gif" else [build()])
+    inputs = [png_input(IMAGE), build()] if name == "gif" else [build()]  # the gif second: its index is named
+    code, violation, message = attention_refusal(stub, NAME, inputs)
     expected_field = ".".join(part for part in (FIELD, where) if part)
     if name == "gif":
         expected_field = expected_field.replace("inputs[0]", "inputs[1]")

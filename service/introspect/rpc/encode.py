@@ -128,7 +128,8 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
     if result.grid_rows:
         # a patch grid is query row 0 (the [CLS] row) whatever its shape: split by heads only
         heads_per_chunk = max(rows_per_chunk // max(query_count, 1), 1)
-        slices = [(h, min(h + heads_per_chunk, heads_count), 0, 1) for h in range(0, heads_count, heads_per_chunk)]
+        slices = [(h, min(h + heads_per_chunk, heads_count), 0, 1)
+                  for h in range(0, heads_count, heads_per_chunk)]
     elif rows_per_chunk >= query_count:
         heads_per_chunk = max(rows_per_chunk // max(query_count, 1), 1)
         slices = [(h, min(h + heads_per_chunk, heads_count), 0, query_count) for h in range(0, heads_count, heads_per_chunk)]
