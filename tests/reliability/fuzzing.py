@@ -21,6 +21,8 @@ from introspect_contract import pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Introspection"]
 MODEL = "gpt2"
+IMAGE_MODEL = "vit-classifier"  # tests/vision.py's tiny ViT (4 x 6 patches of 8 pixels)
+IMAGE_SIDE = 16
 
 
 def _text(text: str = "the cat sat") -> pb.Input:
@@ -29,6 +31,20 @@ def _text(text: str = "the cat sat") -> pb.Input:
 
 def _next_token() -> pb.Target:
     return pb.Target(next_token=pb.NextTokenTarget())
+
+
+def _png() -> pb.Input:
+    """A small PNG image input."""
+    import vision
+
+    return pb.Input(image=pb.ImageInput(encoded=vision.encode(vision.draw_image(0, (IMAGE_SIDE, IMAGE_SIDE)), "PNG")))
+
+
+def _pixels() -> pb.Input:
+    """A small raw uint8 pixel input [3, side, side]."""
+    data = bytes(range(256)) * (3 * IMAGE_SIDE * IMAGE_SIDE // 256)
+    tensor = pb.Tensor(shape=[3, IMAGE_SIDE, IMAGE_SIDE], dtype=pb.DTYPE_UINT8, data=data)
+    return pb.Input(image=pb.ImageInput(pixels=tensor))
 
 
 VALID: dict[str, Message] = {
@@ -52,6 +68,13 @@ VALID: dict[str, Message] = {
         heads=[pb.HeadRef(layer=0, head=1)], continuation_tokens=2,
     ),
     "StreamLogitLens": pb.StreamLogitLensRequest(model=MODEL, input=_text(), top_k=2, positions=[-1]),
+    "StreamAttention/image": pb.StreamAttentionRequest(
+        model=IMAGE_MODEL, inputs=[_png()], layers=[1], view=pb.ATTENTION_VIEW_HEAD_MEAN, patch_grid=True,
+    ),
+    "StreamSaliency/image": pb.StreamSaliencyRequest(
+        model=IMAGE_MODEL, input=_pixels(), target=pb.Target(class_score=pb.ClassTarget(class_index=1)),
+        method=pb.SALIENCY_METHOD_GRADIENT,
+    ),
 }
 """Valid, cheap requests ("RPC" or "RPC/variant"), the seeds of the mutations."""
 
@@ -197,8 +220,54 @@ def _truncated(rng: random.Random, rpc: str) -> Case:
     return Case(rpc, "truncated", data, _parses(rpc, data))
 
 
+def _image_field(rpc: str) -> int | None:
+    """The number of the field holding the seed's image input, None for text seeds."""
+    request = VALID[rpc]
+    fields = request.DESCRIPTOR.fields_by_name
+    name = "inputs" if "inputs" in fields else "input" if "input" in fields else None
+    if name is None:
+        return None
+    value = getattr(request, name)
+    first = (value[0] if len(value) else None) if fields[name].is_repeated else value
+    return fields[name].number if first is not None and first.HasField("image") else None
+
+
+def _bad_images(rng: random.Random) -> list[bytes]:
+    """Serialized ImageInputs that no server may accept: bytes that are no image, a cut PNG,
+    pixel tensors whose shape, dtype or data do not fit, float pixels outside [0, 1]."""
+    side = IMAGE_SIDE
+    png = _png().image.encoded
+
+    def pixels(shape: list[int], dtype: int, data: bytes) -> bytes:
+        return pb.ImageInput(pixels=pb.Tensor(shape=shape, dtype=dtype, data=data)).SerializeToString()
+
+    nan = bytes.fromhex("0000c07f")  # float32 NaN, little-endian
+    return [
+        pb.ImageInput(encoded=rng.randbytes(rng.randint(1, 200))).SerializeToString(),
+        pb.ImageInput(encoded=png[: rng.randint(1, len(png) - 1)]).SerializeToString(),
+        pb.ImageInput(encoded=png[:8] + rng.randbytes(64)).SerializeToString(),
+        pixels([rng.choice((2, 4, 0)), side, side], pb.DTYPE_UINT8, bytes(rng.choice((2, 4, 0)) * side * side)),
+        pixels([3, side, side], rng.choice((pb.DTYPE_FLOAT16, pb.DTYPE_INT32, pb.DTYPE_BFLOAT16)),
+               bytes(3 * side * side)),
+        pixels([3, side, side], pb.DTYPE_UINT8, rng.randbytes(rng.randint(0, 3 * side * side - 1))),
+        pixels([3, side, rng.choice((-1, 2**40, 2**62))], pb.DTYPE_UINT8, bytes(3 * side)),
+        pixels([1, side, side], pb.DTYPE_FLOAT32, nan * (side * side)),
+        pixels([1, 1, 2], pb.DTYPE_FLOAT32, bytes.fromhex("0000803f") + bytes.fromhex("0000c03f")),  # 1.0, 1.5
+    ]
+
+
+def _image_mutation(rng: random.Random, rpc: str) -> Case | None:
+    """An image seed whose image is replaced by a bad one (a later field wins on the wire)."""
+    number = _image_field(rpc)
+    if number is None:
+        return None
+    image = rng.choice(_bad_images(rng))
+    data = VALID[rpc].SerializeToString() + length_delimited(number, length_delimited(3, image))  # Input.image
+    return Case(rpc, "image", data, False)
+
+
 _MAKERS: tuple[Callable[[random.Random, str], Case | None], ...] = (
-    _random_bytes, _truncated, _invalid_utf8, _field_mutation, _field_mutation,
+    _random_bytes, _truncated, _invalid_utf8, _field_mutation, _field_mutation, _image_mutation,
 )
 
 
@@ -213,6 +282,11 @@ def targeted(rpc: str) -> Iterator[Case]:
             yield Case(rpc, "nan", _with(rpc, path, -math.inf), False)
         elif path[-1] in COUNT_FIELDS:
             yield Case(rpc, "integer", _with(rpc, path, -1), _unused(rpc, path))
+    number = _image_field(rpc)
+    if number is not None:
+        for image in _bad_images(random.Random(rpc)):
+            data = VALID[rpc].SerializeToString() + length_delimited(number, length_delimited(3, image))
+            yield Case(rpc, "image", data, False)
 
 
 def cases(seed: int, count: int) -> list[Case]:

@@ -5,9 +5,10 @@ back at once.
 
 On an in-process server (one worker for the CPU, --max-queue 1, no cache) with 512-token
 MiniLM inputs (the tiny GPT-2's 128 positions for the logit lens, which needs an LM
-head). The clock: a follow-up call's header, which the worker sends when it starts the
-call, must arrive within FREE_BOUND_SECONDS of the cancel (the goal is 0.5 s; the
-largest of these computations run for tens of seconds when nothing stops them).
+head; the tiny ViT classifier for integrated gradients on an image). The clock: a
+follow-up call's header, which the worker sends when it starts the call, must arrive
+within FREE_BOUND_SECONDS of the cancel (the goal is 0.5 s; the largest of these
+computations run for tens of seconds when nothing stops them).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ DEADLINE_SECONDS = 0.3  # shorter than each computation here (on a CPU)
 # GPT-2's lens well under that: their deadlines fall inside the computation.
 SHORT_DEADLINES = {"logit_lens": 0.02, "attention": 0.08, "gradient": 0.08, "importance": 0.08}
 TEXT = "the cat sat on the mat and looked at the dog " * 60  # > 512 tokens: truncated to 512
+IMAGE_MODEL = "vit-classifier"  # tests/vision.py's tiny ViT
 
 Start = Callable[[Client, float | None], Iterator[Any]]
 NORM = {"target": targets.embedding_norm(), "truncate": True}
@@ -45,14 +47,31 @@ CALLS: dict[str, Start] = {
     "per_head_ablation": lambda c, t: c.stream_ablation(TEXT, mode="per_head", timeout=t, **NORM),
     "importance": lambda c, t: c.stream_ablation(TEXT, mode="importance", timeout=t, **NORM),
     "logit_lens": lambda c, t: c.stream_logit_lens(TEXT, model="gpt2", truncate=True, timeout=t),
+    "image_ig_4096": lambda c, t: image_integrated_gradients(c, t),
 }
 
 
+def image_integrated_gradients(client: Client, timeout: float | None) -> Iterator[Any]:
+    """Integrated gradients with 4096 steps from a black image on the tiny ViT classifier
+    (64 batches of 64 interpolated images, about 3.5 s; one batch about 60 ms). Sent through
+    the client's stream on a raw request: the client's image inputs are not in this branch."""
+    import vision
+
+    image = pb.Input(image=pb.ImageInput(encoded=vision.encode(vision.draw_image(1), "PNG")))
+    request = pb.StreamSaliencyRequest(
+        model=IMAGE_MODEL, input=image, target=pb.Target(class_score=pb.ClassTarget()),
+        method=pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS,
+        integrated_gradients=pb.IntegratedGradientsOptions(steps=4096, baseline=pb.BASELINE_BLACK),
+    )
+    return client._stream(client._stub.StreamSaliency, request, timeout)  # noqa: SLF001
+
+
 @pytest.fixture(scope="module")
-def address(model_dirs: dict[str, Path]) -> Iterator[str]:
+def address(model_dirs: dict[str, Path], vision_dirs: dict[str, Path]) -> Iterator[str]:
     """A server with one queue slot per device and no result cache."""
     running = InProcessServer(
         f"--model=minilm={model_dirs['minilm']}", f"--model=gpt2={model_dirs['gpt2']}",
+        f"--model={IMAGE_MODEL}={vision_dirs[IMAGE_MODEL]}",
         "--max-queue=1", "--cache-bytes=0",
     )
     yield running.address

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import InProcessServer
-from fuzzing import MODEL, SERVICE, VALID, Case, cases, length_delimited
+from fuzzing import IMAGE_MODEL, MODEL, SERVICE, VALID, Case, cases, length_delimited
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from services import metrics_port_flag, scrape
@@ -40,10 +40,12 @@ class Records(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def fuzzed(model_dirs: dict[str, Path]) -> Iterator[tuple[InProcessServer, int]]:
-    """An in-process server of the tiny GPT-2 with metrics on a free port."""
+def fuzzed(model_dirs: dict[str, Path], vision_dirs: dict[str, Path]) -> Iterator[tuple[InProcessServer, int]]:
+    """An in-process server of the tiny GPT-2 and the tiny ViT classifier with metrics on a
+    free port."""
     port, flag = metrics_port_flag()
-    running = InProcessServer(f"--model={MODEL}={model_dirs[MODEL]}", flag)
+    running = InProcessServer(f"--model={MODEL}={model_dirs[MODEL]}",
+                              f"--model={IMAGE_MODEL}={vision_dirs[IMAGE_MODEL]}", flag)
     yield running, port
     assert running.stop() == 0
 
@@ -179,3 +181,11 @@ def test_a_huge_model_name_is_not_found_with_a_short_message(fuzzed: tuple[InPro
 def test_every_rpc_of_the_contract_has_fuzz_seeds() -> None:
     """An RPC added later joins the fuzz: this fails until VALID has a seed for it."""
     assert {name.split("/")[0] for name in VALID} == set(SERVICE.methods_by_name)
+
+
+@pytest.mark.parametrize("rpc", ["StreamAttention/image", "StreamSaliency/image"])
+def test_the_image_seeds_are_served(fuzzed: tuple[InProcessServer, int], rpc: str) -> None:
+    """The mutations start from requests that succeed."""
+    server, _ = fuzzed
+    with grpc.insecure_channel(server.address) as channel:
+        assert call(channel, Case(rpc, "seed", VALID[rpc].SerializeToString(), True)) is None

@@ -24,7 +24,6 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from introspect_contract import pb
 from introspect_contract.enums import DTYPE, names_of
-from introspect_contract.tensors import decode_tensor
 
 from ..errors import InvalidInput, require
 from ..requests import ImageSpec, InputSpec, TargetSpec
@@ -61,6 +60,7 @@ def input_spec(message: pb.Input, field: str) -> InputSpec:
 
 
 _PIXEL_DTYPES = ("uint8", "float32")
+_PIXEL_BYTES = {"uint8": 1, "float32": 4}
 
 
 def image_spec(message: pb.ImageInput, field: str) -> ImageSpec:
@@ -68,7 +68,7 @@ def image_spec(message: pb.ImageInput, field: str) -> ImageSpec:
     of uint8 or float32 whose bytes match its shape."""
     source = message.WhichOneof("source")
     if source == "encoded":
-        require(len(message.encoded) > 0, f"{field}.encoded", "must not be empty")
+        require(len(message.encoded) > 0, f"{field}.encoded", "must not be empty: send a PNG, JPEG or WebP file")
         return ImageSpec(encoded=bytes(message.encoded))
     require(source == "pixels", field, "set encoded (PNG, JPEG or WebP bytes) or pixels")
     pixels = message.pixels
@@ -78,10 +78,9 @@ def image_spec(message: pb.ImageInput, field: str) -> ImageSpec:
     shape = tuple(int(size) for size in pixels.shape)
     require(len(shape) == 3 and all(size > 0 for size in shape), f"{field}.pixels.shape",
             f"must be [channels, height, width], got {list(shape)}")
-    try:
-        decode_tensor(pixels)
-    except ValueError as error:
-        raise InvalidInput(f"{field}.pixels.data", str(error)) from None
+    expected = math.prod(shape) * _PIXEL_BYTES[dtype]
+    require(len(pixels.data) == expected, f"{field}.pixels.data",
+            f"{len(pixels.data)} bytes for {dtype} pixels of shape {list(shape)}: expected {expected}")
     return ImageSpec(pixel_shape=shape, pixel_dtype=dtype, pixel_data=bytes(pixels.data))
 
 

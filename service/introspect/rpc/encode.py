@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -121,14 +120,17 @@ def _row_bytes(*arrays: WireArray | None) -> int:
 def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> Iterator[pb.AttentionChunk]:
     """Splits one layer's result into chunks under `max_message_bytes`: by heads while a
     head's rows fit, else by query rows within one head."""
-    values = result.values.values  # [heads_or_1, query, keys_or_k], or [heads_or_1, rows, columns] (patch grid)
-    if result.grid_rows:  # a grid is one query row ([CLS]): split by heads only
-        values = values.reshape(values.shape[0], 1, -1)
+    values = result.values.values  # [heads_or_1, query, keys_or_k], or [heads_or_1, grid_rows, grid_columns]
     heads_count, query_count = values.shape[0], values.shape[1]
     budget = chunk_budget(max_message_bytes)
     row_bytes = max(values.shape[-1] * values.itemsize + _row_bytes(result.key_indices), 1)
     rows_per_chunk = max(budget // row_bytes, 1)
-    if rows_per_chunk >= query_count:
+    if result.grid_rows:
+        # a patch grid is query row 0 (the [CLS] row) whatever its shape: split by heads only
+        heads_per_chunk = max(rows_per_chunk // max(query_count, 1), 1)
+        slices = [(h, min(h + heads_per_chunk, heads_count), 0, 1)
+                  for h in range(0, heads_count, heads_per_chunk)]
+    elif rows_per_chunk >= query_count:
         heads_per_chunk = max(rows_per_chunk // max(query_count, 1), 1)
         slices = [(h, min(h + heads_per_chunk, heads_count), 0, query_count) for h in range(0, heads_count, heads_per_chunk)]
     else:
@@ -138,6 +140,7 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             for q in range(0, query_count, rows_per_chunk)
         ]
     for position, (head_start, head_end, query_start, query_end) in enumerate(slices):
+        rows = slice(None) if result.grid_rows else slice(query_start, query_end)
         chunk = pb.AttentionChunk(
             input_index=result.input_index,
             layer=result.layer,
@@ -145,21 +148,15 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             query_start=query_start,
             query_end=query_end,
             view=ATTENTION_VIEW.number(result.view),
-            values=encode_storage(_grid_shaped(values[head_start:head_end, query_start:query_end], result),
-                                  result.values.dtype),
+            values=encode_storage(values[head_start:head_end, rows], result.values.dtype),
             layer_complete=position == len(slices) - 1,
             grid_rows=result.grid_rows,
             grid_columns=result.grid_columns,
         )
         if result.key_indices is not None:
-            indices = result.key_indices.values[head_start:head_end, query_start:query_end]
+            indices = result.key_indices.values[head_start:head_end, rows]
             chunk.key_indices.CopyFrom(encode_storage(indices, result.key_indices.dtype))
         yield chunk
-
-
-def _grid_shaped(values: np.ndarray, result: AttentionLayerResult) -> np.ndarray:
-    """A patch-grid chunk's values back to [heads, rows, columns]; other chunks as they are."""
-    return values.reshape(-1, result.grid_rows, result.grid_columns) if result.grid_rows else values
 
 
 def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[pb.SaliencyChunk]:
