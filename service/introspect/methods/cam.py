@@ -23,7 +23,11 @@ Points: "attention_input" (default) is the hidden states entering the block's at
 pytorch-grad-cam documents for ViTs); "block_input" and "block_output" the residual
 stream before and after the block. At the last block's output of a model whose head
 reads only [CLS] after a per-token norm, no patch token reaches the target: G is 0 on
-every patch and so is every map (expected, not an error).
+every patch and so is every map (expected, not an error). HiResCAM on the residual
+stream entering the last block of such a model (block_input of the last layer,
+block_output of the one before) is rounding noise around 0: a patch token there reaches
+the target only through the block's first norm, which is invariant to scaling its input,
+so sum_c G_c A_c = 0 for every patch (Euler's theorem for homogeneous functions).
 
 The hooked activation is made a fresh leaf that requires grad: the parameters do not,
 nor do the pixels, so no graph is built before the CAM layer and the backward stops at
