@@ -328,7 +328,7 @@ def test_also_computes_every_cam_from_one_pass_as_separate_requests_do(vision_se
         np.testing.assert_array_equal(alone.upsampled, item.upsampled)
 
 
-def test_also_runs_one_forward_and_one_backward(vision_dirs: dict[str, Path],
+def test_also_runs_one_forward_and_one_backward_from_the_cam_layer(vision_dirs: dict[str, Path],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from introspect.config import ModelSpec
     from introspect.methods import method_for
@@ -336,8 +336,9 @@ def test_also_runs_one_forward_and_one_backward(vision_dirs: dict[str, Path],
     from introspect.requests import CamSettings, ImageSpec, InputSpec, SaliencyQuery, TargetSpec
 
     loaded = load_model(ModelSpec("vit", vision_dirs["vit-classifier"]), torch.device("cpu"), "float32")
-    forwards: list[int] = []
-    loaded.hooks.modules.blocks[0].register_forward_hook(lambda *_: forwards.append(1))
+    forwards: list[bool] = []  # per forward through block 0: whether its output is in a graph
+    loaded.hooks.modules.blocks[0].register_forward_hook(lambda module, inputs, output: forwards.append(
+        (output if isinstance(output, torch.Tensor) else output[0]).requires_grad))
     backwards: list[int] = []
     grad = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *args, **kwargs: (backwards.append(1), grad(*args, **kwargs))[1])
@@ -356,7 +357,8 @@ def test_also_runs_one_forward_and_one_backward(vision_dirs: dict[str, Path],
 
     method.run(loaded, query, method.prepare(loaded.description, query), Sink())  # type: ignore[arg-type]
     assert [item.method for item in emitted[1:]] == ["grad_cam", "hi_res_cam", "xgrad_cam", "layer_cam"]
-    assert len(forwards) == 1 and len(backwards) == 1
+    assert forwards == [False], "one forward, building no graph before the CAM layer (the last)"
+    assert len(backwards) == 1
 
 
 def test_the_default_point_gives_a_map_and_the_last_block_output_gives_zeros(vision_server: InProcessServer) -> None:
