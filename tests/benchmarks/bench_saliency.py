@@ -38,10 +38,7 @@ installed (the GPU image), a stub module stands in for it, since nothing is draw
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,7 +88,7 @@ _stub_matplotlib_if_missing()
 
 from captum.attr import LayerIntegratedGradients  # noqa: E402
 from conftest import start_server  # noqa: E402
-from timing import markdown_table, model_dir, model_label  # noqa: E402
+from timing import interleaved, markdown_table, model_dir, model_label  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from introspect.config import ModelSpec  # noqa: E402
@@ -118,28 +115,6 @@ def text_of(tokenizer: AutoTokenizer, tokens: int) -> str:
     """English prose that tokenizes to exactly `tokens` tokens with special tokens."""
     ids = tokenizer(PROSE * (1 + tokens // 100), add_special_tokens=False)["input_ids"][: tokens - 2]
     return tokenizer.decode(ids)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of this process and of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return time.process_time() + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def interleaved(functions: dict[str, Callable[[], object]], repeats: int, pid: int) -> dict[str, tuple[float, float]]:
-    """(median wall seconds, median CPU seconds of this process and `pid`) of each
-    function, run round-robin `repeats` times after one warm-up round."""
-    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in functions}
-    for round_index in range(repeats + 1):
-        for name, function in functions.items():
-            wall, cpu = time.perf_counter(), cpu_seconds(pid)
-            function()
-            if round_index:
-                timings[name].append((time.perf_counter() - wall, cpu_seconds(pid) - cpu))
-    return {
-        name: (statistics.median(t[0] for t in values), statistics.median(t[1] for t in values))
-        for name, values in timings.items()
-    }
 
 
 RATIO_OF = 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def measure(function: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
@@ -69,3 +71,25 @@ def model_dir(argument: str | None) -> "Path":
     from conftest import minilm_dir
 
     return minilm_dir()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of this process and of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return time.process_time() + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def interleaved(functions: dict[str, Callable[[], object]], repeats: int, pid: int) -> dict[str, tuple[float, float]]:
+    """(median wall seconds, median CPU seconds of this process and `pid`) of each
+    function, run round-robin `repeats` times after one warm-up round."""
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in functions}
+    for round_index in range(repeats + 1):
+        for name, function in functions.items():
+            wall, cpu = time.perf_counter(), cpu_seconds(pid)
+            function()
+            if round_index:
+                timings[name].append((time.perf_counter() - wall, cpu_seconds(pid) - cpu))
+    return {
+        name: (statistics.median(t[0] for t in values), statistics.median(t[1] for t in values))
+        for name, values in timings.items()
+    }

@@ -21,6 +21,7 @@ from ..targets import check_target_kind
 from .registry import Method
 from .attention_flow import ATTENTION_FLOW, ATTENTION_ROLLOUT
 from .attribution import Technique, attribution_problem
+from .cam import GRAD_CAM, HI_RES_CAM, LAYER_CAM, XGRAD_CAM
 from .integrated_gradients import INTEGRATED_GRADIENTS
 from .occlusion import OCCLUSION
 from .saliency_gradients import GRADIENT, GRADIENT_X_INPUT, SMOOTHGRAD
@@ -35,6 +36,10 @@ TECHNIQUES: dict[str, Technique] = {
         OCCLUSION,
         ATTENTION_ROLLOUT,
         ATTENTION_FLOW,
+        GRAD_CAM,
+        HI_RES_CAM,
+        XGRAD_CAM,
+        LAYER_CAM,
     )
 }
 
