@@ -135,3 +135,33 @@ def test_the_cli_draws_overlays_and_writes_json(
     np.testing.assert_allclose(np.asarray(printed["grid_scores"]), patch_sums, rtol=1e-4, atol=1e-6)
     assert printed["image"]["grid_rows"] == 4 and printed["image"]["grid_columns"] == 6
     assert (tmp_path / "gradient.png").stat().st_size > 0
+
+
+def test_four_cams_from_one_request_through_the_client(vision_client, vision_dirs: dict[str, Path],
+                                                       png_path: Path) -> None:
+    """by_method holds every CAM of the request; each equals its own request, and the
+    Grad-CAM grid equals a hand computation from autograd at the last block's first norm."""
+    from introspect_client import targets
+
+    together = vision_client.saliency(image=png_path, model=MODEL, method="grad_cam", target=targets.class_score(0),
+                                      also=["hi_res_cam", "xgrad_cam", "layer_cam"])
+    assert list(together.by_method) == ["grad_cam", "hi_res_cam", "xgrad_cam", "layer_cam"]
+    for name, result in together.by_method.items():
+        alone = vision_client.saliency(image=png_path, model=MODEL, method=name, target=targets.class_score(0))
+        np.testing.assert_allclose(result.grid_scores, alone.grid_scores, atol=1e-6, err_msg=name)
+
+    model = reference_vision_model(vision_dirs, MODEL)
+    with Image.open(png_path) as image:
+        pixels = reference_pixel_values(vision_dirs, MODEL, image.convert("RGB"))
+    kept: list[torch.Tensor] = []
+    norm = model.vit.layers[-1].layernorm_before
+    handle = norm.register_forward_hook(lambda module, args, output: kept.append(output))
+    try:
+        logits = model(pixel_values=pixels).logits
+    finally:
+        handle.remove()
+    (gradients,) = torch.autograd.grad(logits[0, 0], kept[0])
+    activations, gradients = kept[0][0, 1:].detach(), gradients[0, 1:]  # patches only: [24, hidden]
+    grad_cam = torch.relu((activations * gradients.mean(dim=0)).sum(dim=-1)).reshape(4, 6).numpy()
+    np.testing.assert_allclose(together.by_method["grad_cam"].grid_scores, grad_cam, rtol=1e-4, atol=1e-6)
+    assert float(grad_cam.max()) > 0
