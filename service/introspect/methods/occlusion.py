@@ -41,7 +41,7 @@ from .attribution import AttributionProblem, Check, Technique, baseline_embeddin
 
 FIELD = "occlusion.replacement"
 TEXT_REPLACEMENTS = ("pad", "mask", "zero")
-IMAGE_REPLACEMENTS = ("zero", "black")
+IMAGE_REPLACEMENTS = ("black", "zero")
 REPLACEMENTS = (DEFAULT, *dict.fromkeys(TEXT_REPLACEMENTS + IMAGE_REPLACEMENTS))
 """Baselines an occluded unit can be replaced with ("default": the pad or mask token for
 text, zero for images)."""
