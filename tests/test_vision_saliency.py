@@ -253,6 +253,14 @@ def blurred(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.from_numpy(np.stack(channels)).float()
 
 
+@pytest.mark.parametrize("sigma", [0.7, 2.0, 5.0, 40.0])  # 40: the radius capped at the image's side - 1
+def test_the_blur_equals_scipy(sigma: float) -> None:
+    from introspect.methods.attribution import gaussian_blur
+
+    pixels = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(gaussian_blur(pixels, sigma).numpy(), blurred(pixels, sigma).numpy(), rtol=0, atol=1e-6)
+
+
 def baseline_pixels(reference: Reference, baseline: str, sigma: float = 5.0, seed: int = 0) -> torch.Tensor:
     """The baseline [1, 3, height, width] written out independently of the server."""
     pixels = reference.pixels[0]
