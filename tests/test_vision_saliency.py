@@ -220,8 +220,8 @@ def test_smoothgrad_equals_a_hand_loop_on_the_same_noise(stub: pb_grpc.Introspec
     reference = reference_of(vision_dirs, "vit-classifier")
     case = CASES["vit-classifier"]
     samples, level, seed = 5, 0.2, 11
-    result = saliency(stub, request(case.model, case.target, pb.SALIENCY_METHOD_SMOOTHGRAD, smoothgrad=pb.SmoothGradOptions(
-        noise_level=level, samples=samples, seed=seed, batch_size=2)))
+    options = pb.SmoothGradOptions(noise_level=level, samples=samples, seed=seed, batch_size=2)
+    result = saliency(stub, request(case.model, case.target, pb.SALIENCY_METHOD_SMOOTHGRAD, smoothgrad=options))
     pixels = reference.pixels[0]  # [3, height, width]
     height, width = pixels.shape[1:]
     std = level * float(pixels.max() - pixels.min())  # the range of the processed pixel values
@@ -321,7 +321,8 @@ def test_black_is_the_default_image_baseline(stub: pb_grpc.IntrospectionStub) ->
 # --- occlusion ---------------------------------------------------------------------
 
 
-def captum_occlusion(reference: Reference, span: int, stride: int, patch: int, start: torch.Tensor | float) -> np.ndarray:
+def captum_occlusion(reference: Reference, span: int, stride: int, patch: int,
+                     start: torch.Tensor | float) -> np.ndarray:
     """Captum's Occlusion on the pixel tensor with windows of span x span patches over all
     channels, at stride patches: per-pixel [height, width] (every channel alike)."""
     from captum.attr import Occlusion

@@ -5,10 +5,10 @@ A server interceptor keys each request on the model's weight fingerprint, the RP
 name, the canonical request (the request with `cache` cleared and `model` resolved to
 the loaded model's name, serialized deterministically; image inputs cleared from it) and
 what the model sees of every Input anywhere in it: token ids, or processed pixels, so the
-same pixels sent as PNG, lossless WebP or raw values are one entry. Streams travel as serialized messages: a computed one is
-serialized once here (the handler's serializer passes bytes through) and a hit is sent
-as stored, with only its StreamHeader re-marked `cached`. Initial metadata
-`introspect-cache` says hit, miss, bypass or refresh.
+same pixels sent as PNG, lossless WebP or raw values are one entry. Streams travel as
+serialized messages: a computed one is serialized once here (the handler's serializer
+passes bytes through) and a hit is sent as stored, with only its StreamHeader re-marked
+`cached`. Initial metadata `introspect-cache` says hit, miss, bypass or refresh.
 """
 
 from __future__ import annotations
