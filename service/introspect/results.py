@@ -58,10 +58,12 @@ class EncodedInput:
     @property
     def identity(self) -> bytes:
         """What the model sees, as bytes for cache keys: its token ids, or a digest of its
-        processed pixels, tagged."""
+        processed pixels with the image's size as sent (the stream header reports it),
+        tagged."""
         if self.pixel_values is not None:
             digest = hashlib.sha256(np.ascontiguousarray(self.pixel_values, dtype="<f4").tobytes()).hexdigest()
-            return f"pixels:{','.join(map(str, self.pixel_values.shape))}:{digest}".encode()
+            sent = f"{self.image.original_height}x{self.image.original_width}" if self.image is not None else ""
+            return f"pixels:{','.join(map(str, self.pixel_values.shape))}:{sent}:{digest}".encode()
         return b"token_ids:" + struct.pack(f"<{len(self.token_ids)}q", *self.token_ids)
 
 

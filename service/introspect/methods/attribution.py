@@ -259,8 +259,24 @@ def default_baseline(model: LoadedModel) -> str:
     return "mask" if model.text.mask_token_id is not None else "zero"
 
 
+def check_baseline(problem: AttributionProblem, baseline: str, field: str,
+                   accepted: tuple[str, ...] = TEXT_BASELINES + IMAGE_BASELINES) -> None:
+    """INVALID_ARGUMENT naming `field` unless `baseline` (resolved, not "default") is one
+    of `accepted` for the input's modality; the message lists those that are."""
+    image = problem.image is not None
+    modality, other = (IMAGE_BASELINES, TEXT_BASELINES) if image else (TEXT_BASELINES, IMAGE_BASELINES)
+    allowed = [name for name in modality if name in accepted]
+    inputs = "image inputs" if image else "text inputs"
+    if baseline in other and baseline not in modality:
+        reason = f"{baseline} is {'a text' if image else 'an image'} baseline"
+    else:
+        reason = f"{baseline} does not apply here"
+    require(baseline in allowed, field, f"{reason}; {inputs} take {allowed}")
+
+
 def baseline_embeddings(problem: AttributionProblem, baseline: str, token_ids: tuple[int, ...], field: str,
-                        blur_sigma: float = 0.0, seed: int = 0) -> torch.Tensor:
+                        blur_sigma: float = DEFAULT_BLUR_SIGMA, seed: int = 0,
+                        accepted: tuple[str, ...] = TEXT_BASELINES + IMAGE_BASELINES) -> torch.Tensor:
     """Baseline features [positions, dims] float32.
 
     Text: pad / mask: non-special positions get that token's embedding; zero: non-special
@@ -269,15 +285,15 @@ def baseline_embeddings(problem: AttributionProblem, baseline: str, token_ids: t
     token. Images: black (raw pixel 0, normalised), blur (the input under a Gaussian of
     `blur_sigma` pixels), noise (uniform raw pixels from `seed`, normalised) or zero (0
     after normalisation). INVALID_ARGUMENT (naming `field`) for a baseline of the other
-    modality, when the model lacks the token or the ids do not match the input's length.
+    modality or not in the technique's `accepted`, when the model lacks the token or the
+    ids do not match the input's length.
     """
     model = problem.model
     if baseline == "default":
         baseline = default_baseline(model)
+    check_baseline(problem, baseline, field, accepted)
     if problem.image is not None:
-        require(baseline in IMAGE_BASELINES, field, f"{baseline} is a text baseline; images take {list(IMAGE_BASELINES)}")
-        return _image_baseline(problem, baseline, blur_sigma or DEFAULT_BLUR_SIGMA, seed)
-    require(baseline in TEXT_BASELINES, field, f"{baseline} is an image baseline; text takes {list(TEXT_BASELINES)}")
+        return _image_baseline(problem, baseline, blur_sigma, seed)
     if baseline == "tokens":
         require(
             len(token_ids) == problem.total_length,
@@ -306,6 +322,7 @@ def _image_baseline(problem: AttributionProblem, baseline: str, blur_sigma: floa
         return ((0.0 - mean) / std).expand_as(problem.embeddings).clone()
     if baseline == "noise":
         generator = torch.Generator().manual_seed(seed)  # on the CPU: the same pixels on every device
+        # [height * width, 3]: drawn in the features' order (torch.rand of [height, width, 3])
         raw = torch.rand(problem.embeddings.shape, generator=generator).to(device)
         return (raw - mean) / std
     height, width = problem.image.height, problem.image.width

@@ -4,7 +4,8 @@ Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks":
 
     attribution = (x - x') * integral over a in [0, 1] of d f(x' + a (x - x')) / d x
 
-with x the input's word embeddings and x' the baseline's. The integral is a quadrature
+with x the input's features (word embeddings, or an image's processed pixels) and x'
+the baseline's (for images: a black, blurred or noise image, attribution.py). The integral is a quadrature
 rule over `steps` nodes; the nodes are evaluated in batches, each one forward and one
 backward whose graph is freed before the next. Completeness says the attributions sum to
 f(x) - f(x'); the convergence delta is how far they are from it.
@@ -41,7 +42,7 @@ from ..models import ModelDescription
 from ..requests import BASELINES, DEFAULT, INTEGRATION_RULES, SaliencyQuery
 from ..results import SaliencyResult
 from ..budget import Footprint
-from .attribution import AttributionProblem, Check, Technique, baseline_embeddings, batches
+from .attribution import DEFAULT_BLUR_SIGMA, AttributionProblem, Check, Technique, baseline_embeddings, batches
 from .gauss_legendre import gauss_legendre
 
 DEFAULT_STEPS = 50
@@ -65,6 +66,8 @@ class IntegratedGradientsOptions:
     batch_size: int  # 0: automatic
     tolerance: float  # 0: one result at `steps`
     per_dimension: bool
+    blur_sigma: float = DEFAULT_BLUR_SIGMA  # pixels; the blur baseline's Gaussian
+    seed: int = 0  # the noise baseline's random pixels
 
 
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +103,9 @@ def refinement_schedule(rule: str, steps: int, progressive: bool) -> list[int]:
 
 def prepare(description: ModelDescription, query: SaliencyQuery) -> IntegratedGradientsOptions:
     """Resolves defaults (50 Gauss-Legendre steps; with a tolerance, the trapezoid rule up
-    to 129 steps) and checks every option's range."""
+    to 129 steps; blur sigma 5) and checks every option's range. Options of a baseline
+    that is not chosen are refused, as baseline_token_ids is: blur_sigma belongs to the
+    blur baseline and a non-zero seed to the noise baseline."""
     field = "integrated_gradients"
     settings = query.integrated_gradients
     require(settings.baseline in BASELINES, f"{field}.baseline", f"unknown baseline {settings.baseline!r}")
@@ -126,6 +131,13 @@ def prepare(description: ModelDescription, query: SaliencyQuery) -> IntegratedGr
                 f"ids {bad[:5]} are outside the vocabulary [0, {description.vocab_size})")
     else:
         require(not ids, f"{field}.baseline_token_ids", "given, but the baseline is not BASELINE_TOKENS")
+    sigma = settings.blur_sigma
+    require(math.isfinite(sigma) and sigma >= 0, f"{field}.blur_sigma", f"must be a finite number >= 0, got {sigma}")
+    require(sigma == 0 or settings.baseline == "blur", f"{field}.blur_sigma",
+            f"given ({sigma}), but the baseline is not BASELINE_BLUR")
+    require(settings.seed == 0 or settings.baseline == "noise", f"{field}.seed",
+            f"given ({settings.seed}), but the baseline is not BASELINE_NOISE")
+    require(0 <= settings.seed < 2**64, f"{field}.seed", f"must be in [0, 2**64), got {settings.seed}")
     return IntegratedGradientsOptions(
         baseline=settings.baseline,
         baseline_token_ids=ids,
@@ -134,22 +146,31 @@ def prepare(description: ModelDescription, query: SaliencyQuery) -> IntegratedGr
         batch_size=settings.batch_size,
         tolerance=settings.tolerance,
         per_dimension=query.per_dimension,
+        blur_sigma=sigma or DEFAULT_BLUR_SIGMA,
+        seed=settings.seed,
     )
 
 
+def baseline_of(problem: AttributionProblem, options: IntegratedGradientsOptions) -> torch.Tensor:
+    """The baseline's features [positions, dims] (INVALID_ARGUMENT for one the input's
+    modality or the model lacks)."""
+    return baseline_embeddings(problem, options.baseline, options.baseline_token_ids, "integrated_gradients.baseline",
+                               blur_sigma=options.blur_sigma, seed=options.seed)
+
+
 def validate(problem: AttributionProblem, options: IntegratedGradientsOptions) -> None:
-    """The baseline must exist for the model and match the input's length."""
-    baseline_embeddings(problem, options.baseline, options.baseline_token_ids, "integrated_gradients.baseline")
+    """The baseline must suit the input's modality, exist for the model and match the
+    input's length."""
+    baseline_of(problem, options)
 
 
 def footprint(problem: AttributionProblem, options: IntegratedGradientsOptions) -> Footprint:
     """A batch of nodes is one forward and backward per node; what is kept across
-    batches is each node's per-token products (float64) and, for per-dimension
-    attributions with a tolerance, each node's gradients too."""
-    description = problem.model.description
-    kept = 2 * options.steps * problem.length * 8  # non-nested refinements: 8 + 16 + ... < 2 x steps nodes
+    batches is each node's per-position products (float64: per token, or per pixel) and,
+    for per-dimension attributions with a tolerance, each node's gradients too."""
+    kept = 2 * options.steps * problem.positions * 8  # non-nested refinements: 8 + 16 + ... < 2 x steps nodes
     if options.per_dimension and options.tolerance > 0:
-        kept += options.steps * problem.length * description.hidden_size * 4
+        kept += options.steps * problem.embeddings.numel() * 4
     return problem.footprint(
         options.steps, gradients=True, fixed=kept,
         advice=", or lower integrated_gradients.steps (or drop per_dimension)",
@@ -158,8 +179,8 @@ def footprint(problem: AttributionProblem, options: IntegratedGradientsOptions) 
 
 class _EvaluatedNodes:
     """What the nodes evaluated so far contributed: per node, the per-token products of
-    the gradient with (x - x') [length], so that a later rule can weight them anew. With
-    per-dimension attributions also the gradients [length, hidden]: per node when later
+    the gradient with (x - x') [positions], so that a later rule can weight them anew. With
+    per-dimension attributions also the gradients [positions, dims]: per node when later
     rules may reuse them (progressive mode), else only their weighted sum."""
 
     def __init__(self, per_dimension: bool, progressive: bool) -> None:
@@ -179,9 +200,9 @@ class _EvaluatedNodes:
         return np.array([index for index, node in enumerate(nodes) if self.key(node) not in self.products], dtype=int)
 
     def add(self, nodes: np.ndarray, weights: np.ndarray, gradients: torch.Tensor, difference: torch.Tensor) -> None:
-        """Keeps what the gradients [batch, length, hidden] at `nodes` (of rule weights
+        """Keeps what the gradients [batch, positions, dims] at `nodes` (of rule weights
         `weights`) contribute."""
-        products = (gradients.double() * difference.double()).sum(dim=-1)  # [batch, length]
+        products = (gradients.double() * difference.double()).sum(dim=-1)  # [batch, positions]
         for node, product, gradient in zip(nodes, products, gradients):
             self.products[self.key(node)] = product
             if self.per_node:
@@ -200,10 +221,10 @@ class _EvaluatedNodes:
                 del store[node]
 
     def integrate(self, nodes: np.ndarray, weights: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(per-token attributions [length] float64, the weighted gradient sum
-        [length, hidden] float64 with per-dimension attributions) under the rule."""
+        """(per-position attributions [positions] float64, the weighted gradient sum
+        [positions, dims] float64 with per-dimension attributions) under the rule."""
         keys = [self.key(node) for node in nodes]
-        products = torch.stack([self.products[key] for key in keys])  # [nodes, length]
+        products = torch.stack([self.products[key] for key in keys])  # [nodes, positions]
         rule = torch.tensor(weights, dtype=torch.float64, device=products.device)
         scores = rule @ products
         if self.per_node:
@@ -216,8 +237,8 @@ def integrated_gradients(
 ) -> Iterator[SaliencyResult]:
     """Attributions after each refinement (just one without a tolerance), each with its
     convergence delta; the last is final."""
-    inputs = problem.embeddings  # [length, hidden]
-    baseline = baseline_embeddings(problem, options.baseline, options.baseline_token_ids, "integrated_gradients.baseline")
+    inputs = problem.embeddings  # [positions, dims]
+    baseline = baseline_of(problem, options)  # [positions, dims]
     difference = inputs - baseline
     with torch.no_grad():
         target_score, baseline_score = problem.scores(torch.stack([inputs, baseline])).tolist()

@@ -1,5 +1,6 @@
-"""Gradient saliency on the input embeddings: the plain gradient, gradient x input, and
-SmoothGrad.
+"""Gradient saliency on the input features (word embeddings, or an image's processed
+pixels with the colour channels as the dimension): the plain gradient, gradient x input,
+and SmoothGrad.
 
 - Gradient: Simonyan, Vedaldi & Zisserman (2014), "Deep Inside Convolutional Networks:
   Visualising Image Classification Models and Saliency Maps". Per token, the L2 norm of
@@ -8,9 +9,11 @@ SmoothGrad.
   Features Through Propagating Activation Differences". Per token, the sum over the
   hidden dimension of gradient * embedding.
 - SmoothGrad: Smilkov et al. (2017), "SmoothGrad: removing noise by adding noise". The
-  gradient averaged over copies of the embeddings with Gaussian noise (std = noise_level
-  * (max - min) of the input's embeddings, on every position, from a seeded generator);
-  per token, the L2 norm of that mean gradient (per-dimension: the mean gradient).
+  gradient averaged over copies of the features with Gaussian noise (std = noise_level
+  * (max - min) of the input's features: embedding values, or processed pixel values, as
+  the paper scales noise by the image's range; on every position, from a seeded
+  generator); per position, the L2 norm of that mean gradient (per-dimension: the mean
+  gradient).
 """
 
 from __future__ import annotations
@@ -91,8 +94,9 @@ def prepare_smoothgrad(description: ModelDescription, query: SaliencyQuery) -> S
 
 
 def smoothgrad_footprint(problem: AttributionProblem, options: SmoothGradOptions) -> Footprint:
-    """A batch of noisy samples is one forward and backward per sample, with its noise."""
-    noise = problem.length * problem.model.description.hidden_size * 4
+    """A batch of noisy samples is one forward and backward per sample, with its noise
+    (float32, the features' size)."""
+    noise = problem.embeddings.numel() * 4
     return problem.footprint(options.samples, gradients=True, per_row=noise)
 
 

@@ -3,11 +3,12 @@
 
 A server interceptor keys each request on the model's weight fingerprint, the RPC's full
 name, the canonical request (the request with `cache` cleared and `model` resolved to
-the loaded model's name, serialized deterministically) and the token ids of every
-Input anywhere in it. Streams travel as serialized messages: a computed one is
-serialized once here (the handler's serializer passes bytes through) and a hit is sent
-as stored, with only its StreamHeader re-marked `cached`. Initial metadata
-`introspect-cache` says hit, miss, bypass or refresh.
+the loaded model's name, serialized deterministically; image inputs cleared from it) and
+what the model sees of every Input anywhere in it: token ids, or processed pixels, so the
+same pixels sent as PNG, lossless WebP or raw values are one entry. Streams travel as
+serialized messages: a computed one is serialized once here (the handler's serializer
+passes bytes through) and a hit is sent as stored, with only its StreamHeader re-marked
+`cached`. Initial metadata `introspect-cache` says hit, miss, bypass or refresh.
 """
 
 from __future__ import annotations
@@ -122,6 +123,19 @@ def canonical_request(request: Message, model: str) -> bytes:
     return canonical.SerializeToString(deterministic=True)
 
 
+def keyed_request(request: Message, model: str) -> bytes:
+    """The canonical request with every image Input's source cleared (the image stays
+    marked as one): an image is keyed by what the model sees, its processed pixels
+    (EncodedInput.identity), not by the bytes that carried them."""
+    keyed = type(request)()
+    keyed.ParseFromString(canonical_request(request, model))
+    for _, message in input_messages(keyed):
+        if message.HasField("image"):
+            message.image.Clear()
+            message.image.SetInParent()
+    return keyed.SerializeToString(deterministic=True)
+
+
 def _bytes_passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
     def serialize(message: Any) -> bytes:
         if isinstance(message, bytes) or serializer is None:
@@ -206,7 +220,8 @@ class CacheInterceptor(HandlerInterceptor):
             log.exception("could not build a cache key for %s; serving it uncached", method.rpc)
             return None
         serving = f"dtype={description.dtype};max_message_bytes={self._max_message_bytes}"
-        key = result_key(description.fingerprint, method.path, canonical, processed, serving)
+        key = result_key(description.fingerprint, method.path, keyed_request(request, description.name), processed,
+                         serving)
         if len(canonical) <= _MEMO_MAX_REQUEST_BYTES:
             self._keys[memo] = key
             if len(self._keys) > _MEMO_ENTRIES:
