@@ -126,7 +126,7 @@ def test_enum_names_come_from_the_descriptors() -> None:
     from introspect_contract import pb
     from introspect_contract.enums import ATTENTION_VIEW, CACHE_POLICY, DTYPE, TARGET_KINDS
 
-    assert ATTENTION_VIEW.names == ("heads", "head_mean", "head_max", "rollout")
+    assert ATTENTION_VIEW.names == ("heads", "head_mean", "head_max", "rollout", "mean_distance")
     assert ATTENTION_VIEW.number("head_mean") == pb.ATTENTION_VIEW_HEAD_MEAN
     assert ATTENTION_VIEW.name_of(pb.ATTENTION_VIEW_ROLLOUT) == "rollout"
     assert ATTENTION_VIEW.name_of(pb.ATTENTION_VIEW_UNSPECIFIED) is None

@@ -152,8 +152,7 @@ def parity_rows(model_type: str, path: Path, device, dtype: str, tolerance: floa
     target = bind_target(loaded, default_target, first)
     first_arguments = first.model_inputs()
     with torch.inference_mode():
-        ours = float(target_scores(loaded, target, first.attention_mask, first.input_ids,
-                                   token_type_ids=first.token_type_ids)[0])
+        ours = float(target_scores(loaded, target, first_arguments, first.attention_mask)[0])
         eager_outputs = eager(**first_arguments, **({"use_cache": False} if kind.causal else {}))
         eager_outputs = eager_outputs.last_hidden_state if kind.name == "encoder" else eager_outputs.logits
         reference_score = float(target.score(eager_outputs, first.attention_mask)[0])
