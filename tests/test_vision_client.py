@@ -165,3 +165,23 @@ def test_four_cams_from_one_request_through_the_client(vision_client, vision_dir
     grad_cam = torch.relu((activations * gradients.mean(dim=0)).sum(dim=-1)).reshape(4, 6).numpy()
     np.testing.assert_allclose(together.by_method["grad_cam"].grid_scores, grad_cam, rtol=1e-4, atol=1e-6)
     assert float(grad_cam.max()) > 0
+
+
+def test_the_cli_scores_similarity_to_a_reference_image(
+    vision_server, vision_dirs: dict[str, Path], image: Image.Image, png_path: Path, tmp_path: Path
+) -> None:
+    """--reference-image: the target is the cosine of the two images' mean-pooled last
+    hidden states (an image encoder), as the reference model computes it."""
+    other = vision.draw_image(9, size=(50, 50))
+    other_path = tmp_path / "other.png"
+    other_path.write_bytes(vision.encode(other, "PNG"))
+    finished = run_cli("saliency", "--server", vision_server.address, "--image", str(png_path), "--model",
+                       "dinov2-encoder", "--method", "gradient", "--target", "similarity", "--reference-image",
+                       str(other_path), "--json")
+    assert finished.returncode == 0, finished.stderr
+    model = reference_vision_model(vision_dirs, "dinov2-encoder")
+    with torch.no_grad():
+        embeddings = [model(pixel_values=reference_pixel_values(vision_dirs, "dinov2-encoder", picture))
+                      .last_hidden_state.mean(dim=1)[0] for picture in (image, other)]
+    cosine = float(torch.nn.functional.cosine_similarity(embeddings[0], embeddings[1], dim=0))
+    assert abs(json.loads(finished.stdout)["target_score"] - cosine) < 1e-5

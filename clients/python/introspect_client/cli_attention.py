@@ -55,7 +55,7 @@ def add_attention_command(commands: Any, client_options: argparse.ArgumentParser
 
 def _selection_label(view: str, head: int | None, heads: Sequence[int]) -> str:
     if view == "heads":
-        return f"head {heads[0]}" if len(heads) == 1 else f"mean of heads {heads[0]}..{heads[-1]}"
+        return f"head {heads[0]}" if len(heads) == 1 else f"heads {heads[0]}..{heads[-1]}"
     scope = "all heads" if head is None else f"head {head}"
     return {
         "head_mean": f"mean over {scope}", "head_max": f"max over {scope}", "rollout": f"rollout (mean over {scope})",

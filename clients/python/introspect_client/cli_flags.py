@@ -88,6 +88,8 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--probability", action="store_true", help="class: score the probability, not the logit")
     group.add_argument("--reference", default=None, metavar="TEXT",
                        help="similarity: the reference text (image-text dual encoders: a text for an image)")
+    group.add_argument("--reference-image", type=Path, default=None, metavar="PATH",
+                       help="similarity: a reference image (image encoders and dual encoders)")
 
 
 def target_of(args: argparse.Namespace, client: Client) -> pb.Target:
@@ -99,7 +101,7 @@ def target_of(args: argparse.Namespace, client: Client) -> pb.Target:
             pb.MODEL_KIND_CAUSAL_LM: "next_token",
             pb.MODEL_KIND_SEQUENCE_CLASSIFIER: "class",
             pb.MODEL_KIND_IMAGE_CLASSIFIER: "class",
-        }.get(info.kind, "similarity" if args.reference is not None else "norm")
+        }.get(info.kind, "similarity" if args.reference is not None or args.reference_image is not None else "norm")
     if kind == "next_token":
         return targets.next_token(position=args.position, token_id=args.token_id)
     if kind == "logit_difference":
@@ -109,9 +111,9 @@ def target_of(args: argparse.Namespace, client: Client) -> pb.Target:
     if kind == "class":
         return targets.class_score(args.class_index, probability=args.probability)
     if kind == "similarity":
-        if args.reference is None:
-            raise ValueError("--target similarity needs --reference TEXT")
-        return targets.embedding_similarity(args.reference)
+        if (args.reference is None) == (args.reference_image is None):
+            raise ValueError("--target similarity needs one of --reference TEXT and --reference-image PATH")
+        return targets.embedding_similarity(args.reference if args.reference is not None else args.reference_image)
     return targets.embedding_norm()
 
 

@@ -125,7 +125,8 @@ class AttributionProblem:
             + per_row,
             rows=rows,
             field="input",
-            advice=f"shorten the input ({self.length} tokens){advice}",
+            advice=(f"each image is {self.length} tokens: use fewer rows per pass{advice}" if self.image
+                    else f"shorten the input ({self.length} tokens){advice}"),
             tokens_per_row=self.length,
         )
 
