@@ -75,6 +75,16 @@ VALID: dict[str, Message] = {
         model=IMAGE_MODEL, input=_pixels(), target=pb.Target(class_score=pb.ClassTarget(class_index=1)),
         method=pb.SALIENCY_METHOD_GRADIENT,
     ),
+    "StreamSaliency/cam": pb.StreamSaliencyRequest(
+        model=IMAGE_MODEL, input=_png(), target=pb.Target(class_score=pb.ClassTarget()),
+        method=pb.SALIENCY_METHOD_GRAD_CAM, upsample=True,
+        cam=pb.CamOptions(layer=1, point=pb.CAM_POINT_BLOCK_INPUT, also=[pb.SALIENCY_METHOD_LAYER_CAM]),
+    ),
+    "StreamSaliency/image_ig": pb.StreamSaliencyRequest(
+        model=IMAGE_MODEL, input=_png(), target=pb.Target(class_score=pb.ClassTarget()),
+        method=pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS,
+        integrated_gradients=pb.IntegratedGradientsOptions(baseline=pb.BASELINE_NOISE, steps=4, seed=3),
+    ),
 }
 """Valid, cheap requests ("RPC" or "RPC/variant"), the seeds of the mutations."""
 

@@ -183,7 +183,8 @@ def test_every_rpc_of_the_contract_has_fuzz_seeds() -> None:
     assert {name.split("/")[0] for name in VALID} == set(SERVICE.methods_by_name)
 
 
-@pytest.mark.parametrize("rpc", ["StreamAttention/image", "StreamSaliency/image"])
+@pytest.mark.parametrize("rpc", ["StreamAttention/image", "StreamSaliency/image", "StreamSaliency/cam",
+                                 "StreamSaliency/image_ig"])
 def test_the_image_seeds_are_served(fuzzed: tuple[InProcessServer, int], rpc: str) -> None:
     """The mutations start from requests that succeed."""
     server, _ = fuzzed
