@@ -185,3 +185,24 @@ def test_the_cli_scores_similarity_to_a_reference_image(
                       .last_hidden_state.mean(dim=1)[0] for picture in (image, other)]
     cosine = float(torch.nn.functional.cosine_similarity(embeddings[0], embeddings[1], dim=0))
     assert abs(json.loads(finished.stdout)["target_score"] - cosine) < 1e-5
+
+
+def test_a_text_reference_of_a_dual_encoder_is_part_of_the_cache_key(vision_server, png_path: Path) -> None:
+    """The same image and text reference twice: the second answer is the cached one, with
+    the same score; another text is computed afresh, with the cosine to that text."""
+    import grpc
+    from introspect_contract import pb, pb_grpc
+
+    def target_score(text: str) -> tuple[bool, float]:
+        request = pb.StreamSaliencyRequest(
+            model="clip-dual", input=pb.Input(image=pb.ImageInput(encoded=png_path.read_bytes())),
+            target=pb.Target(embedding_similarity=pb.EmbeddingSimilarityTarget(
+                reference=pb.Input(text=pb.TextInput(text=text)))),
+            method=pb.SALIENCY_METHOD_GRADIENT)
+        with grpc.insecure_channel(vision_server.address) as channel:
+            messages = list(pb_grpc.IntrospectionStub(channel).StreamSaliency(request))
+        return messages[0].header.cached, messages[-1].chunk.target_score
+
+    first, second, other = target_score("a red square"), target_score("a red square"), target_score("a blue disc")
+    assert (first[0], second[0], other[0]) == (False, True, False)
+    assert first[1] == second[1] and other[1] != first[1]

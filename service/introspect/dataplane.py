@@ -76,7 +76,9 @@ class DataPlane:
 
         def tokenize() -> tuple[bytes, ...]:
             return tuple(
-                loaded.encode(spec, True, f"inputs[{index}]").identity for index, spec in enumerate(inputs)
+                # reference=True: a dual encoder's text similarity reference is keyed too
+                loaded.encode(spec, True, f"inputs[{index}]", reference=True).identity
+                for index, spec in enumerate(inputs)
             )
 
         return loaded.description, await asyncio.to_thread(tokenize)
