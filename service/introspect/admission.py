@@ -53,6 +53,9 @@ def input_specs(query: object, path: str = "") -> Iterator[tuple[str, InputSpec]
             yield name, value
         elif isinstance(value, tuple) and value and isinstance(value[0], InputSpec):
             yield from ((f"{name}[{index}]", spec) for index, spec in enumerate(value))
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):  # e.g. input pairs
+            for index, element in enumerate(value):
+                yield from input_specs(element, f"{name}[{index}]")
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             yield from input_specs(value, name)
 
@@ -97,6 +100,10 @@ def check_lists(query: object, description: ModelDescription, path: str = "") ->
     for item in dataclasses.fields(query):  # type: ignore[arg-type]
         value = getattr(query, item.name)
         name = f"{path}.{item.name}" if path else item.name
+        if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):  # e.g. input pairs
+            for index, element in enumerate(value):
+                check_lists(element, description, f"{name}[{index}]")
+            continue
         if isinstance(value, tuple) and len(value) > longest and not isinstance(value[0], InputSpec):
             raise ResourceExhausted(
                 name, f"{len(value)} entries; model {description.name!r} has no use for more than {longest}"

@@ -17,6 +17,10 @@ from introspect_contract.enums import (
     ATTENTION_VIEW,
     BASELINE,
     CAM_POINT,
+    PATCH_DIRECTION,
+    PATCH_POINT,
+    PATCHING_METHOD,
+    PATCHING_METRIC,
     DTYPE,
     INTEGRATION_RULE,
     SALIENCY_METHOD,
@@ -185,4 +189,47 @@ class HeadAblationQuery:
     heads: tuple[tuple[int, int], ...] = ()
     mean_references: tuple[InputSpec, ...] = ()
     continuation_tokens: int = 0
+    batch_size: int = 0
+
+
+PATCHING_METHODS = PATCHING_METHOD.names
+PATCH_DIRECTIONS = PATCH_DIRECTION.names
+PATCH_POINTS = PATCH_POINT.names
+PATCHING_METRICS = PATCHING_METRIC.names
+
+
+@dataclass(frozen=True)
+class InputPairSpec:
+    """A clean input, its corrupted counterpart (None when not given) and an optional
+    alignment: per clean position, the corrupted position (-1: none)."""
+
+    clean: InputSpec
+    corrupted: InputSpec | None = None
+    alignment: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class KnockoutSettings:
+    """KnockoutOptions of a request (0 meaning "the default")."""
+
+    query_positions: tuple[int, ...] = ()
+    key_positions: tuple[int, ...] = ()
+    window: int = 0
+
+
+@dataclass(frozen=True)
+class PatchingQuery:
+    """What StreamPatching was asked for, before validation against the model."""
+
+    model: str
+    pairs: tuple[InputPairSpec, ...]
+    target: TargetSpec | None
+    method: str = "activation"
+    metric: str = "target"
+    points: tuple[str, ...] = ()
+    direction: str = "denoising"
+    layers: tuple[int, ...] = ()
+    positions: tuple[int, ...] = ()
+    with_exact: bool = False
+    knockout: KnockoutSettings = field(default_factory=KnockoutSettings)
     batch_size: int = 0

@@ -162,3 +162,64 @@ class HeadImportanceResult:
     """Head importance (Michel et al. 2019): d target / d head gate, gates at 1."""
 
     importance: WireArray  # float32 [layers, heads]; NaN for heads not asked for
+
+
+@dataclass(frozen=True)
+class PatchingBaselineResult:
+    """One pair's unpatched metric, sent before its results."""
+
+    pair_index: int
+    clean_score: float
+    corrupted_score: float
+    metric: str  # "target" or "kl_divergence"
+    num_layers: int
+    num_heads: int
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class PatchingLayerResult:
+    """Patching results of one layer and patch point (see PatchingLayer in the proto)."""
+
+    pair_index: int  # -1: the mean over pairs
+    method: str  # "activation" or "attribution"
+    point: str  # a PatchPoint name: "resid_pre", "head", ...
+    layer: int
+    positions: tuple[int, ...]
+    heads: tuple[int, ...]
+    values: WireArray  # float32 [positions], [heads] or [heads, positions]
+    normalized: WireArray | None  # same shape; None for KL
+
+
+@dataclass(frozen=True)
+class PatchingCorrelationResult:
+    """Attribution patching against exact patching at one patch point."""
+
+    pair_index: int
+    point: str
+    pearson: float
+    max_abs_difference: float
+
+
+@dataclass(frozen=True)
+class LogitAttributionResult:
+    """Direct logit attribution of one clean input, per position."""
+
+    pair_index: int
+    heads: WireArray  # float32 [layers, heads, positions]
+    mlps: WireArray  # [layers, positions]
+    attention_biases: WireArray  # [layers, positions]
+    embeddings: WireArray  # [positions]
+    bias: WireArray  # [positions]
+    logit_difference: WireArray  # [positions]
+
+
+@dataclass(frozen=True)
+class KnockoutResultData:
+    """Attention knockout of one clean input, per window of layers."""
+
+    pair_index: int
+    window_starts: tuple[int, ...]
+    window: int
+    values: WireArray  # float32 [windows]
+    change: WireArray  # float32 [windows]

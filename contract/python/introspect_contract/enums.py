@@ -89,6 +89,10 @@ INTEGRATION_RULE = names_of(pb.IntegrationRule.DESCRIPTOR)
 ABLATION_MODE = names_of(pb.AblationMode.DESCRIPTOR)
 ABLATION_VALUE = names_of(pb.AblationValue.DESCRIPTOR)
 CAM_POINT = names_of(pb.CamPoint.DESCRIPTOR)
+PATCHING_METHOD = names_of(pb.PatchingMethod.DESCRIPTOR)
+PATCH_DIRECTION = names_of(pb.PatchDirection.DESCRIPTOR)
+PATCH_POINT = names_of(pb.PatchPoint.DESCRIPTOR)
+PATCHING_METRIC = names_of(pb.PatchingMetric.DESCRIPTOR)
 
 TARGET_KINDS: tuple[str, ...] = tuple(field.name for field in pb.Target.DESCRIPTOR.oneofs_by_name["kind"].fields)
 """Names of the Target oneof cases ("next_token", ..., "embedding_norm")."""

@@ -101,6 +101,36 @@ class AblationValue(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ABLATION_VALUE_UNSPECIFIED: _ClassVar[AblationValue]
     ABLATION_VALUE_ZERO: _ClassVar[AblationValue]
     ABLATION_VALUE_MEAN: _ClassVar[AblationValue]
+
+class PatchingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATCHING_METHOD_UNSPECIFIED: _ClassVar[PatchingMethod]
+    PATCHING_METHOD_ACTIVATION: _ClassVar[PatchingMethod]
+    PATCHING_METHOD_ATTRIBUTION: _ClassVar[PatchingMethod]
+    PATCHING_METHOD_DIRECT_LOGIT_ATTRIBUTION: _ClassVar[PatchingMethod]
+    PATCHING_METHOD_ATTENTION_KNOCKOUT: _ClassVar[PatchingMethod]
+
+class PatchDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATCH_DIRECTION_UNSPECIFIED: _ClassVar[PatchDirection]
+    PATCH_DIRECTION_DENOISING: _ClassVar[PatchDirection]
+    PATCH_DIRECTION_NOISING: _ClassVar[PatchDirection]
+
+class PatchPoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATCH_POINT_UNSPECIFIED: _ClassVar[PatchPoint]
+    PATCH_POINT_RESID_PRE: _ClassVar[PatchPoint]
+    PATCH_POINT_RESID_POST: _ClassVar[PatchPoint]
+    PATCH_POINT_ATTN_OUT: _ClassVar[PatchPoint]
+    PATCH_POINT_MLP_OUT: _ClassVar[PatchPoint]
+    PATCH_POINT_HEAD: _ClassVar[PatchPoint]
+    PATCH_POINT_HEAD_POSITION: _ClassVar[PatchPoint]
+
+class PatchingMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATCHING_METRIC_UNSPECIFIED: _ClassVar[PatchingMetric]
+    PATCHING_METRIC_TARGET: _ClassVar[PatchingMetric]
+    PATCHING_METRIC_KL_DIVERGENCE: _ClassVar[PatchingMetric]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_FLOAT32: Dtype
 DTYPE_FLOAT16: Dtype
@@ -163,6 +193,24 @@ ABLATION_MODE_IMPORTANCE: AblationMode
 ABLATION_VALUE_UNSPECIFIED: AblationValue
 ABLATION_VALUE_ZERO: AblationValue
 ABLATION_VALUE_MEAN: AblationValue
+PATCHING_METHOD_UNSPECIFIED: PatchingMethod
+PATCHING_METHOD_ACTIVATION: PatchingMethod
+PATCHING_METHOD_ATTRIBUTION: PatchingMethod
+PATCHING_METHOD_DIRECT_LOGIT_ATTRIBUTION: PatchingMethod
+PATCHING_METHOD_ATTENTION_KNOCKOUT: PatchingMethod
+PATCH_DIRECTION_UNSPECIFIED: PatchDirection
+PATCH_DIRECTION_DENOISING: PatchDirection
+PATCH_DIRECTION_NOISING: PatchDirection
+PATCH_POINT_UNSPECIFIED: PatchPoint
+PATCH_POINT_RESID_PRE: PatchPoint
+PATCH_POINT_RESID_POST: PatchPoint
+PATCH_POINT_ATTN_OUT: PatchPoint
+PATCH_POINT_MLP_OUT: PatchPoint
+PATCH_POINT_HEAD: PatchPoint
+PATCH_POINT_HEAD_POSITION: PatchPoint
+PATCHING_METRIC_UNSPECIFIED: PatchingMetric
+PATCHING_METRIC_TARGET: PatchingMetric
+PATCHING_METRIC_KL_DIVERGENCE: PatchingMetric
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -693,3 +741,151 @@ class StreamLogitLensResponse(_message.Message):
     header: StreamHeader
     layer: LogitLensLayer
     def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., layer: _Optional[_Union[LogitLensLayer, _Mapping]] = ...) -> None: ...
+
+class InputPair(_message.Message):
+    __slots__ = ("clean", "corrupted", "alignment")
+    CLEAN_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    clean: Input
+    corrupted: Input
+    alignment: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, clean: _Optional[_Union[Input, _Mapping]] = ..., corrupted: _Optional[_Union[Input, _Mapping]] = ..., alignment: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class KnockoutOptions(_message.Message):
+    __slots__ = ("query_positions", "key_positions", "window")
+    QUERY_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    KEY_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    query_positions: _containers.RepeatedScalarFieldContainer[int]
+    key_positions: _containers.RepeatedScalarFieldContainer[int]
+    window: int
+    def __init__(self, query_positions: _Optional[_Iterable[int]] = ..., key_positions: _Optional[_Iterable[int]] = ..., window: _Optional[int] = ...) -> None: ...
+
+class StreamPatchingRequest(_message.Message):
+    __slots__ = ("model", "pairs", "method", "target", "metric", "points", "direction", "layers", "positions", "with_exact", "knockout", "batch_size", "cache")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    WITH_EXACT_FIELD_NUMBER: _ClassVar[int]
+    KNOCKOUT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pairs: _containers.RepeatedCompositeFieldContainer[InputPair]
+    method: PatchingMethod
+    target: Target
+    metric: PatchingMetric
+    points: _containers.RepeatedScalarFieldContainer[PatchPoint]
+    direction: PatchDirection
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    with_exact: bool
+    knockout: KnockoutOptions
+    batch_size: int
+    cache: CachePolicy
+    def __init__(self, model: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[InputPair, _Mapping]]] = ..., method: _Optional[_Union[PatchingMethod, str]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., metric: _Optional[_Union[PatchingMetric, str]] = ..., points: _Optional[_Iterable[_Union[PatchPoint, str]]] = ..., direction: _Optional[_Union[PatchDirection, str]] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Iterable[int]] = ..., with_exact: _Optional[bool] = ..., knockout: _Optional[_Union[KnockoutOptions, _Mapping]] = ..., batch_size: _Optional[int] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+
+class PatchingBaseline(_message.Message):
+    __slots__ = ("pair_index", "clean_score", "corrupted_score", "metric", "num_layers", "num_heads", "batch_size")
+    PAIR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    pair_index: int
+    clean_score: float
+    corrupted_score: float
+    metric: str
+    num_layers: int
+    num_heads: int
+    batch_size: int
+    def __init__(self, pair_index: _Optional[int] = ..., clean_score: _Optional[float] = ..., corrupted_score: _Optional[float] = ..., metric: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class PatchingLayer(_message.Message):
+    __slots__ = ("pair_index", "method", "point", "layer", "positions", "heads", "values", "normalized")
+    PAIR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_FIELD_NUMBER: _ClassVar[int]
+    pair_index: int
+    method: PatchingMethod
+    point: PatchPoint
+    layer: int
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    values: Tensor
+    normalized: Tensor
+    def __init__(self, pair_index: _Optional[int] = ..., method: _Optional[_Union[PatchingMethod, str]] = ..., point: _Optional[_Union[PatchPoint, str]] = ..., layer: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., normalized: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PatchingCorrelation(_message.Message):
+    __slots__ = ("pair_index", "point", "pearson", "max_abs_difference")
+    PAIR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    PEARSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    pair_index: int
+    point: PatchPoint
+    pearson: float
+    max_abs_difference: float
+    def __init__(self, pair_index: _Optional[int] = ..., point: _Optional[_Union[PatchPoint, str]] = ..., pearson: _Optional[float] = ..., max_abs_difference: _Optional[float] = ...) -> None: ...
+
+class LogitAttribution(_message.Message):
+    __slots__ = ("pair_index", "heads", "mlps", "attention_biases", "embeddings", "bias", "logit_difference")
+    PAIR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    MLPS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_BIASES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    pair_index: int
+    heads: Tensor
+    mlps: Tensor
+    attention_biases: Tensor
+    embeddings: Tensor
+    bias: Tensor
+    logit_difference: Tensor
+    def __init__(self, pair_index: _Optional[int] = ..., heads: _Optional[_Union[Tensor, _Mapping]] = ..., mlps: _Optional[_Union[Tensor, _Mapping]] = ..., attention_biases: _Optional[_Union[Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., bias: _Optional[_Union[Tensor, _Mapping]] = ..., logit_difference: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class KnockoutResult(_message.Message):
+    __slots__ = ("pair_index", "window_starts", "window", "values", "change")
+    PAIR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_STARTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    pair_index: int
+    window_starts: _containers.RepeatedScalarFieldContainer[int]
+    window: int
+    values: Tensor
+    change: Tensor
+    def __init__(self, pair_index: _Optional[int] = ..., window_starts: _Optional[_Iterable[int]] = ..., window: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., change: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StreamPatchingResponse(_message.Message):
+    __slots__ = ("header", "baseline", "layer", "correlation", "logit_attribution", "knockout")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    KNOCKOUT_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    baseline: PatchingBaseline
+    layer: PatchingLayer
+    correlation: PatchingCorrelation
+    logit_attribution: LogitAttribution
+    knockout: KnockoutResult
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., baseline: _Optional[_Union[PatchingBaseline, _Mapping]] = ..., layer: _Optional[_Union[PatchingLayer, _Mapping]] = ..., correlation: _Optional[_Union[PatchingCorrelation, _Mapping]] = ..., logit_attribution: _Optional[_Union[LogitAttribution, _Mapping]] = ..., knockout: _Optional[_Union[KnockoutResult, _Mapping]] = ...) -> None: ...

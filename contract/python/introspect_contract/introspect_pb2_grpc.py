@@ -68,6 +68,11 @@ class IntrospectionStub:
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.SerializeToString,
                 response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.FromString,
                 _registered_method=True)
+        self.StreamPatching = channel.unary_stream(
+                '/introspect.v1.Introspection/StreamPatching',
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingResponse.FromString,
+                _registered_method=True)
 
 
 class IntrospectionServicer:
@@ -121,6 +126,14 @@ class IntrospectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamPatching(self, request, context):
+        """Circuit analysis on (clean, corrupted) input pairs: activation patching, attribution
+        patching, direct logit attribution and attention knockout, streamed layer by layer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +166,11 @@ def add_IntrospectionServicer_to_server(servicer, server):
                     servicer.StreamLogitLens,
                     request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.FromString,
                     response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.SerializeToString,
+            ),
+            'StreamPatching': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamPatching,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +339,33 @@ class Introspection:
             '/introspect.v1.Introspection/StreamLogitLens',
             introspect_dot_v1_dot_introspect__pb2.StreamLogitLensRequest.SerializeToString,
             introspect_dot_v1_dot_introspect__pb2.StreamLogitLensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPatching(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/introspect.v1.Introspection/StreamPatching',
+            introspect_dot_v1_dot_introspect__pb2.StreamPatchingRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamPatchingResponse.FromString,
             options,
             channel_credentials,
             insecure,

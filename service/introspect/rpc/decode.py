@@ -152,6 +152,8 @@ def _field(message: Message, descriptor: FieldDescriptor, hint: Any, path: str) 
         descriptor.name
     ):
         return _DEFAULT  # an unset `optional` scalar
+    if descriptor.type == FieldDescriptor.TYPE_MESSAGE and _optional(hint) and not message.HasField(descriptor.name):
+        return _DEFAULT  # an unset message whose plain field may be None
     if descriptor.enum_type is not None and value == 0:
         return _DEFAULT  # UNSPECIFIED
     return _value(value, descriptor, hint, path)
@@ -176,6 +178,11 @@ def _value(value: Any, descriptor: FieldDescriptor, hint: Any, path: str) -> Any
     if typing.get_origin(hint) is tuple:  # a fixed-length tuple of the message's fields
         return tuple(getattr(value, field.name) for field in value.DESCRIPTOR.fields)
     raise TypeError(f"no conversion of {descriptor.message_type.full_name} into {hint}")
+
+
+def _optional(hint: Any) -> bool:
+    """Whether a type hint admits None (`X | None`)."""
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def _without_none(hint: Any) -> Any:
