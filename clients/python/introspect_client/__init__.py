@@ -25,6 +25,15 @@ from .image_inputs import ImageLike, make_image_input
 from .image_layout import ImageLayout, bilinear_resize
 from .inputs import InputLike, InputsLike, make_input, make_inputs
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
+from .patching import (
+    PATCH_DIRECTIONS,
+    PATCH_POINTS,
+    PATCHING_METHODS,
+    PATCHING_METRICS,
+    PatchingOptions,
+    patching_request,
+)
+from .patching_results import PairPatching, PatchingAssembler, PatchingMap, PatchingResult
 from .options import CACHE_POLICIES, VALUE_DTYPES, VIEWS, AttentionOptions, attention_request
 from .results import AttentionAssembler, AttentionResult, InputAttention
 from .saliency import (
@@ -50,6 +59,10 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_SERVICE_CONFIG",
     "INTEGRATION_RULES",
+    "PATCHING_METHODS",
+    "PATCHING_METRICS",
+    "PATCH_DIRECTIONS",
+    "PATCH_POINTS",
     "SALIENCY_METHODS",
     "VALUE_DTYPES",
     "VIEWS",
@@ -71,6 +84,11 @@ __all__ = [
     "LogitLensAssembler",
     "LogitLensOptions",
     "LogitLensResult",
+    "PairPatching",
+    "PatchingAssembler",
+    "PatchingMap",
+    "PatchingOptions",
+    "PatchingResult",
     "Refinement",
     "SaliencyAssembler",
     "SaliencyOptions",
@@ -82,6 +100,7 @@ __all__ = [
     "make_image_input",
     "make_input",
     "make_inputs",
+    "patching_request",
     "pb",
     "saliency_request",
     "targets",

@@ -30,6 +30,8 @@ from .errors import IntrospectError, translate_rpc_errors
 from .inputs import InputLike, InputsLike
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .options import AttentionOptions, attention_request, int_list
+from .patching import PatchingOptions, patching_request
+from .patching_results import PatchingAssembler, PatchingResult
 from .results import AttentionAssembler, AttentionResult
 from .saliency import SaliencyAssembler, SaliencyOptions, SaliencyResult, saliency_request
 
@@ -235,7 +237,7 @@ class Client(_ClientBase):
     Failover: a call that fails UNAVAILABLE before its response starts is retried by
     gRPC (service config). A stream that ends UNAVAILABLE after it started (a replica
     killed or drained mid-stream) is restarted once by the assembled methods
-    (`attention`, `saliency`, `ablate`, `logit_lens`), within the call's deadline; the
+    (`attention`, `saliency`, `ablate`, `logit_lens`, `patch`), within the call's deadline; the
     result is built from the restarted stream only. The raw `stream_*` iterators never
     restart (they have already handed out the first messages): they raise the error.
     """
@@ -433,6 +435,50 @@ class Client(_ClientBase):
         request = logit_lens_request(input, **options)  # checks the options
         return self._assembled(self._stub.StreamLogitLens, request, timeout, LogitLensAssembler)
 
+    def stream_patch(
+        self,
+        clean: InputLike | None = None,
+        corrupted: InputLike | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[PatchingOptions],
+    ) -> Iterator[pb.StreamPatchingResponse]:
+        """The raw StreamPatching messages as they arrive: a header, then per pair a
+        baseline and its results, then the means over pairs.
+
+        Takes the same arguments as `patch`; leaving the loop early cancels the call.
+        """
+        request = patching_request(clean, corrupted, **options)
+        return self._stream(self._stub.StreamPatching, request, timeout)
+
+    def patch(
+        self,
+        clean: InputLike | None = None,
+        corrupted: InputLike | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[PatchingOptions],
+    ) -> PatchingResult:
+        """Circuits: activation or attribution patching, direct logit attribution or
+        attention knockout on (clean, corrupted) pairs.
+
+        Args:
+            clean, corrupted: one pair (a text, a (text, text_pair) tuple or token ids
+                each); corrupted may be None for the clean-only methods.
+            pairs: instead, several (clean, corrupted[, alignment]) tuples.
+            timeout: deadline in seconds (default: the client's).
+            model, method, target, metric, points, direction, layers, positions,
+            with_exact, knockout_queries, knockout_keys, window, alignment, batch_size,
+            cache: see `patching_request`.
+
+        Returns a PatchingResult: per pair the baseline, `maps[(method, point)]` arrays
+        over the whole model (NaN where nothing was patched), correlations, logit
+        attribution or knockout arrays, and `mean` over the pairs (two or more).
+        """
+        request = patching_request(clean, corrupted, **options)  # checks the options
+        return self._assembled(self._stub.StreamPatching, request, timeout,
+                               lambda: PatchingAssembler.for_request(request))
+
     def _assembled(
         self,
         method: Callable[..., Any],
@@ -557,6 +603,31 @@ class AsyncClient(_ClientBase):
         """The logit lens; see `Client.logit_lens` for the arguments."""
         request = logit_lens_request(input, **options)  # checks the options
         return await self._assembled(self._stub.StreamLogitLens, request, timeout, LogitLensAssembler)
+
+    def stream_patch(
+        self,
+        clean: InputLike | None = None,
+        corrupted: InputLike | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[PatchingOptions],
+    ) -> AsyncIterator[pb.StreamPatchingResponse]:
+        """The raw StreamPatching messages as they arrive (`async for`); see `Client.patch`."""
+        request = patching_request(clean, corrupted, **options)
+        return self._stream(self._stub.StreamPatching, request, timeout)
+
+    async def patch(
+        self,
+        clean: InputLike | None = None,
+        corrupted: InputLike | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[PatchingOptions],
+    ) -> PatchingResult:
+        """Circuits on (clean, corrupted) pairs; see `Client.patch` for the arguments."""
+        request = patching_request(clean, corrupted, **options)  # checks the options
+        return await self._assembled(self._stub.StreamPatching, request, timeout,
+                                     lambda: PatchingAssembler.for_request(request))
 
     async def _assembled(
         self,

@@ -82,7 +82,10 @@ def shared_fields(model: str, truncate: bool, cache: str) -> dict[str, Any]:
     return {"model": model, "truncate": bool(truncate), "cache": enum_value(CACHE_POLICIES, cache, "cache")}
 
 
-def set_target(request: pb.StreamSaliencyRequest | pb.StreamHeadAblationRequest, target: pb.Target | None) -> None:
+def set_target(
+    request: pb.StreamSaliencyRequest | pb.StreamHeadAblationRequest | pb.StreamPatchingRequest,
+    target: pb.Target | None,
+) -> None:
     """Copies `target` into `request`; None leaves it unset. TypeError for anything but a
     Target message."""
     if target is None:
