@@ -9,6 +9,8 @@
 attention, saliency and ablate take --image PATH (a PNG, JPEG or WebP file) instead of
 --text for models that take images.
     introspect lens --text TEXT ...        the logit lens (LM heads): table, --json
+    introspect patch --clean TEXT --corrupted TEXT ...  circuits (patching, logit attribution,
+                                           knockout): summary, --json, --png
 
 Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051),
 over TLS with --tls-ca/--tls-cert/--tls-key, with a bearer token from --token or
@@ -33,6 +35,7 @@ from introspect_contract import pb
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
 from .cli_attention import add_attention_command
 from .cli_lens import add_lens_command
+from .cli_patching import add_patch_command
 from .cli_saliency import add_saliency_command
 from .cli_connection import DEFAULT_SERVER, SERVER_ENV, add_connection_arguments, client_of
 from .client import Client
@@ -78,6 +81,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     add_saliency_command(commands, client_options)
     _add_ablate_parser(commands, client_options)
     add_lens_command(commands, client_options)
+    add_patch_command(commands, client_options)
     return parser
 
 

@@ -117,9 +117,10 @@ def target_of(args: argparse.Namespace, client: Client) -> pb.Target:
     return targets.embedding_norm()
 
 
-def add_request_arguments(parser: argparse.ArgumentParser) -> None:
-    """--truncate and --cache."""
-    parser.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
+def add_request_arguments(parser: argparse.ArgumentParser, *, truncate: bool = True) -> None:
+    """--truncate (unless `truncate` is False: requests without the field) and --cache."""
+    if truncate:
+        parser.add_argument("--truncate", action="store_true", help="cut a text longer than the model's limit")
     parser.add_argument(
         "--cache", choices=list(CACHE_POLICIES), default="use", help="server result cache policy (default: use)"
     )

@@ -145,30 +145,54 @@ def head_figure(grid: np.ndarray, title: str, *, value_label: str = "change of t
     layers, heads = values.shape
     width = min(max(_INCHES_PER_HEAD_CELL * heads, _MIN_SIDE_INCHES), _MAX_SIDE_INCHES) + 2.0
     height = min(max(_INCHES_PER_HEAD_CELL * layers, _MIN_SIDE_INCHES * 0.75), _MAX_SIDE_INCHES) + 1.2
-
     figure = new_figure(width, height)
-    axes = figure.add_subplot()
+    grid_panel(figure, figure.add_subplot(), values, title, value_label=value_label)
+    return figure
+
+
+def grid_panel(
+    figure: Any,
+    axes: Any,
+    values: np.ndarray,
+    title: str,
+    *,
+    value_label: str,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    row_name: str = "layer",
+    column_name: str = "head",
+    title_size: float = 12,
+) -> Any:
+    """Draws a 2-D grid [rows, columns] on `axes` with its colour bar: a diverging
+    colour scale centred on 0, NaN left blank, rows and columns labelled by index (or by
+    `row_labels` / `column_labels`, column labels longer than 3 characters turned
+    upright), and small grids carrying their values in the cells. Returns the image."""
+    rows, columns = values.shape
     finite = values[np.isfinite(values)]
     bound = float(np.abs(finite).max()) if finite.size else 1.0
     bound = bound if bound > 0 else 1.0
     image = axes.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto",
                         interpolation="nearest")
-    row_ticks, row_font = _ticks(layers)
-    column_ticks, column_font = _ticks(heads)
-    axes.set_yticks(row_ticks, [str(layer) for layer in row_ticks], fontsize=row_font)
-    axes.set_xticks(column_ticks, [str(head) for head in column_ticks], fontsize=column_font)
-    axes.set_ylabel("layer")
-    axes.set_xlabel("head")
-    axes.set_title(title, fontsize=12)
+    row_names = [str(row) for row in range(rows)] if row_labels is None else list(row_labels)
+    column_names = [str(column) for column in range(columns)] if column_labels is None else list(column_labels)
+    row_ticks, row_font = _ticks(rows)
+    column_ticks, column_font = _ticks(columns)
+    axes.set_yticks(row_ticks, [row_names[row] for row in row_ticks], fontsize=row_font)
+    long_names = any(len(name) > 3 for name in column_names)
+    axes.set_xticks(column_ticks, [column_names[column] for column in column_ticks], fontsize=column_font,
+                    rotation=90 if long_names else 0)
+    axes.set_ylabel(row_name)
+    axes.set_xlabel(column_name)
+    axes.set_title(title, fontsize=title_size)
     if values.size <= _ANNOTATED_CELLS:
-        for (layer, head), value in np.ndenumerate(values):
+        for (row, column), value in np.ndenumerate(values):
             if np.isfinite(value):
                 strong = abs(value) > 0.6 * bound
-                axes.text(head, layer, f"{value:.2g}", ha="center", va="center", fontsize=7,
+                axes.text(column, row, f"{value:.2g}", ha="center", va="center", fontsize=7,
                           color="white" if strong else "black")
     colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
     colorbar.set_label(value_label)
-    return figure
+    return image
 
 
 # Token saliency layout: tokens as running text in a monospace font, wrapped at a fixed
