@@ -33,6 +33,12 @@ def _next_token() -> pb.Target:
     return pb.Target(next_token=pb.NextTokenTarget())
 
 
+def _token_pair() -> pb.InputPair:
+    """A clean and a corrupted token-id input of equal length (one token differs)."""
+    return pb.InputPair(clean=pb.Input(token_ids=pb.TokenIds(ids=[101, 1996, 4937, 2938])),
+                        corrupted=pb.Input(token_ids=pb.TokenIds(ids=[101, 1996, 3899, 2938])))
+
+
 def _png() -> pb.Input:
     """A small PNG image input."""
     import vision
@@ -68,6 +74,19 @@ VALID: dict[str, Message] = {
         heads=[pb.HeadRef(layer=0, head=1)], continuation_tokens=2,
     ),
     "StreamLogitLens": pb.StreamLogitLensRequest(model=MODEL, input=_text(), top_k=2, positions=[-1]),
+    "StreamPatching": pb.StreamPatchingRequest(
+        model=MODEL, pairs=[_token_pair()], method=pb.PATCHING_METHOD_ACTIVATION, target=_next_token(),
+        points=[pb.PATCH_POINT_RESID_PRE], layers=[0], positions=[-1],
+    ),
+    "StreamPatching/dla": pb.StreamPatchingRequest(
+        model=MODEL, pairs=[pb.InputPair(clean=_token_pair().clean)],
+        method=pb.PATCHING_METHOD_DIRECT_LOGIT_ATTRIBUTION,
+        target=pb.Target(logit_difference=pb.LogitDifferenceTarget(token_id=1996, contrast_token_id=4937)),
+    ),
+    "StreamPatching/knockout": pb.StreamPatchingRequest(
+        model=MODEL, pairs=[pb.InputPair(clean=_token_pair().clean)], method=pb.PATCHING_METHOD_ATTENTION_KNOCKOUT,
+        target=_next_token(), knockout=pb.KnockoutOptions(query_positions=[-1], key_positions=[0], window=2),
+    ),
     "StreamAttention/image": pb.StreamAttentionRequest(
         model=IMAGE_MODEL, inputs=[_png()], layers=[1], view=pb.ATTENTION_VIEW_HEAD_MEAN, patch_grid=True,
     ),

@@ -5,9 +5,9 @@ back at once.
 
 On an in-process server (one worker for the CPU, --max-queue 1, no cache) with 512-token
 MiniLM inputs (the tiny GPT-2's 128 positions for the logit lens, which needs an LM
-head; the tiny ViT classifier for integrated gradients on an image). The clock: a
-follow-up call's header, which the worker sends when it starts the call, must arrive
-within FREE_BOUND_SECONDS of the cancel (the goal is 0.5 s; the largest of these
+head; the tiny ViT classifier for integrated gradients on an image; a MiniLM token-id
+pair for activation patching). The clock: a follow-up call's header, which the worker
+sends when it starts the call, must arrive within FREE_BOUND_SECONDS of the cancel (the goal is 0.5 s; the largest of these
 computations run for tens of seconds when nothing stops them).
 """
 
@@ -34,6 +34,11 @@ SHORT_DEADLINES = {"logit_lens": 0.02, "attention": 0.08, "gradient": 0.08, "imp
 TEXT = "the cat sat on the mat and looked at the dog " * 60  # > 512 tokens: truncated to 512
 IMAGE_MODEL = "vit-classifier"  # tests/vision.py's tiny ViT
 
+# Activation patching of every (layer, head, position) of MiniLM on a 512-token pair:
+# 6 x 12 x 512 patched forwards of 512 tokens (minutes when nothing stops it).
+PATCH_CLEAN = [101] + [2000 + index % 700 for index in range(510)] + [102]
+PATCH_CORRUPTED = PATCH_CLEAN[:5] + [3000] + PATCH_CLEAN[6:]
+
 Start = Callable[[Client, float | None], Iterator[Any]]
 NORM = {"target": targets.embedding_norm(), "truncate": True}
 
@@ -48,6 +53,8 @@ CALLS: dict[str, Start] = {
     "importance": lambda c, t: c.stream_ablation(TEXT, mode="importance", timeout=t, **NORM),
     "logit_lens": lambda c, t: c.stream_logit_lens(TEXT, model="gpt2", truncate=True, timeout=t),
     "image_ig_4096": lambda c, t: image_integrated_gradients(c, t),
+    "patching_head_position": lambda c, t: c.stream_patch(
+        PATCH_CLEAN, PATCH_CORRUPTED, points=["head_position"], timeout=t, target=targets.embedding_norm()),
 }
 
 
