@@ -7,8 +7,9 @@ On an in-process server (one worker for the CPU, --max-queue 1, no cache) with 5
 MiniLM inputs (the tiny GPT-2's 128 positions for the logit lens, which needs an LM
 head; the tiny ViT classifier for integrated gradients on an image; a MiniLM token-id
 pair for activation patching). The clock: a follow-up call's header, which the worker
-sends when it starts the call, must arrive within FREE_BOUND_SECONDS of the cancel (the goal is 0.5 s; the largest of these
-computations run for tens of seconds when nothing stops them).
+sends when it starts the call, must arrive within FREE_BOUND_SECONDS of the cancel (the
+goal is 0.5 s; the largest of these computations run for tens of seconds when nothing
+stops them).
 """
 
 from __future__ import annotations
