@@ -124,6 +124,8 @@ class PatchingTechnique:
     # PatchingCorrelationResult, LogitAttributionResult or KnockoutResultData)
     run: Callable[[LoadedModel, PatchingOptions, PatchingPair, Check], Iterator[object]]
     needs_corrupted: bool = True  # every pair must give a corrupted input
+    # (model, options, pair) -> patched rows per forward it will run (the baseline reports it)
+    rows_per_forward: Callable[[LoadedModel, PatchingOptions, PatchingPair], int] = lambda model, options, pair: 1
 
 
 TECHNIQUES: dict[str, PatchingTechnique] = {}
@@ -263,7 +265,7 @@ def run(model: LoadedModel, query: PatchingQuery, options: PatchingOptions, sink
         sink.check()
         sink.emit(PatchingBaselineResult(pair.index, pair.clean_score, pair.corrupted_score, options.metric,
                                          description.num_layers, description.num_heads,
-                                         batch_size=max(options.batch_size, 1)))
+                                         batch_size=technique.rows_per_forward(model, options, pair)))
         for result in technique.run(model, options, pair, sink.check):
             means.add(result)
             sink.emit(result)
