@@ -16,7 +16,8 @@ interface passes that changes the result:
 * additive position biases (`position_bias`, MPNet- and MPT-style), added to the scores.
 
 Without hooks, and without sinks or softcapping, the output comes from SDPA. When a call
-reads or writes `attn.probs` (see hooks.py), or the model needs sinks or softcapping,
+reads or writes `attn.probs` or edits `attn.mask` at a layer (see hooks.py), or the model
+needs sinks or softcapping,
 probabilities are computed in float32 from the post-rotary query and key and the output
 is probabilities x values, as eager attention computes it. `attn.z` hooks act on the
 output here unless the registry takes them at the output projection.
@@ -36,6 +37,31 @@ from . import hooks
 ATTENTION_IMPLEMENTATION = "introspect"
 
 
+def additive_mask(
+    module: torch.nn.Module,
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    query_length: int,
+    key_length: int,
+    device: torch.device,
+    is_causal: bool | None = None,
+) -> torch.Tensor:
+    """The mask a layer applies, as an additive float32 mask [batch, 1 or heads, query,
+    key]: a boolean mask (True attends) as 0 / -inf, an additive one as it is, and without
+    a mask the upper-left causal mask of a causal module (zeros otherwise)."""
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, :key_length]
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, device=device).masked_fill(~mask, float("-inf"))
+        return mask.float()
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    mask = torch.zeros(1, 1, query_length, key_length, device=device)
+    if causal and query_length > 1:
+        allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril()
+        mask = mask.masked_fill(~allowed, float("-inf"))
+    return mask.expand(batch, 1, query_length, key_length)
+
+
 def attention_probabilities(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -49,9 +75,9 @@ def attention_probabilities(
 ) -> torch.Tensor:
     """Eager attention's probabilities in float32, [batch, heads, query, key].
 
-    query [batch, heads, query, head_dim]; key [batch, kv_heads, key, head_dim]; sinks
-    [heads] (one logit per head). Rows with no key to attend to (and no sink) are zeros,
-    not NaN.
+    query [batch, heads, query, head_dim]; key [batch, kv_heads, key, head_dim];
+    attention_mask as the model passes it, or as `additive_mask` gives it; sinks [heads]
+    (one logit per head). Rows with no key to attend to (and no sink) are zeros, not NaN.
     """
     key = repeat_kv(key, query.shape[1] // key.shape[1])
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
@@ -61,17 +87,8 @@ def attention_probabilities(
     if position_bias is not None:
         scores = scores + position_bias[..., : scores.shape[-1]].float()
     query_length, key_length = scores.shape[-2], scores.shape[-1]
-    if attention_mask is not None:
-        mask = attention_mask[:, :, :, :key_length]
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.float()
-    else:
-        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        if causal and query_length > 1:
-            allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = scores + additive_mask(module, attention_mask, scores.shape[0], query_length, key_length,
+                                    scores.device, is_causal)
     if sinks is not None:
         sink_column = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, query_length, 1)
         with_sinks = torch.cat([scores, sink_column], dim=-1)
@@ -98,15 +115,22 @@ def introspect_attention(
     position_bias = kwargs.get("position_bias")
     hookset, layer, z_here = call if call is not None else (None, -1, False)
     reads_probabilities = hookset is not None and hookset.wants(hooks.ATTN_PROBS, layer)
-    if reads_probabilities or softcap is not None or sinks is not None:
+    edits_mask = hookset is not None and hookset.wants(hooks.ATTN_MASK, layer)
+    if reads_probabilities or edits_mask or softcap is not None or sinks is not None:
         is_causal = kwargs.get("is_causal")
+        causal = is_causal if isinstance(is_causal, bool) else None
+        if edits_mask:
+            assert hookset is not None
+            mask = additive_mask(module, attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device,
+                                 causal)  # [batch, 1 or heads, query, key]
+            attention_mask = hookset.apply(hooks.ATTN_MASK, layer, mask)
         probabilities = attention_probabilities(
             module,
             query,
             key,
             attention_mask,
             scaling,
-            is_causal if isinstance(is_causal, bool) else None,
+            causal,
             softcap=softcap if isinstance(softcap, (int, float)) else None,
             sinks=sinks if isinstance(sinks, torch.Tensor) else None,
             position_bias=position_bias if isinstance(position_bias, torch.Tensor) else None,
