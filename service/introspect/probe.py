@@ -37,6 +37,35 @@ from . import hooks
 ATTENTION_IMPLEMENTATION = "introspect"
 
 
+def _layer_mask(
+    module: torch.nn.Module,
+    attention_mask: torch.Tensor | None,
+    query_length: int,
+    key_length: int,
+    device: torch.device,
+    is_causal: bool | None,
+) -> torch.Tensor | None:
+    """The mask a layer applies: the model's (boolean, True attends, or additive float)
+    cut to the keys, else the upper-left causal mask [query, key] bool of a causal
+    module; None when nothing is masked."""
+    if attention_mask is not None:
+        return attention_mask[:, :, :, :key_length]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if causal and query_length > 1:
+        return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril()
+    return None
+
+
+def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scores with a `_layer_mask` applied: -inf where a boolean mask is False, plus an
+    additive mask."""
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask.float()
+
+
 def additive_mask(
     module: torch.nn.Module,
     attention_mask: torch.Tensor | None,
@@ -46,20 +75,11 @@ def additive_mask(
     device: torch.device,
     is_causal: bool | None = None,
 ) -> torch.Tensor:
-    """The mask a layer applies, as an additive float32 mask [batch, 1 or heads, query,
-    key]: a boolean mask (True attends) as 0 / -inf, an additive one as it is, and without
-    a mask the upper-left causal mask of a causal module (zeros otherwise)."""
-    if attention_mask is not None:
-        mask = attention_mask[:, :, :, :key_length]
-        if mask.dtype == torch.bool:
-            return torch.zeros(mask.shape, device=device).masked_fill(~mask, float("-inf"))
-        return mask.float()
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    mask = torch.zeros(1, 1, query_length, key_length, device=device)
-    if causal and query_length > 1:
-        allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril()
-        mask = mask.masked_fill(~allowed, float("-inf"))
-    return mask.expand(batch, 1, query_length, key_length)
+    """The mask a layer applies as an additive float32 mask [batch, 1 or heads, query,
+    key]: 0 attends, -inf blocks (an additive mask as the model passes it)."""
+    mask = _layer_mask(module, attention_mask, query_length, key_length, device, is_causal)
+    heads = 1 if mask is None or mask.dim() < 4 else mask.shape[1]
+    return _masked(torch.zeros(batch, heads, query_length, key_length, device=device), mask)
 
 
 def attention_probabilities(
@@ -87,8 +107,7 @@ def attention_probabilities(
     if position_bias is not None:
         scores = scores + position_bias[..., : scores.shape[-1]].float()
     query_length, key_length = scores.shape[-2], scores.shape[-1]
-    scores = scores + additive_mask(module, attention_mask, scores.shape[0], query_length, key_length,
-                                    scores.device, is_causal)
+    scores = _masked(scores, _layer_mask(module, attention_mask, query_length, key_length, scores.device, is_causal))
     if sinks is not None:
         sink_column = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, query_length, 1)
         with_sinks = torch.cat([scores, sink_column], dim=-1)
