@@ -50,8 +50,10 @@ def manual_attribution(model: Any) -> dict[str, np.ndarray]:
     final: list[torch.Tensor] = []
     handles = [norm.register_forward_pre_hook(lambda _, args: final.append(args[0][0]))]
     for layer, (projection, mlp) in enumerate(blocks):
-        handles.append(projection.register_forward_pre_hook(lambda _, args, layer=layer: z.__setitem__(layer, args[0][0])))
-        handles.append(mlp.register_forward_hook(lambda _, args, out, layer=layer: mlp_out.__setitem__(layer, out[0])))
+        handles.append(projection.register_forward_pre_hook(
+            lambda _, args, layer=layer: z.__setitem__(layer, args[0][0])))  # [positions, heads * head_dim]
+        handles.append(mlp.register_forward_hook(
+            lambda _, args, out, layer=layer: mlp_out.__setitem__(layer, out[0])))  # [positions, d_model]
     with torch.no_grad():
         output = model(torch.tensor([IDS]), output_hidden_states=True, use_cache=False)
     for handle in handles:
@@ -87,7 +89,8 @@ def manual_attribution(model: Any) -> dict[str, np.ndarray]:
 
 def attribution_request(name: str, **fields: Any) -> pb.StreamPatchingRequest:
     """A DLA request on IDS with a logit difference target (fields override)."""
-    request = pb.StreamPatchingRequest(model=name, pairs=[pair(IDS)], method=pb.PATCHING_METHOD_DIRECT_LOGIT_ATTRIBUTION,
+    request = pb.StreamPatchingRequest(model=name, pairs=[pair(IDS)],
+                                       method=pb.PATCHING_METHOD_DIRECT_LOGIT_ATTRIBUTION,
                                        target=logit_difference(TOKEN, CONTRAST))
     for field, value in fields.items():
         if isinstance(value, list):

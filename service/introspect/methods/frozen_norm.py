@@ -60,7 +60,8 @@ def freeze(norm: nn.Module | None, residual: torch.Tensor, tolerance: float) -> 
     name = type(norm).__name__
     eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
     layer_norm = isinstance(norm, nn.LayerNorm) or name.endswith("LayerNorm")
-    if not (layer_norm or isinstance(norm, nn.RMSNorm) or name.endswith("RMSNorm")) or not isinstance(eps, (int, float)):
+    rms_norm = isinstance(norm, nn.RMSNorm) or name.endswith("RMSNorm")
+    if not (layer_norm or rms_norm) or not isinstance(eps, (int, float)):
         raise InvalidInput("model", f"its final norm {name} is neither a LayerNorm nor an RMSNorm with an eps: "
                                     "direct logit attribution cannot freeze it to a linear map")
     gamma = getattr(norm, "weight", None)

@@ -55,7 +55,8 @@ def resolve_positions(requested: tuple[int, ...], length: int, field: str) -> tu
     """Absolute positions, sorted and unique, of positions counted from the end when
     negative; INVALID_ARGUMENT naming `field` for one outside the input."""
     bad = [position for position in requested if not -length <= position < length]
-    require(not bad, field, f"positions {bad} are outside the clean input ({length} tokens; use -{length}..{length - 1})")
+    require(not bad, field,
+            f"positions {bad} are outside the clean input ({length} tokens; use -{length}..{length - 1})")
     return tuple(sorted({position % length for position in requested}))
 
 

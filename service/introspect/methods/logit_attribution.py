@@ -110,9 +110,10 @@ def _collect(model: LoadedModel, pair: PatchingPair) -> Components:
     with model.hooks.active(hookset), torch.no_grad():
         logits = model.outputs(pair.clean.model_inputs())[0]
     layers = range(description.num_layers)
-    return Components(seen[hooks.RESID_PRE][0], [seen[hooks.ATTN_Z][layer] for layer in layers],
-                      [seen[hooks.ATTN_OUT][layer] for layer in layers], [seen[hooks.MLP_OUT][layer] for layer in layers],
-                      seen[hooks.RESID_POST][last], logits)
+    per_layer = {point: [seen[point][layer] for layer in layers] for point in (hooks.ATTN_Z, hooks.ATTN_OUT,
+                                                                                hooks.MLP_OUT)}
+    return Components(seen[hooks.RESID_PRE][0], per_layer[hooks.ATTN_Z], per_layer[hooks.ATTN_OUT],
+                      per_layer[hooks.MLP_OUT], seen[hooks.RESID_POST][last], logits)
 
 
 def _require_close(value: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str, why: str) -> None:
