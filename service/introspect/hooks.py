@@ -7,17 +7,22 @@ Points (L is the 0-based layer; shapes name their axes):
 |---------------|-----------------------------------------------------------------|----------------------------------|
 | `resid.pre`   | input of block L (the residual stream before it)                | [batch, pos, d_model]            |
 | `attn.in`     | hidden states entering block L's attention module               | [batch, pos, d_model]            |
+| `attn.mask`   | additive score mask before the softmax (float32; -inf blocks)   | [batch, 1 or head, query, key]   |
 | `attn.probs`  | softmax attention probabilities (float32), inside attention     | [batch, head, query, key]        |
 | `attn.z`      | per-head attention output, before the output projection         | [batch, query, head, head_dim]   |
 | `attn.out`    | output of block L's attention output projection                 | [batch, pos, d_model]            |
 | `mlp.out`     | output of block L's MLP (its down projection, before residual)  | [batch, pos, d_model]            |
 | `resid.post`  | output of block L (the residual stream after it)                | [batch, pos, d_model]            |
 
-`attn.probs` and `attn.z` come from the registered attention function (see probe.py), so
+`attn.mask`, `attn.probs` and `attn.z` come from the registered attention function (see probe.py), so
 the forward never turns to eager attention; the others from module hooks installed once
 at load, inert unless a call has activated a HookSet in its context. `attn.z` is taken
 at the input of the attention output projection where that input is the attention
 function's output itself (checked at load), else inside the attention function.
+
+An `attn.mask` hook sees the mask the layer applies (the model's boolean mask as 0/-inf, its
+additive mask, or the causal mask when none is passed) and may return an edited one; the
+layers it acts at compute probabilities explicitly (probe.py), the others keep SDPA.
 
 A hook is ``hook(layer, value) -> value | None``: it may read the value, return a
 replacement (None keeps it), add batch rows (a growing batch: see methods/layer_stack.py)
@@ -43,12 +48,13 @@ from torch import nn
 
 RESID_PRE = "resid.pre"
 ATTN_IN = "attn.in"
+ATTN_MASK = "attn.mask"
 ATTN_PROBS = "attn.probs"
 ATTN_Z = "attn.z"
 ATTN_OUT = "attn.out"
 MLP_OUT = "mlp.out"
 RESID_POST = "resid.post"
-POINTS = (RESID_PRE, ATTN_IN, ATTN_PROBS, ATTN_Z, ATTN_OUT, MLP_OUT, RESID_POST)
+POINTS = (RESID_PRE, ATTN_IN, ATTN_MASK, ATTN_PROBS, ATTN_Z, ATTN_OUT, MLP_OUT, RESID_POST)
 
 # How a batch can grow mid-forward (methods/layer_stack.py), decided at load:
 GROWTH_AT_PROJECTION = "projection"  # copies join at resid.pre and at attn.z, taken at the output projection

@@ -16,7 +16,8 @@ interface passes that changes the result:
 * additive position biases (`position_bias`, MPNet- and MPT-style), added to the scores.
 
 Without hooks, and without sinks or softcapping, the output comes from SDPA. When a call
-reads or writes `attn.probs` (see hooks.py), or the model needs sinks or softcapping,
+reads or writes `attn.probs` or edits `attn.mask` at a layer (see hooks.py), or the model
+needs sinks or softcapping,
 probabilities are computed in float32 from the post-rotary query and key and the output
 is probabilities x values, as eager attention computes it. `attn.z` hooks act on the
 output here unless the registry takes them at the output projection.
@@ -36,6 +37,51 @@ from . import hooks
 ATTENTION_IMPLEMENTATION = "introspect"
 
 
+def _layer_mask(
+    module: torch.nn.Module,
+    attention_mask: torch.Tensor | None,
+    query_length: int,
+    key_length: int,
+    device: torch.device,
+    is_causal: bool | None,
+) -> torch.Tensor | None:
+    """The mask a layer applies: the model's (boolean, True attends, or additive float)
+    cut to the keys, else the upper-left causal mask [query, key] bool of a causal
+    module; None when nothing is masked."""
+    if attention_mask is not None:
+        return attention_mask[:, :, :, :key_length]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if causal and query_length > 1:
+        return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril()
+    return None
+
+
+def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scores with a `_layer_mask` applied: -inf where a boolean mask is False, plus an
+    additive mask."""
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask.float()
+
+
+def additive_mask(
+    module: torch.nn.Module,
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    query_length: int,
+    key_length: int,
+    device: torch.device,
+    is_causal: bool | None = None,
+) -> torch.Tensor:
+    """The mask a layer applies as an additive float32 mask [batch, 1 or heads, query,
+    key]: 0 attends, -inf blocks (an additive mask as the model passes it)."""
+    mask = _layer_mask(module, attention_mask, query_length, key_length, device, is_causal)
+    heads = 1 if mask is None or mask.dim() < 4 else mask.shape[1]
+    return _masked(torch.zeros(batch, heads, query_length, key_length, device=device), mask)
+
+
 def attention_probabilities(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -49,9 +95,9 @@ def attention_probabilities(
 ) -> torch.Tensor:
     """Eager attention's probabilities in float32, [batch, heads, query, key].
 
-    query [batch, heads, query, head_dim]; key [batch, kv_heads, key, head_dim]; sinks
-    [heads] (one logit per head). Rows with no key to attend to (and no sink) are zeros,
-    not NaN.
+    query [batch, heads, query, head_dim]; key [batch, kv_heads, key, head_dim];
+    attention_mask as the model passes it, or as `additive_mask` gives it; sinks [heads]
+    (one logit per head). Rows with no key to attend to (and no sink) are zeros, not NaN.
     """
     key = repeat_kv(key, query.shape[1] // key.shape[1])
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
@@ -61,17 +107,7 @@ def attention_probabilities(
     if position_bias is not None:
         scores = scores + position_bias[..., : scores.shape[-1]].float()
     query_length, key_length = scores.shape[-2], scores.shape[-1]
-    if attention_mask is not None:
-        mask = attention_mask[:, :, :, :key_length]
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.float()
-    else:
-        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        if causal and query_length > 1:
-            allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = _masked(scores, _layer_mask(module, attention_mask, query_length, key_length, scores.device, is_causal))
     if sinks is not None:
         sink_column = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, query_length, 1)
         with_sinks = torch.cat([scores, sink_column], dim=-1)
@@ -98,15 +134,22 @@ def introspect_attention(
     position_bias = kwargs.get("position_bias")
     hookset, layer, z_here = call if call is not None else (None, -1, False)
     reads_probabilities = hookset is not None and hookset.wants(hooks.ATTN_PROBS, layer)
-    if reads_probabilities or softcap is not None or sinks is not None:
+    edits_mask = hookset is not None and hookset.wants(hooks.ATTN_MASK, layer)
+    if reads_probabilities or edits_mask or softcap is not None or sinks is not None:
         is_causal = kwargs.get("is_causal")
+        causal = is_causal if isinstance(is_causal, bool) else None
+        if edits_mask:
+            assert hookset is not None
+            mask = additive_mask(module, attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device,
+                                 causal)  # [batch, 1 or heads, query, key]
+            attention_mask = hookset.apply(hooks.ATTN_MASK, layer, mask)
         probabilities = attention_probabilities(
             module,
             query,
             key,
             attention_mask,
             scaling,
-            is_causal if isinstance(is_causal, bool) else None,
+            causal,
             softcap=softcap if isinstance(softcap, (int, float)) else None,
             sinks=sinks if isinstance(sinks, torch.Tensor) else None,
             position_bias=position_bias if isinstance(position_bias, torch.Tensor) else None,
