@@ -84,6 +84,14 @@ def knockout_mask(mask: torch.Tensor, blocked: torch.Tensor, rows: torch.Tensor)
     return edited
 
 
+def validate(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> None:
+    """The knockout positions must lie in the pair's clean input (before any result)."""
+    settings: KnockoutOptions = options.technique
+    length = pair.clean.inputs[0].length
+    resolve_positions(settings.query_positions, length, "knockout.query_positions")
+    resolve_positions(settings.key_positions, length, "knockout.key_positions")
+
+
 def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair, check: Check) -> Iterator[object]:
     """One KnockoutResultData for the pair: the clean metric with each window's edges
     blocked, and its change from the unblocked clean metric."""
@@ -124,4 +132,5 @@ def _blocked_scores(model: LoadedModel, pair: PatchingPair, starts: torch.Tensor
     return pair.metric.scores(outputs, pair.clean.attention_mask.expand(rows, -1), "clean").float()
 
 
-TECHNIQUE = register(PatchingTechnique("attention_knockout", prepare, run, needs_corrupted=False))
+TECHNIQUE = register(PatchingTechnique("attention_knockout", prepare, run, needs_corrupted=False,
+                                       validate=validate))

@@ -126,6 +126,9 @@ class PatchingTechnique:
     needs_corrupted: bool = True  # every pair must give a corrupted input
     # (model, options, pair) -> patched rows per forward it will run (the baseline reports it)
     rows_per_forward: Callable[[LoadedModel, PatchingOptions, PatchingPair], int] = lambda model, options, pair: 1
+    # (model, options, pair): checks against the encoded pair (INVALID_ARGUMENT), for
+    # every pair before the stream header
+    validate: Callable[[LoadedModel, PatchingOptions, PatchingPair], None] = lambda model, options, pair: None
 
 
 TECHNIQUES: dict[str, PatchingTechnique] = {}
@@ -255,11 +258,13 @@ def encode_pairs(model: LoadedModel, query: PatchingQuery, options: PatchingOpti
 def run(model: LoadedModel, query: PatchingQuery, options: PatchingOptions, sink: Sink) -> None:
     """Encodes the pairs, then streams each pair's baseline and results, then the means."""
     pairs = encode_pairs(model, query, options)
+    technique = TECHNIQUES[options.method]
+    for pair in pairs:
+        technique.validate(model, options, pair)
     encoded = tuple(item for pair in pairs for item in (pair.clean.inputs[0],) + (
         (pair.corrupted.inputs[0],) if pair.corrupted is not None else ()))
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, encoded))
-    technique = TECHNIQUES[options.method]
     means = MeanOverPairs()
     for pair in pairs:
         sink.check()
