@@ -224,7 +224,8 @@ class Reference:
         elif head is not None:
             handle = module.register_forward_pre_hook(lambda _m, args: (replaced(args[0]), *args[1:]))
         else:
-            handle = module.register_forward_hook(lambda _m, _a, output: _with_hidden(output, replaced(_hidden(output))))
+            handle = module.register_forward_hook(
+                lambda _m, _a, output: _with_hidden(output, replaced(_hidden(output))))
         try:
             return self.outputs(token_ids)
         finally:
@@ -277,8 +278,11 @@ def naive_loop(reference: Reference, clean: list[int], corrupted: list[int], ali
     return np.array([value(None, [pairs[p]]) for p in positions])
 
 
-def check_against_naive_loop(answer: Answer, reference: Reference, pairs: list[tuple[list[int], list[int], list[int]]],
-                             metric: Metric, direction: str, points: tuple[str, ...], layers: list[int]) -> None:
+def check_against_naive_loop(answer: Answer, reference: Reference,
+                             pairs: list[tuple[list[int], list[int], list[int]]], metric: Metric, direction: str,
+                             points: tuple[str, ...], layers: list[int]) -> None:
+    """Every (point, layer) of every pair against the naive loop, the baselines against
+    the unpatched reference runs and the normalized values against the baseline."""
     for index, (clean, corrupted, alignment) in enumerate(pairs):
         alignment = alignment or list(range(len(clean)))
         baseline = answer.baselines[index]

@@ -95,7 +95,8 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> None:
     where the hook registry is known)."""
 
 
-def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair, check: Check) -> Iterator[PatchingLayerResult]:
+def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair,
+        check: Check) -> Iterator[PatchingLayerResult]:
     """The pair's exact patching results, one PatchingLayerResult per (point, layer), in
     layer order, each sent once all its rows have run."""
     missing = [point for point in options.points if HOOK_POINTS[point] not in model.hooks.available]
@@ -255,7 +256,8 @@ def layer_result(pair: PatchingPair, plan: LayerPlan, values: torch.Tensor) -> P
     normalized = pair.normalized(shaped)
     return PatchingLayerResult(
         pair_index=pair.index, method="activation", point=plan.point, layer=plan.layer, positions=plan.positions,
-        heads=plan.heads, values=float_array(shaped), normalized=None if normalized is None else float_array(normalized),
+        heads=plan.heads, values=float_array(shaped),
+        normalized=None if normalized is None else float_array(normalized),
     )
 
 
