@@ -19,6 +19,12 @@ function (the projection could not be verified at load), the copies join at `res
 only and recompute layer L's attention; where the model cannot grow its batch at all
 mid-forward (it reshapes with the batch size it started with, as GPT-BigCode does), every
 row runs from the start (`ModelHooks.growth`, decided at load by `verified_growth`).
+
+Activation patching (methods/patching_activation.py) also needs copies that run the whole
+of layer L: a patch of the residual stream entering layer L changes layer L's attention.
+Such copies (`layer_copies`) join at `resid.pre` of layer L and stay (no cut at
+`attn.in`), ahead of that layer's head-edit copies, and further hooks (`edits`) replace
+their values at `resid.pre`, `attn.out`, `mlp.out` or `resid.post` once they are in.
 """
 
 from __future__ import annotations
@@ -34,42 +40,67 @@ HeadEdit = Callable[[int, torch.Tensor], torch.Tensor]
 """Edits one layer's per-head attention output [batch, query, heads, head_dim]."""
 
 
-def growing_hooks(registry: hooks.ModelHooks, copies_at_layer: Mapping[int, int], edit: HeadEdit) -> hooks.HookSet:
+def growing_hooks(
+    registry: hooks.ModelHooks,
+    copies_at_layer: Mapping[int, int],
+    edit: HeadEdit,
+    layer_copies: Mapping[int, int] | None = None,
+    edits: Mapping[str, hooks.Hook] | None = None,
+) -> hooks.HookSet:
     """The hook set of a growing batch: `copies_at_layer[L]` copies of row 0 join at layer
-    L, after the rows added at earlier layers, and `edit(layer, z)` edits every layer's
-    attn.z exactly once, with all the rows the batch has there (those added at that layer
-    included)."""
-    growing = {layer: copies for layer, copies in copies_at_layer.items() if copies}
+    L's attention output projection (head edits), after the rows added at earlier layers,
+    and `edit(layer, z)` edits every layer's attn.z exactly once, with all the rows the
+    batch has there (those added at that layer included).
+
+    `layer_copies[L]` further copies of row 0 join at `resid.pre` of layer L and run the
+    whole of layer L (its attention included); at layer L they come before that layer's
+    head-edit copies. `edits` (point -> hook, for resid.pre, attn.out, mlp.out and
+    resid.post) act at every layer after the batch has grown there, on all its rows."""
+    heads = {layer: copies for layer, copies in copies_at_layer.items() if copies}
+    whole = {layer: copies for layer, copies in (layer_copies or {}).items() if copies}
+    extra = dict(edits or {})
     if registry.growth == hooks.GROWTH_NONE:
-        return hooks.HookSet({hooks.ATTN_Z: edit})
+        return hooks.HookSet({**extra, hooks.ATTN_Z: edit})
     at_projection = registry.z_at_projection
+    joining = {layer: heads.get(layer, 0) + whole.get(layer, 0) for layer in heads.keys() | whole.keys()}
+    edit_resid_pre = extra.pop(hooks.RESID_PRE, None)
 
     def grow(layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        return _with_copies_of_row_0(hidden, growing[layer])
+        if layer in joining:
+            hidden = _with_copies_of_row_0(hidden, joining[layer])
+        replaced = edit_resid_pre(layer, hidden) if edit_resid_pre is not None else None
+        return hidden if replaced is None else replaced
 
     def cut(layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[: hidden.shape[0] - growing[layer]]
+        return hidden[: hidden.shape[0] - heads[layer]]
 
     def z(layer: int, output: torch.Tensor) -> torch.Tensor:
-        if at_projection and layer in growing:
-            output = _with_copies_of_row_0(output, growing[layer])
+        if at_projection and layer in heads:
+            output = _with_copies_of_row_0(output, heads[layer])
         return edit(layer, output)
 
-    points: dict[str, hooks.Hook] = {hooks.RESID_PRE: grow, hooks.ATTN_Z: z}
-    layers = {hooks.RESID_PRE: frozenset(growing)}
+    points: dict[str, hooks.Hook] = {**extra, hooks.RESID_PRE: grow, hooks.ATTN_Z: z}
+    layers = {} if edit_resid_pre is not None else {hooks.RESID_PRE: frozenset(joining)}
     if at_projection:
         points[hooks.ATTN_IN] = cut
-        layers[hooks.ATTN_IN] = frozenset(growing)
+        layers[hooks.ATTN_IN] = frozenset(heads)
     return hooks.HookSet(points, layers)
 
 
 @contextmanager
-def growing_batch(registry: hooks.ModelHooks, copies_at_layer: Mapping[int, int], edit: HeadEdit) -> Iterator[int]:
+def growing_batch(
+    registry: hooks.ModelHooks,
+    copies_at_layer: Mapping[int, int],
+    edit: HeadEdit,
+    layer_copies: Mapping[int, int] | None = None,
+    edits: Mapping[str, hooks.Hook] | None = None,
+) -> Iterator[int]:
     """Inside the block, a forward grows as `growing_hooks` says; the block gets the
     number of rows the forward must start with: 1, or every row where the model cannot
-    grow its batch mid-forward (the edit then sees all rows at every layer)."""
-    rows = 1 if registry.growth != hooks.GROWTH_NONE else 1 + sum(copies_at_layer.values())
-    with registry.active(growing_hooks(registry, copies_at_layer, edit)):
+    grow its batch mid-forward (the edits then see all rows at every layer)."""
+    added = sum(copies_at_layer.values()) + sum((layer_copies or {}).values())
+    rows = 1 if registry.growth != hooks.GROWTH_NONE else 1 + added
+    with registry.active(growing_hooks(registry, copies_at_layer, edit, layer_copies, edits)):
         yield rows
 
 

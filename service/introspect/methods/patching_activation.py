@@ -1,23 +1,264 @@
-"""Placeholder: the activation technique of StreamPatching is being written (see methods/patching.py)."""
+"""Exact activation patching (Meng et al. 2022, causal tracing; Heimersheim & Nanda 2024,
+"How to use and interpret activation patching"): the pair's metric with one activation of
+one run replaced by the other run's, for every chosen point, layer and position or head.
+
+Denoising patches the clean run's activation into the corrupted run (at the aligned
+corrupted position), noising the corrupted run's into the clean run; the metric is that of
+the patched run. The source run's activations are collected once (one forward of the
+model's trunk with hooks storing them). The patched rows run in growing batches
+(layer_stack): one forward starts from the unpatched row of the patched run, and a row
+patched at layer L joins it at layer L, sharing layers 0..L-1:
+
+* at `resid.pre` of layer L, running the whole of layer L, for `resid_pre` patches (they
+  change layer L's attention);
+* at layer L's attention output projection, as a copy of the unpatched row's per-head
+  outputs, for patches after it (`head`, `head_position`, `attn_out`, `mlp_out`,
+  `resid_post`): layer L's attention is shared too. Where the model's growth is not
+  "projection" these join at `resid.pre` and rerun layer L's attention; where it is
+  "none" every row runs from the start.
+
+The patched run's input is cut after the metric's position on causal models (later
+tokens cannot change it; ScoringForward), so patches there leave the metric as it is and
+need no row. Rows per forward are bounded by the request's batch_size or the memory budget.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
-from ..errors import Unimplemented
+import torch
+
+from .. import hooks
+from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import PatchingQuery
-from .patching import Check, PatchingOptions, PatchingPair, PatchingTechnique, register
+from ..results import PatchingLayerResult
+from .heads import ScoringForward, rows_per_forward
+from .layer_stack import growing_batch
+from .patching import Check, PairMetric, PatchingOptions, PatchingPair, PatchingTechnique, float_array, register
+
+# The hook point (hooks.py) each patch point replaces.
+HOOK_POINTS = {
+    "resid_pre": hooks.RESID_PRE,
+    "resid_post": hooks.RESID_POST,
+    "attn_out": hooks.ATTN_OUT,
+    "mlp_out": hooks.MLP_OUT,
+    "head": hooks.ATTN_Z,
+    "head_position": hooks.ATTN_Z,
+}
+# Patch points that act after layer L's attention: their rows can join at its output projection.
+AFTER_ATTENTION = frozenset({"head", "head_position", "attn_out", "mlp_out", "resid_post"})
+PER_HEAD = frozenset({"head", "head_position"})
+
+Move = tuple[int, int]  # (position in the patched run, position in the source run)
+Activations = Mapping[tuple[str, int], torch.Tensor]  # (hook point, layer) -> row 0's [tokens, ...]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The patches of one (point, layer): one result message."""
+
+    point: str
+    layer: int
+    positions: tuple[int, ...]  # clean positions (per-position points), else ()
+    heads: tuple[int, ...]  # heads (head points), else ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """[positions], [heads] or [heads, positions]."""
+        if self.point == "head":
+            return (len(self.heads),)
+        return (len(self.heads), len(self.positions)) if self.heads else (len(self.positions),)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patched row: which result slot it fills and what it replaces."""
+
+    plan: int  # index of its LayerPlan
+    slot: int  # index into that plan's flattened values
+    point: str
+    layer: int
+    head: int | None  # head points: the head replaced
+    moves: tuple[Move, ...]  # positions replaced, and the source positions they take
+
+    @property
+    def whole_layer(self) -> bool:
+        """Whether the row must run all of its layer (it changes the layer's attention)."""
+        return self.point not in AFTER_ATTENTION
 
 
 def prepare(description: ModelDescription, query: PatchingQuery) -> None:
-    """No options yet."""
+    """Nothing beyond the shared validation (points the model lacks are refused at run,
+    where the hook registry is known)."""
 
 
-def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair, check: Check) -> Iterator[object]:
-    """Not served yet."""
-    raise Unimplemented("activation is not implemented yet")
-    yield
+def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair,
+        check: Check) -> Iterator[PatchingLayerResult]:
+    """The pair's exact patching results, one PatchingLayerResult per (point, layer), in
+    layer order, each sent once all its rows have run."""
+    missing = [point for point in options.points if HOOK_POINTS[point] not in model.hooks.available]
+    require(not missing, "points", f"model {model.name!r} offers no patch points {missing} (their modules were "
+                                   "not found at load)")
+    denoising = options.direction == "denoising"
+    patched_run, source_run = ("corrupted", "clean") if denoising else ("clean", "corrupted")
+    patched, source = (pair.corrupted, pair.clean) if denoising else (pair.clean, pair.corrupted)
+    assert patched is not None and source is not None
+    forward = ScoringForward.create(model, patched, pair.metric.target(patched_run))
+    metric = replace(pair.metric, **{f"{patched_run}_target": forward.target})
+    moves = effective_moves(pair.alignment, denoising, forward.attention_mask.shape[1])
+    plans, patches = plan_patches(options, pair, moves, model.description.num_heads)
+    activations = collect(model, source.model_inputs(), {(HOOK_POINTS[p.point], p.layer) for p in plans})
+    base = pair.corrupted_score if denoising else pair.clean_score
+    values = [torch.full((int(torch.Size(plan.shape).numel()),), base) for plan in plans]  # flattened
+    remaining = Counter(patch.plan for patch in patches)
+    per_forward = rows_per_forward(model, forward.attention_mask.shape[1], max(len(patches), 1), options.batch_size)
+    sent = 0
+    for start in range(0, len(patches), per_forward):
+        check()
+        chunk = patches[start : start + per_forward]
+        scores = patched_scores(forward, metric, patched_run, chunk, activations)
+        for patch, score in zip(chunk, scores[1:].tolist()):
+            values[patch.plan][patch.slot] = score
+            remaining[patch.plan] -= 1
+        while sent < len(plans) and remaining[sent] == 0:
+            yield layer_result(pair, plans[sent], values[sent])
+            sent += 1
+    for index in range(sent, len(plans)):
+        yield layer_result(pair, plans[index], values[index])
+
+
+def effective_moves(alignment: Sequence[int], denoising: bool, patched_length: int) -> dict[int, Move]:
+    """Per clean position with a counterpart: (patched-run position, source position),
+    for the positions inside the patched run's (possibly cut) input."""
+    moves = {}
+    for clean, corrupted in enumerate(alignment):
+        if corrupted < 0:
+            continue
+        move = (corrupted, clean) if denoising else (clean, corrupted)
+        if move[0] < patched_length:
+            moves[clean] = move
+    return moves
+
+
+def plan_patches(options: PatchingOptions, pair: PatchingPair, moves: Mapping[int, Move],
+                 num_heads: int) -> tuple[list[LayerPlan], list[Patch]]:
+    """The result plans in the order they are sent (by layer; within a layer the points
+    whose rows run the whole layer first, then request order) and their patched rows in
+    the same order, so that rows joining at earlier layers come first and, within a
+    layer, the whole-layer rows precede those joining at the output projection."""
+    positions = tuple(position for position in pair.positions if pair.alignment[position] >= 0)
+    every_move = tuple(moves.values())
+    ordered = sorted(((layer, point in AFTER_ATTENTION, rank, point) for rank, point in enumerate(options.points)
+                      for layer in options.layers))
+    plans: list[LayerPlan] = []
+    patches: list[Patch] = []
+    for layer, _, _, point in ordered:
+        index = len(plans)
+        heads = tuple(range(num_heads)) if point in PER_HEAD else ()
+        plans.append(LayerPlan(point, layer, () if point == "head" else positions, heads))
+        if point == "head":
+            spots = [(head, head, every_move) for head in heads if every_move]
+        else:
+            per_position = [(slot, position) for slot, position in enumerate(positions) if position in moves]
+            spots = [((head or 0) * len(positions) + slot, head, (moves[position],))
+                     for head in (heads or (None,)) for slot, position in per_position]
+        patches += [Patch(index, slot, point, layer, head, spot_moves) for slot, head, spot_moves in spots]
+    return plans, patches
+
+
+def collect(model: LoadedModel, arguments: Mapping[str, torch.Tensor], wanted: set[tuple[str, int]]) -> Activations:
+    """Row 0's activations at the (hook point, layer)s wanted, from one forward of the
+    model's trunk: [tokens, hidden] for residual points, [tokens, heads, head_dim] for attn.z."""
+    stored: dict[tuple[str, int], torch.Tensor] = {}
+    by_point: dict[str, set[int]] = defaultdict(set)
+    for point, layer in wanted:
+        by_point[point].add(layer)
+
+    def store_at(point: str) -> hooks.Hook:
+        def store(layer: int, value: torch.Tensor) -> None:
+            stored[(point, layer)] = value[0].clone()
+
+        return store
+
+    hookset = hooks.HookSet({point: store_at(point) for point in by_point},
+                            {point: frozenset(layers) for point, layers in by_point.items()})
+    with model.hooks.active(hookset), torch.inference_mode():
+        model.run_trunk(arguments)
+    return stored
+
+
+def patched_scores(forward: ScoringForward, metric: PairMetric, run: str, chunk: Sequence[Patch],
+                   activations: Activations) -> torch.Tensor:
+    """One growing-batch forward of the patched run: row 0 unpatched, then one row per
+    patch of `chunk` (ordered by the layer it joins at). Returns the metric [1 + patches]."""
+    whole = Counter(patch.layer for patch in chunk if patch.whole_layer)
+    after_attention = Counter(patch.layer for patch in chunk if not patch.whole_layer)
+    replacements = replacement_index(chunk, activations)
+
+    def replace_at(point: str) -> hooks.Hook:
+        def hook(layer: int, value: torch.Tensor) -> torch.Tensor | None:
+            found = replacements.get((point, layer))
+            if found is None:
+                return None
+            index, new = found
+            value = value.clone()
+            value[index] = new.to(value.dtype)
+            return value
+
+        return hook
+
+    edits = {point: replace_at(point) for point in (hooks.RESID_PRE, hooks.ATTN_OUT, hooks.MLP_OUT, hooks.RESID_POST)
+             if any(key[0] == point for key in replacements)}
+    replace_z = replace_at(hooks.ATTN_Z)
+
+    def edit_z(layer: int, z: torch.Tensor) -> torch.Tensor:
+        replaced = replace_z(layer, z)  # z: [batch, query, heads, head_dim]
+        return z if replaced is None else replaced
+
+    model = forward.model
+    with growing_batch(model.hooks, after_attention, edit_z, whole, edits) as rows, torch.inference_mode():
+        outputs = forward.outputs(rows)
+    return metric.scores(outputs, forward.attention_mask.expand(outputs.shape[0], -1), run)
+
+
+def replacement_index(chunk: Sequence[Patch], activations: Activations
+                      ) -> dict[tuple[str, int], tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Per (hook point, layer): the index into the batch's value ([batch, tokens, hidden]:
+    (rows, positions); attn.z [batch, query, heads, head_dim]: (rows, positions, heads))
+    and the source values to put there. Patch i is row i + 1."""
+    parts: dict[tuple[str, int], list[tuple[list[int], list[int], list[int], torch.Tensor]]] = defaultdict(list)
+    for row, patch in enumerate(chunk, start=1):
+        key = (HOOK_POINTS[patch.point], patch.layer)
+        targets = [target for target, _ in patch.moves]
+        sources = [source for _, source in patch.moves]
+        heads = [patch.head] * len(targets) if patch.head is not None else []
+        source = activations[key][sources]  # [moves, hidden] or [moves, heads, head_dim]
+        parts[key].append(([row] * len(targets), targets, heads, source[:, patch.head] if heads else source))
+    index = {}
+    for key, items in parts.items():
+        rows = torch.tensor([row for item in items for row in item[0]])
+        positions = torch.tensor([position for item in items for position in item[1]])
+        values = torch.cat([item[3] for item in items])
+        if key[0] == hooks.ATTN_Z:
+            heads = torch.tensor([head for item in items for head in item[2]])
+            index[key] = ((rows, positions, heads), values)
+        else:
+            index[key] = ((rows, positions), values)
+    return index
+
+
+def layer_result(pair: PatchingPair, plan: LayerPlan, values: torch.Tensor) -> PatchingLayerResult:
+    """The result message of one (point, layer)."""
+    shaped = values.reshape(plan.shape)
+    normalized = pair.normalized(shaped)
+    return PatchingLayerResult(
+        pair_index=pair.index, method="activation", point=plan.point, layer=plan.layer, positions=plan.positions,
+        heads=plan.heads, values=float_array(shaped),
+        normalized=None if normalized is None else float_array(normalized),
+    )
 
 
 TECHNIQUE = register(PatchingTechnique("activation", prepare, run))
