@@ -32,6 +32,7 @@ import torch
 
 from .. import hooks
 from ..errors import require
+from ..inputs import EncodedBatch
 from ..models import LoadedModel, ModelDescription
 from ..requests import PatchingQuery
 from ..results import PatchingLayerResult
@@ -95,26 +96,57 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> None:
     where the hook registry is known)."""
 
 
-def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair,
-        check: Check) -> Iterator[PatchingLayerResult]:
-    """The pair's exact patching results, one PatchingLayerResult per (point, layer), in
-    layer order, each sent once all its rows have run."""
+def validate(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> None:
+    """The model must offer every requested patch point (its modules found at load)."""
     missing = [point for point in options.points if HOOK_POINTS[point] not in model.hooks.available]
     require(not missing, "points", f"model {model.name!r} offers no patch points {missing} (their modules were "
                                    "not found at load)")
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What one pair's patching runs: the scoring forward of the patched run, its metric,
+    the plans (one per point and layer) and patches (one per row), rows per forward."""
+
+    patched_run: str
+    source: EncodedBatch
+    forward: ScoringForward
+    metric: PairMetric
+    plans: list[LayerPlan]
+    patches: list[Patch]
+    per_forward: int
+
+
+def _setup(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> _Setup:
     denoising = options.direction == "denoising"
-    patched_run, source_run = ("corrupted", "clean") if denoising else ("clean", "corrupted")
+    patched_run = "corrupted" if denoising else "clean"
     patched, source = (pair.corrupted, pair.clean) if denoising else (pair.clean, pair.corrupted)
     assert patched is not None and source is not None
     forward = ScoringForward.create(model, patched, pair.metric.target(patched_run))
     metric = replace(pair.metric, **{f"{patched_run}_target": forward.target})
     moves = effective_moves(pair.alignment, denoising, forward.attention_mask.shape[1])
     plans, patches = plan_patches(options, pair, moves, model.description.num_heads)
-    activations = collect(model, source.model_inputs(), {(HOOK_POINTS[p.point], p.layer) for p in plans})
-    base = pair.corrupted_score if denoising else pair.clean_score
+    per_forward = rows_per_forward(model, forward.attention_mask.shape[1], max(len(patches), 1), options.batch_size)
+    return _Setup(patched_run, source, forward, metric, plans, patches, per_forward)
+
+
+def batch_rows(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> int:
+    """Patched rows per forward the pair's patching runs (the baseline reports it)."""
+    return _setup(model, options, pair).per_forward
+
+
+def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair,
+        check: Check) -> Iterator[PatchingLayerResult]:
+    """The pair's exact patching results, one PatchingLayerResult per (point, layer), in
+    layer order, each sent once all its rows have run."""
+    setup = _setup(model, options, pair)
+    patched_run, forward, metric, plans, patches = (setup.patched_run, setup.forward, setup.metric, setup.plans,
+                                                    setup.patches)
+    activations = collect(model, setup.source.model_inputs(), {(HOOK_POINTS[p.point], p.layer) for p in plans})
+    base = pair.corrupted_score if patched_run == "corrupted" else pair.clean_score
     values = [torch.full((int(torch.Size(plan.shape).numel()),), base) for plan in plans]  # flattened
     remaining = Counter(patch.plan for patch in patches)
-    per_forward = rows_per_forward(model, forward.attention_mask.shape[1], max(len(patches), 1), options.batch_size)
+    per_forward = setup.per_forward
     sent = 0
     for start in range(0, len(patches), per_forward):
         check()
@@ -261,4 +293,4 @@ def layer_result(pair: PatchingPair, plan: LayerPlan, values: torch.Tensor) -> P
     )
 
 
-TECHNIQUE = register(PatchingTechnique("activation", prepare, run))
+TECHNIQUE = register(PatchingTechnique("activation", prepare, run, rows_per_forward=batch_rows, validate=validate))
