@@ -18,7 +18,7 @@ no gradient.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -95,11 +95,21 @@ def pair_gradients(model: LoadedModel, pair: PatchingPair, patched_run: str, poi
 def _backward_run(model: LoadedModel, pair: PatchingPair, patched_run: str, batch: EncodedBatch, row: int,
                   points: tuple[str, ...], layers: dict[str, frozenset[int]],
                   differentiable: Callable[[str], hooks.Hook]) -> torch.Tensor:
-    """The patched run's metric (a 0-d tensor with a graph back to the hooked zeros)."""
+    """The patched run's metric (a 0-d tensor with a graph back to the hooked zeros).
+    A metric at one position (next-token targets, KL) has logits computed from that
+    position on only: the unembedding of the other positions would cost about a forward
+    there and another in the backward, for nothing."""
+    metric = pair.metric
+    target = metric.target(patched_run)
+    keep = None
+    if target.position is not None:
+        keep = batch.width - target.position  # the kept logits start at the target position
+        shifted = replace(target, position=0)
+        metric = replace(metric, **{f"{patched_run}_target": shifted})
     hookset = hooks.HookSet({point: differentiable(point) for point in points}, layers)
     with model.hooks.active(hookset), torch.enable_grad():
-        outputs = model.outputs(batch.model_inputs())
-        return pair.metric.scores(outputs[row:row + 1], batch.attention_mask[row:row + 1], patched_run)[0]
+        outputs = model.outputs(batch.model_inputs(), last_positions=keep)
+        return metric.scores(outputs[row:row + 1], batch.attention_mask[row:row + 1], patched_run)[0]
 
 
 def _read(model: LoadedModel, batch: EncodedBatch, points: tuple[str, ...],
