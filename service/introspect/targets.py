@@ -128,9 +128,11 @@ def _absolute_position(position: int, length: int) -> int:
     return absolute
 
 
-def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch) -> BoundTarget:
+def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch,
+                outputs: torch.Tensor | None = None) -> BoundTarget:
     """Resolves a target for the first input of `batch`: positions, the predicted token
-    or class when none is given, and the reference embedding of a similarity target."""
+    or class when none is given, and the reference embedding of a similarity target.
+    `outputs`: the model's outputs on that input when the caller has them already."""
     spec = check_target_kind(model.description, spec)
     description = model.description
     length = batch.inputs[0].length
@@ -157,7 +159,8 @@ def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch
         class_index = spec.class_index
     with torch.no_grad():
         if needs_prediction:
-            outputs = model.outputs(batch.model_inputs(slice(0, 1)))
+            if outputs is None:
+                outputs = model.outputs(batch.model_inputs(slice(0, 1)))
             if spec.kind == "next_token":
                 token_id = int(outputs[0, position].argmax())
             else:

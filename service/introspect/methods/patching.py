@@ -205,13 +205,14 @@ def _alignment(given: tuple[int, ...], clean: int, corrupted: int | None, field:
 
 
 def _bind_metric(model: LoadedModel, query: PatchingQuery, options: PatchingOptions, clean: EncodedBatch,
-                 corrupted: EncodedBatch | None, alignment: tuple[int, ...], field: str) -> PairMetric:
+                 clean_outputs: torch.Tensor, corrupted: EncodedBatch | None, alignment: tuple[int, ...],
+                 field: str) -> PairMetric:
     target_spec = query.target
     if options.metric == "kl_divergence" and target_spec is None:
         from ..requests import TargetSpec
 
         target_spec = TargetSpec(kind="next_token")
-    clean_target = bind_target(model, target_spec, clean)
+    clean_target = bind_target(model, target_spec, clean, clean_outputs)
     corrupted_target = None
     if corrupted is not None:
         position = clean_target.position
@@ -223,21 +224,25 @@ def _bind_metric(model: LoadedModel, query: PatchingQuery, options: PatchingOpti
         corrupted_target = replace(clean_target, position=position)
     log_probabilities = None
     if options.metric == "kl_divergence":
-        with torch.no_grad():
-            logits = model.outputs(clean.model_inputs())
-        log_probabilities = torch.log_softmax(logits[0, clean_target.position].float(), dim=-1)
+        log_probabilities = torch.log_softmax(clean_outputs[0, clean_target.position].float(), dim=-1)
     return PairMetric(options.metric, clean_target, corrupted_target, log_probabilities)
 
 
-def _score(model: LoadedModel, metric: PairMetric, batch: EncodedBatch, run: str) -> float:
+def _outputs(model: LoadedModel, clean: EncodedBatch, corrupted: EncodedBatch | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's outputs on the clean and the corrupted input: one forward of both rows
+    when they have one length (neither is then padded, so the rows cannot interact)."""
     with torch.no_grad():
-        outputs = model.outputs(batch.model_inputs())
-    return float(metric.scores(outputs, batch.attention_mask, run)[0])
+        if corrupted is not None and corrupted.width == clean.width:
+            both = model.outputs(model.batch([clean.inputs[0], corrupted.inputs[0]]).model_inputs())
+            return both[:1], both[1:]
+        return (model.outputs(clean.model_inputs()),
+                None if corrupted is None else model.outputs(corrupted.model_inputs()))
 
 
 def encode_pairs(model: LoadedModel, query: PatchingQuery, options: PatchingOptions) -> list[PatchingPair]:
     """Every pair encoded (INVALID_ARGUMENT naming the field for a bad input, length or
-    alignment), its metric bound and its two runs scored."""
+    alignment), its metric bound and its two runs scored (one forward of both)."""
     pairs = []
     for index, spec in enumerate(query.pairs):
         field = f"pairs[{index}]"
@@ -246,9 +251,12 @@ def encode_pairs(model: LoadedModel, query: PatchingQuery, options: PatchingOpti
         clean_length = clean.inputs[0].length
         alignment = _alignment(spec.alignment, clean_length, None if corrupted is None else corrupted.inputs[0].length,
                                field)
-        metric = _bind_metric(model, query, options, clean, corrupted, alignment, field)
-        clean_score = _score(model, metric, clean, "clean")
-        corrupted_score = _score(model, metric, corrupted, "corrupted") if corrupted is not None else clean_score
+        clean_outputs, corrupted_outputs = _outputs(model, clean, corrupted)
+        metric = _bind_metric(model, query, options, clean, clean_outputs, corrupted, alignment, field)
+        clean_score = float(metric.scores(clean_outputs, clean.attention_mask, "clean")[0])
+        corrupted_score = clean_score
+        if corrupted is not None and corrupted_outputs is not None:
+            corrupted_score = float(metric.scores(corrupted_outputs, corrupted.attention_mask, "corrupted")[0])
         pairs.append(PatchingPair(index, clean, corrupted, alignment, _positions(options.positions, clean_length,
                                                                                  "positions"),
                                   metric, clean_score, corrupted_score))
