@@ -46,6 +46,7 @@ from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import PatchingQuery
 from ..results import PatchingLayerResult
+from .heads import forward_footprint
 from .patching import TECHNIQUES, Check, PatchingOptions, PatchingPair, PatchingTechnique, float_array, register
 from .patching_correlation import correlations
 from .patching_gradients import Key, PairGradients, pair_gradients
@@ -83,13 +84,23 @@ def patched_run(options: PatchingOptions) -> str:
     return "corrupted" if options.direction == "denoising" else "clean"
 
 
-def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair, check: Check) -> Iterator[object]:
-    """Streams one PatchingLayerResult per (point, layer) in request order; with
-    `with_exact` then the exact results and one correlation per point."""
+def validate(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> None:
+    """Before the stream header: the model offers every point, and one forward of both
+    runs with gradients (and its backward) fits the memory budget."""
     offered = model.hooks.available
     for point in options.points:
         require(HOOK_POINTS[point] in offered, "points",
                 f"model {model.name!r} has no {point} patch point (its modules were not found at load)")
+    tokens = max(pair.clean.width, pair.corrupted.width if pair.corrupted is not None else 0)
+    model.budget.require(forward_footprint(model, tokens, 2, gradients=True), rows=2)
+    if options.with_exact:
+        TECHNIQUES["activation"].validate(model, replace(options, method="activation", with_exact=False,
+                                                         technique=options.technique.exact), pair)
+
+
+def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair, check: Check) -> Iterator[object]:
+    """Streams one PatchingLayerResult per (point, layer) in request order; with
+    `with_exact` then the exact results and one correlation per point."""
     patched = patched_run(options)
     hook_points = tuple(dict.fromkeys(HOOK_POINTS[point] for point in options.points))
     gradients = pair_gradients(model, pair, patched, hook_points, options.layers, check)
@@ -162,4 +173,4 @@ class AlignedSpots:
         return chosen.T if point == "head_position" else chosen
 
 
-TECHNIQUE = register(PatchingTechnique("attribution", prepare, run))
+TECHNIQUE = register(PatchingTechnique("attribution", prepare, run, validate=validate))
