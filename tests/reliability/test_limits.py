@@ -73,8 +73,9 @@ def test_a_megabyte_text_is_refused_before_tokenizing(small_budget_client: Clien
         (lambda c: c.attention(["word " * 25_000] * 9), "inputs", "--max-request-text-bytes"),
         (lambda c: c.attention([[101] * 70_000]), "inputs[0].token_ids", "--max-batch-tokens"),
         (lambda c: c.attention(SHORT, layers=[0] * 5000), "layers", "no use for more than 512"),
+        (lambda c: c.patch(pairs=[("a b", "a c")] * 33, target=targets.embedding_norm()), "pairs", "--max-inputs"),
     ],
-    ids=["inputs", "mean-references", "request-text", "token-ids", "list"],
+    ids=["inputs", "mean-references", "request-text", "token-ids", "list", "patching-pairs"],
 )
 def test_size_limits_name_the_field(small_budget_client: Client, call: Callable[[Client], Any], field: str,
                                     limit: str) -> None:
@@ -92,8 +93,12 @@ def test_size_limits_name_the_field(small_budget_client: Client, call: Callable[
         (lambda c: c.saliency(" ".join(WORDS[:140] * 4)[:2400], target=targets.embedding_norm(), steps=8), "input"),
         (lambda c: c.ablate(" ".join(WORDS[:140] * 4)[:2400], target=targets.embedding_norm(), mode="importance"),
          "input"),
+        (lambda c: c.patch(" ".join(WORDS[:140] * 4)[:2400], " ".join(WORDS[:140] * 4)[:2400],
+                           target=targets.embedding_norm(), method="attribution"), "input"),
+        (lambda c: c.patch(" ".join(WORDS[:140] * 4)[:2400], " ".join(WORDS[:140] * 4)[:2400],
+                           target=targets.embedding_norm(), points=["resid_pre"]), "input"),
     ],
-    ids=["attention-maps", "integrated-gradients", "head-importance"],
+    ids=["attention-maps", "integrated-gradients", "head-importance", "attribution-patching", "activation-patching"],
 )
 def test_a_request_over_the_memory_budget_is_refused_with_what_to_lower(
     small_budget_client: Client, call: Callable[[Client], Any], field: str
