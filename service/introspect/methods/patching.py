@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import hooks
 from ..engine import Sink
 from ..errors import require
 from ..inputs import EncodedBatch
@@ -41,6 +42,15 @@ from ..wire import to_wire
 from .registry import Method
 
 DEFAULT_POINTS = ("resid_pre", "attn_out", "mlp_out", "head")
+HOOK_POINTS = {
+    "resid_pre": hooks.RESID_PRE,
+    "resid_post": hooks.RESID_POST,
+    "attn_out": hooks.ATTN_OUT,
+    "mlp_out": hooks.MLP_OUT,
+    "head": hooks.ATTN_Z,
+    "head_position": hooks.ATTN_Z,
+}
+"""The hook point (hooks.py) each patch point reads or replaces."""
 MAX_PAIRS = 64
 Check = Callable[[], None]
 

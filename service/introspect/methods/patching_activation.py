@@ -38,17 +38,11 @@ from ..requests import PatchingQuery
 from ..results import PatchingLayerResult
 from .heads import ScoringForward, rows_per_forward
 from .layer_stack import growing_batch
-from .patching import Check, PairMetric, PatchingOptions, PatchingPair, PatchingTechnique, float_array, register
+from .patching import (
+    HOOK_POINTS, Check, PairMetric, PatchingOptions, PatchingPair,
+    PatchingTechnique, float_array, register,
+)
 
-# The hook point (hooks.py) each patch point replaces.
-HOOK_POINTS = {
-    "resid_pre": hooks.RESID_PRE,
-    "resid_post": hooks.RESID_POST,
-    "attn_out": hooks.ATTN_OUT,
-    "mlp_out": hooks.MLP_OUT,
-    "head": hooks.ATTN_Z,
-    "head_position": hooks.ATTN_Z,
-}
 # Patch points that act after layer L's attention: their rows can join at its output projection.
 AFTER_ATTENTION = frozenset({"head", "head_position", "attn_out", "mlp_out", "resid_post"})
 PER_HEAD = frozenset({"head", "head_position"})

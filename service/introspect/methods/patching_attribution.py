@@ -47,18 +47,13 @@ from ..models import LoadedModel, ModelDescription
 from ..requests import PatchingQuery
 from ..results import PatchingLayerResult
 from .heads import forward_footprint
-from .patching import TECHNIQUES, Check, PatchingOptions, PatchingPair, PatchingTechnique, float_array, register
+from .patching import (
+    HOOK_POINTS, TECHNIQUES, Check, PatchingOptions, PatchingPair,
+    PatchingTechnique, float_array, register,
+)
 from .patching_correlation import correlations
 from .patching_gradients import Key, PairGradients, pair_gradients
 
-HOOK_POINTS = {
-    "resid_pre": hooks.RESID_PRE,
-    "resid_post": hooks.RESID_POST,
-    "attn_out": hooks.ATTN_OUT,
-    "mlp_out": hooks.MLP_OUT,
-    "head": hooks.ATTN_Z,
-    "head_position": hooks.ATTN_Z,
-}
 HEAD_POINTS = ("head", "head_position")
 
 
