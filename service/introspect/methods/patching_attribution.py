@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 
-from .. import hooks
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import PatchingQuery
