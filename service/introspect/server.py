@@ -20,26 +20,27 @@ from grpc_reflection.v1alpha import reflection
 from introspect_contract import pb
 from introspect_contract import pb_grpc
 
-from .admission import RequestLimits
+from typing import TYPE_CHECKING
+
 from .auth import Authenticator, TokenFileError
 from .auth import authenticator as build_authenticator
 from .cache import ResultCache, build_result_cache
 from .callers import CallerLogFilter
 from .config import Settings, parse_serve_arguments
-from .dataplane import DataPlane
-from .engine import Engine
 from .health import SERVING, DrainingHealth
 from .metrics import Metrics, ServerState, cuda_memory_allocated
-from .models import ModelLoadError, ModelRegistry
 from .quotas import CallerQuotas, Quota
 from .rpc.authenticating import AuthInterceptor
-from .rpc.caching import CacheInterceptor
 from .rpc.draining import DrainInterceptor
 from .rpc.observing import MetricsInterceptor
-from .rpc.servicer import IntrospectionServicer
 from .rpc.undecodable import UndecodableInterceptor
 from .tls import ReloadingTls, TlsFileError, TlsFiles
 from .secret_files import StartupError
+
+if TYPE_CHECKING:  # torch and transformers: imported by serve() once the start-up files are checked
+    from .dataplane import DataPlane
+    from .engine import Engine
+    from .models import ModelRegistry
 
 log = logging.getLogger("introspect")
 
@@ -107,6 +108,8 @@ def interceptors(
         drain,
     ]
     if cache is not None:
+        from .rpc.caching import CacheInterceptor
+
         chain.append(CacheInterceptor(cache, plane, service, settings.max_message_bytes))
     return chain
 
@@ -180,10 +183,21 @@ async def serve(
     signal handlers cannot be installed) pass `stopping` and set it to stop; `ready` is
     called with the bound port once the server serves."""
     quiet_caller_left_records()
+    # the files the server starts with are checked before torch and transformers are
+    # imported: a bad one stops the server within a second, with one line naming it
     tls = load_tls(settings)
     authenticator = build_authenticator(settings.auth_tokens_file, caller_defaults(settings))
     metrics = Metrics()
-    cache = build_result_cache(settings, metrics.cache_observer)  # before loading: secret files fail fast
+    cache = build_result_cache(settings, metrics.cache_observer)
+    from transformers.utils import logging as transformers_logging
+
+    from .admission import RequestLimits
+    from .dataplane import DataPlane
+    from .engine import Engine
+    from .models import ModelRegistry
+    from .rpc.servicer import IntrospectionServicer
+
+    transformers_logging.disable_progress_bar()
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
     engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
@@ -268,9 +282,6 @@ def leave_promptly(timeout: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `introspect serve`."""
     settings = parse_serve_arguments(argv)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,
@@ -280,7 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.addFilter(CallerLogFilter())
     try:
         asyncio.run(serve(settings))
-    except (ModelLoadError, TlsFileError, TokenFileError, StartupError) as error:
+    except (TlsFileError, TokenFileError, StartupError) as error:
+        log.error("%s", error)
+        return 2
+    except Exception as error:
+        from .models import ModelLoadError  # imported by serve() already
+
+        if not isinstance(error, ModelLoadError):
+            raise
         log.error("%s", error)
         return 2
     leave_promptly(STOP_MARGIN_SECONDS)
