@@ -22,6 +22,7 @@ from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
 from ..results import AttentionLayerResult, ImageLayout, StreamStart
 from ..wire import to_wire
 from .registry import Method
+from .selection import unique_in_range
 from .reductions import head_max, head_mean, mean_attention_distance, patch_centres, residual_attention, rollout_step
 
 
@@ -45,18 +46,12 @@ class AttentionOptions:
         return frozenset(self.layers)
 
 
-def _unique_in_range(values: tuple[int, ...], limit: int, field: str, what: str) -> tuple[int, ...]:
-    out_of_range = [value for value in values if not 0 <= value < limit]
-    require(not out_of_range, field, f"{what} {out_of_range} out of range: the model has {limit} {what}s (0..{limit - 1})")
-    return tuple(dict.fromkeys(values))
-
-
 def prepare(description: ModelDescription, query: AttentionQuery) -> AttentionOptions:
     """Validates an attention query against the model."""
-    layers = _unique_in_range(query.layers, description.num_layers, "layers", "layer") or tuple(
+    layers = unique_in_range(query.layers, description.num_layers, "layers", "layer") or tuple(
         range(description.num_layers)
     )
-    heads = _unique_in_range(query.heads, description.num_heads, "heads", "head") or tuple(
+    heads = unique_in_range(query.heads, description.num_heads, "heads", "head") or tuple(
         range(description.num_heads)
     )
     require(query.view in ATTENTION_VIEWS, "view", f"unknown view {query.view!r}; use one of {ATTENTION_VIEWS}")

@@ -26,6 +26,7 @@ from ..models import LoadedModel, ModelDescription
 from ..requests import PatchingQuery
 from ..results import KnockoutResultData
 from .heads import rows_per_forward
+from .selection import absolute_positions
 from .patching import Check, PatchingOptions, PatchingPair, PatchingTechnique, float_array, register
 
 
@@ -49,15 +50,6 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> KnockoutOpti
     require(1 <= window <= description.num_layers, "knockout.window",
             f"must be 0 (meaning 1) to {description.num_layers} (the model's layers), got {settings.window}")
     return KnockoutOptions(settings.query_positions, settings.key_positions, window)
-
-
-def resolve_positions(requested: tuple[int, ...], length: int, field: str) -> tuple[int, ...]:
-    """Absolute positions, sorted and unique, of positions counted from the end when
-    negative; INVALID_ARGUMENT naming `field` for one outside the input."""
-    bad = [position for position in requested if not -length <= position < length]
-    require(not bad, field,
-            f"positions {bad} are outside the clean input ({length} tokens; use -{length}..{length - 1})")
-    return tuple(sorted({position % length for position in requested}))
 
 
 def blocked_edges(query_positions: tuple[int, ...], key_positions: tuple[int, ...], length: int,
@@ -88,8 +80,8 @@ def validate(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -
     """The knockout positions must lie in the pair's clean input (before any result)."""
     settings: KnockoutOptions = options.technique
     length = pair.clean.inputs[0].length
-    resolve_positions(settings.query_positions, length, "knockout.query_positions")
-    resolve_positions(settings.key_positions, length, "knockout.key_positions")
+    absolute_positions(settings.query_positions, length, "knockout.query_positions", "the clean input")
+    absolute_positions(settings.key_positions, length, "knockout.key_positions", "the clean input")
 
 
 def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair, check: Check) -> Iterator[object]:
@@ -98,8 +90,8 @@ def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair, check:
     settings: KnockoutOptions = options.technique
     batch = pair.clean
     length = batch.inputs[0].length
-    queries = resolve_positions(settings.query_positions, length, "knockout.query_positions")
-    keys = resolve_positions(settings.key_positions, length, "knockout.key_positions")
+    queries = absolute_positions(settings.query_positions, length, "knockout.query_positions", "the clean input")
+    keys = absolute_positions(settings.key_positions, length, "knockout.key_positions", "the clean input")
     blocked = blocked_edges(queries, keys, length, model.device)
     starts = options.layers  # the first layer of every window: the request's layers, all when none given
     num_layers = model.description.num_layers

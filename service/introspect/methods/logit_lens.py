@@ -25,6 +25,7 @@ from ..requests import InputSpec
 from ..results import StreamStart, WireArray
 from ..wire import to_wire
 from .registry import Method
+from .selection import absolute_positions
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
@@ -84,13 +85,6 @@ def prepare(description: ModelDescription, query: LogitLensQuery) -> LogitLensOp
     return LogitLensOptions(layers=layers, top_k=top_k, token_id=query.token_id)
 
 
-def _positions(requested: tuple[int, ...], length: int) -> tuple[int, ...]:
-    absolute = [position + length if position < 0 else position for position in requested]
-    bad = [given for given, position in zip(requested, absolute) if not 0 <= position < length]
-    require(not bad, "positions", f"positions {bad} are outside the input ({length} tokens; use -{length}..{length - 1})")
-    return tuple(sorted(set(absolute))) or tuple(range(length))
-
-
 def run(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, sink: Sink) -> None:
     """Encodes the input, then streams one result per chosen layer."""
     unembedding = model.unembedding
@@ -99,7 +93,7 @@ def run(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, si
                                     "norm (extra terms the lens cannot reproduce exactly)")
     assert query.input is not None
     batch = model.encode_batch([query.input], query.truncate, field="input")
-    positions = _positions(query.positions, batch.inputs[0].length)
+    positions = absolute_positions(query.positions, batch.inputs[0].length, "positions")
     model.budget.require(footprint(model.description, batch.inputs[0].length, len(positions), options))
     sink.emit(StreamStart(model.description.name, model.description.fingerprint, batch.inputs))
     index = torch.tensor(positions, device=model.device)

@@ -27,7 +27,7 @@ from ..engine import Sink
 from ..errors import require
 from ..inputs import EncodedBatch
 from ..models import LoadedModel, ModelDescription
-from ..requests import PATCH_DIRECTIONS, PATCH_POINTS, PATCHING_METHODS, PATCHING_METRICS, PatchingQuery
+from ..requests import PATCH_DIRECTIONS, PATCH_POINTS, PATCHING_METHODS, PATCHING_METRICS, PatchingQuery, TargetSpec
 from ..results import (
     KnockoutResultData,
     LogitAttributionResult,
@@ -40,6 +40,7 @@ from ..results import (
 from ..targets import BoundTarget, bind_target, check_target_kind
 from ..wire import to_wire
 from .registry import Method
+from .selection import absolute_positions, unique_in_range
 
 DEFAULT_POINTS = ("resid_pre", "attn_out", "mlp_out", "head")
 HOOK_POINTS = {
@@ -150,12 +151,6 @@ def register(technique: PatchingTechnique) -> PatchingTechnique:
     return technique
 
 
-def _unique_in_range(values: tuple[int, ...], limit: int, field: str, what: str) -> tuple[int, ...]:
-    bad = [value for value in values if not 0 <= value < limit]
-    require(not bad, field, f"{what} {bad} out of range: the model has {limit} {what}s (0..{limit - 1})")
-    return tuple(sorted(set(values)))
-
-
 def prepare(description: ModelDescription, query: PatchingQuery) -> PatchingOptions:
     """Validates a patching query against the model (before queueing)."""
     require(query.method in PATCHING_METHODS, "method", f"unknown method {query.method!r}; use one of {PATCHING_METHODS}")
@@ -177,7 +172,7 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> PatchingOpti
     points = tuple(dict.fromkeys(query.points)) or DEFAULT_POINTS
     unknown = [point for point in points if point not in PATCH_POINTS]
     require(not unknown, "points", f"unknown patch points {unknown}; use {PATCH_POINTS}")
-    layers = _unique_in_range(query.layers, description.num_layers, "layers", "layer") or tuple(
+    layers = tuple(sorted(unique_in_range(query.layers, description.num_layers, "layers", "layer"))) or tuple(
         range(description.num_layers))
     require(query.batch_size >= 0, "batch_size", f"must be >= 0 (0 picks automatically), got {query.batch_size}")
     options = PatchingOptions(
@@ -185,17 +180,6 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> PatchingOpti
         positions=query.positions, with_exact=query.with_exact, batch_size=query.batch_size, technique=None,
     )
     return replace(options, technique=technique.prepare(description, query))
-
-
-def _positions(requested: tuple[int, ...], length: int, field: str) -> tuple[int, ...]:
-    if not requested:
-        return tuple(range(length))
-    resolved = []
-    for position in requested:
-        absolute = position + length if position < 0 else position
-        require(0 <= absolute < length, field, f"position {position} is outside the clean input ({length} tokens)")
-        resolved.append(absolute)
-    return tuple(sorted(set(resolved)))
 
 
 def _alignment(given: tuple[int, ...], clean: int, corrupted: int | None, field: str) -> tuple[int, ...]:
@@ -219,8 +203,6 @@ def _bind_metric(model: LoadedModel, query: PatchingQuery, options: PatchingOpti
                  field: str) -> PairMetric:
     target_spec = query.target
     if options.metric == "kl_divergence" and target_spec is None:
-        from ..requests import TargetSpec
-
         target_spec = TargetSpec(kind="next_token")
     clean_target = bind_target(model, target_spec, clean, clean_outputs)
     corrupted_target = None
@@ -267,9 +249,8 @@ def encode_pairs(model: LoadedModel, query: PatchingQuery, options: PatchingOpti
         corrupted_score = clean_score
         if corrupted is not None and corrupted_outputs is not None:
             corrupted_score = float(metric.scores(corrupted_outputs, corrupted.attention_mask, "corrupted")[0])
-        pairs.append(PatchingPair(index, clean, corrupted, alignment, _positions(options.positions, clean_length,
-                                                                                 "positions"),
-                                  metric, clean_score, corrupted_score))
+        positions = absolute_positions(options.positions, clean_length, "positions", "the clean input")
+        pairs.append(PatchingPair(index, clean, corrupted, alignment, positions, metric, clean_score, corrupted_score))
     return pairs
 
 
