@@ -126,6 +126,7 @@ MODULES = {
     "gpt2": Modules(lambda model: model.transformer.h, lambda block: block.attn.c_proj, lambda block: block.mlp),
     "llama": DECODER,
     "qwen2": DECODER,
+    "mistral": DECODER,
     "minilm": BERT,
     "classifier": Modules(lambda model: model.bert.encoder.layer, BERT.projection, BERT.mlp),
 }
@@ -314,29 +315,34 @@ def check_against_naive_loop(answer: Answer, reference: Reference,
 # Fixtures
 
 
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(CASES_BY_TYPE["qwen2"], tmp_path_factory.mktemp("qwen2"), minilm_tokenizer())
+MODULE_MODELS = ("qwen2", "mistral")  # built here, served by this module's server
 
 
 @pytest.fixture(scope="module")
-def qwen2_address(qwen2_dir: Path) -> Iterator[str]:
-    running = InProcessServer(f"--model=qwen2={qwen2_dir}")
+def module_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("patching-models")
+    return {name: build_tiny_model(CASES_BY_TYPE[name], root, minilm_tokenizer()) for name in MODULE_MODELS}
+
+
+@pytest.fixture(scope="module")
+def qwen2_address(module_dirs: dict[str, Path]) -> Iterator[str]:
+    running = InProcessServer(*(f"--model={name}={path}" for name, path in module_dirs.items()))
     yield running.address
     assert running.stop() == 0
 
 
 @pytest.fixture(scope="module")
-def references(model_dirs: dict[str, Path], qwen2_dir: Path) -> dict[str, Reference]:
+def references(model_dirs: dict[str, Path], module_dirs: dict[str, Path]) -> dict[str, Reference]:
     from transformers import AutoModelForCausalLM
 
     models = {name: reference_model(model_dirs, name) for name in ("gpt2", "llama", "minilm", "classifier")}
-    models["qwen2"] = AutoModelForCausalLM.from_pretrained(qwen2_dir, attn_implementation="eager").eval()
+    for name, path in module_dirs.items():
+        models[name] = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     return {name: Reference(model, name) for name, model in models.items()}
 
 
 def served(name: str, address: str, qwen2_address: str) -> str:
-    return qwen2_address if name == "qwen2" else address
+    return qwen2_address if name in MODULE_MODELS else address
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,6 +353,8 @@ CAUSAL_CASES = {
     "llama": (targets.logit_difference(2154, 1037), Metric("logit_difference", token=2154, contrast=1037)),
     # a position before the end: the server cuts the patched run after it
     "qwen2": (targets.next_token(position=-3, token_id=1037), Metric("next_token", position=-3, token=1037)),
+    # a sliding window of 4 tokens: the suffixes' masks come from the recorded prefix (prefix.py)
+    "mistral": (targets.next_token(token_id=2154), Metric("next_token", token=2154)),
 }
 
 

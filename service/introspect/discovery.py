@@ -23,7 +23,7 @@ and the proof that the introspect attention function serves it exactly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +35,7 @@ from transformers import PreTrainedModel
 
 from . import hooks
 from .kinds import ModelKind
+from .prefix import PrefixKeys, verified_prefix_reuse
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,52 @@ def verify_growth(registry: hooks.ModelHooks, kind: ModelKind, model: PreTrained
             return kind.outputs(model, single)
 
     return verified_growth(registry, run)
+
+
+def verify_prefix_reuse(registry: hooks.ModelHooks, kind: ModelKind, model: PreTrainedModel,
+                        inputs: dict[str, torch.Tensor]) -> bool:
+    """Whether a causal model's forwards of an input's tail can reuse the keys and values
+    of the positions before it (prefix.py), plain and in a growing batch as it grows."""
+    if not kind.causal or "input_ids" not in inputs or "attention_mask" not in inputs:
+        return False
+    from .methods.layer_stack import growing_batch, probe_growth  # the growing batch is part of what is verified
+
+    length = int(inputs["attention_mask"][0].sum())
+    row = {name: value[:1, :length] for name, value in inputs.items()}
+
+    def run(arguments: Mapping[str, torch.Tensor], prefix: PrefixKeys, edit_from: int | None) -> torch.Tensor:
+        with torch.inference_mode():
+            if edit_from is None:
+                with registry.active(hooks.HookSet(prefix=prefix)):
+                    return kind.outputs(model, arguments)
+            copies, zero_head_0 = probe_growth(registry, edit_from)
+            with growing_batch(registry, copies, zero_head_0, prefix=prefix) as rows:
+                return kind.outputs(model, {name: value.expand(rows, *value.shape[1:])
+                                            for name, value in arguments.items()})
+
+    return verified_prefix_reuse(run, row)
+
+
+def verify_last_position_mlp(registry: hooks.ModelHooks, kind: ModelKind, model: PreTrainedModel,
+                             inputs: dict[str, torch.Tensor]) -> bool:
+    """Whether a causal LM's last-position logits stay the same when its final MLP runs
+    on the last position alone (HookSet.last_position_only)."""
+    if not (kind.causal and kind.has_lm_head and registry.modules.mlps is not None and "attention_mask" in inputs):
+        return False
+    length = int(inputs["attention_mask"][0].sum())
+    row = {name: value[:1, :length] for name, value in inputs.items()}
+    registry.last_position_mlp = True
+    try:
+        with torch.inference_mode():
+            reference = kind.outputs(model, row, last_positions=1).float()
+            with registry.active(hooks.HookSet(last_position_only=True)):
+                cut = kind.outputs(model, row, last_positions=1).float()
+    except Exception:  # noqa: BLE001 - a model whose MLP cannot be cut runs it on every position
+        return False
+    finally:
+        registry.last_position_mlp = False
+    tolerance = torch.finfo(reference.dtype).eps ** 0.5 * max(1.0, float(reference.abs().max()))
+    return cut.shape == reference.shape and torch.allclose(cut, reference, rtol=0, atol=tolerance)
 
 
 def unembedding(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelHooks,

@@ -29,6 +29,10 @@ replacement (None keeps it), add batch rows (a growing batch: see methods/layer_
 or raise StopForward to end the forward once it has what it needs. The active HookSet
 lives in a ContextVar, so hooks on the shared model never act on another call's forward.
 
+Two further switches of a HookSet shorten a causal model's forward where verified at
+load: `prefix` runs the tail of an input on the keys and values of its recorded start
+(prefix.py), and `last_position_only` runs the final MLP on the last position alone.
+
 Cancellation checkpoints: inside `cancellation_checks(check)` (the data plane runs every
 method in one), every block's output calls `check()` when the forward passes it and,
 when it takes part in a backward, when its gradient arrives, so any forward or backward
@@ -38,6 +42,7 @@ of any method stops within one layer of a cancel (check raises).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -45,6 +50,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .prefix import PrefixKeys
 
 RESID_PRE = "resid.pre"
 ATTN_IN = "attn.in"
@@ -102,6 +109,10 @@ class HookSet:
 
     hooks: Mapping[str, Hook] = field(default_factory=dict)
     layers: Mapping[str, frozenset[int]] = field(default_factory=dict)  # point -> layers; absent: all
+    prefix: PrefixKeys | None = None  # recording or serving a causal prefix's keys and values (prefix.py)
+    # Only the last position of the final layer's output is read (a causal model's metric at
+    # its last position): where verified at load, the final MLP runs on that position alone.
+    last_position_only: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.hooks) - set(POINTS)
@@ -152,6 +163,12 @@ class ModelHooks:
         # How batches grow; attn.z is taken at the projection input when they grow there
         # (verified at load to equal the attention function's output), else in the function.
         self.growth = GROWTH_NONE
+        # Whether forwards of a causal input's tail may reuse its prefix's keys and values
+        # (prefix.py; verified at load).
+        self.prefix_reuse = False
+        # Whether the final MLP may run on the last position alone (HookSet.last_position_only;
+        # verified at load).
+        self.last_position_mlp = False
         self._handles: list[Any] = []
 
     @property
@@ -184,6 +201,8 @@ class ModelHooks:
                 self._projection_input(self.modules.projections[layer], layer)
                 self._post(self.modules.projections[layer], layer, ATTN_OUT)
             if self.modules.mlps is not None:
+                if layer == len(self.modules.blocks) - 1:
+                    self._last_position_only(self.modules.mlps[layer])  # before mlp.out: edits see every position
                 self._post(self.modules.mlps[layer], layer, MLP_OUT)
 
     def _current(self) -> HookSet | None:
@@ -211,6 +230,34 @@ class ModelHooks:
             return (hookset.apply(point, layer, output[0]), *output[1:])
 
         self._handles.append(module.register_forward_hook(hook))
+
+    def _last_position_only(self, mlp: nn.Module) -> None:
+        """Under HookSet.last_position_only (and when verified at load), the final MLP's
+        input [batch, pos, ...] is cut to the last position and its output padded back
+        with zeros before it: the other positions are never read."""
+        cut_lengths = threading.local()  # per thread: the lengths cut, for the padding
+
+        def active() -> bool:
+            hookset = self._current()
+            return self.last_position_mlp and hookset is not None and hookset.last_position_only
+
+        def cut(_: nn.Module, args: tuple[Any, ...]) -> Any:
+            if not active() or not args:
+                return None
+            cut_lengths.__dict__.setdefault("stack", []).append(args[0].shape[1])
+            return (args[0][:, -1:], *args[1:])
+
+        def pad(_: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            lengths = cut_lengths.__dict__.get("stack")
+            if not active() or not lengths:
+                return None
+            length = lengths.pop()
+            last = output if isinstance(output, torch.Tensor) else output[0]  # [batch, 1, hidden]
+            padded = torch.cat([last.new_zeros(last.shape[0], length - 1, *last.shape[2:]), last], dim=1)
+            return padded if isinstance(output, torch.Tensor) else (padded, *output[1:])
+
+        self._handles.append(mlp.register_forward_pre_hook(cut))
+        self._handles.append(mlp.register_forward_hook(pad))
 
     def _projection_input(self, projection: nn.Module, layer: int) -> None:
         num_heads = self.num_heads

@@ -380,6 +380,8 @@ def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, processors: 
     registry = hooks.ModelHooks(modules, num_heads)
     registry.install()
     registry.growth = discovery.verify_growth(registry, kind, model, inputs)
+    registry.prefix_reuse = discovery.verify_prefix_reuse(registry, kind, model, inputs)
+    registry.last_position_mlp = discovery.verify_last_position_mlp(registry, kind, model, inputs)
     tokens = discovery.check_parity(model, kind, registry, inputs, probe.ATTENTION_IMPLEMENTATION)
     if isinstance(image, ImageProcessor):
         max_tokens = _check_image_tokens(image, inputs["pixel_values"], tokens)
@@ -408,8 +410,9 @@ def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, processors: 
         modalities=(kind.modality,),
         intermediate_size=intermediate_size,
     )
-    log.info("loaded model %s (%s, %d layers, batches grow at: %s) from %s in %.1fs", spec.name,
-             description.architecture, description.num_layers, registry.growth, spec.path, description.load_seconds)
+    log.info("loaded model %s (%s, %d layers, batches grow at: %s, prefixes reused: %s) from %s in %.1fs",
+             spec.name, description.architecture, description.num_layers, registry.growth,
+             "yes" if registry.prefix_reuse else "no", spec.path, description.load_seconds)
     return LoadedModel(description, model, kind, processors, registry, unembedding)
 
 

@@ -133,6 +133,9 @@ def introspect_attention(
     sinks = kwargs.get("s_aux")
     position_bias = kwargs.get("position_bias")
     hookset, layer, z_here = call if call is not None else (None, -1, False)
+    if hookset is not None and hookset.prefix is not None:
+        key, value, attention_mask = hookset.prefix.attend(layer, key, value, attention_mask,
+                                                           position_bias is not None)
     reads_probabilities = hookset is not None and hookset.wants(hooks.ATTN_PROBS, layer)
     edits_mask = hookset is not None and hookset.wants(hooks.ATTN_MASK, layer)
     if reads_probabilities or edits_mask or softcap is not None or sinks is not None:

@@ -21,6 +21,7 @@ from .. import hooks
 from ..budget import Footprint, activation_bytes, output_bytes
 from ..inputs import EncodedBatch
 from ..models import LoadedModel
+from ..prefix import suffix_arguments
 from ..targets import BoundTarget
 from .layer_stack import HeadEdit
 
@@ -86,6 +87,11 @@ class ScoringForward:
         if target.position is not None:
             target = replace(target, position=target.position - length + 1)  # -> the last position kept
         return cls(model, arguments, arguments["attention_mask"], target)
+
+    def from_position(self, start: int) -> ScoringForward:
+        """The forward of positions `start`.. of a causal model's input (its metric at the
+        last position), to run with the prefix's keys and values (prefix.py)."""
+        return replace(self, arguments=suffix_arguments(self.arguments, start))
 
     def outputs(self, rows: int = 1) -> torch.Tensor:
         """Runs the model on `rows` copies of the input: logits [batch, 1, vocab] at the

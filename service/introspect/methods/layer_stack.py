@@ -35,6 +35,7 @@ from contextlib import contextmanager
 import torch
 
 from .. import hooks
+from ..prefix import PrefixKeys
 
 HeadEdit = Callable[[int, torch.Tensor], torch.Tensor]
 """Edits one layer's per-head attention output [batch, query, heads, head_dim]."""
@@ -46,6 +47,8 @@ def growing_hooks(
     edit: HeadEdit,
     layer_copies: Mapping[int, int] | None = None,
     edits: Mapping[str, hooks.Hook] | None = None,
+    prefix: PrefixKeys | None = None,
+    last_position_only: bool = False,
 ) -> hooks.HookSet:
     """The hook set of a growing batch: `copies_at_layer[L]` copies of row 0 join at layer
     L's attention output projection (head edits), after the rows added at earlier layers,
@@ -55,12 +58,14 @@ def growing_hooks(
     `layer_copies[L]` further copies of row 0 join at `resid.pre` of layer L and run the
     whole of layer L (its attention included); at layer L they come before that layer's
     head-edit copies. `edits` (point -> hook, for resid.pre, attn.out, mlp.out and
-    resid.post) act at every layer after the batch has grown there, on all its rows."""
+    resid.post) act at every layer after the batch has grown there, on all its rows.
+    `prefix` (prefix.py) records or serves a causal prefix's keys and values;
+    `last_position_only`: see HookSet."""
     heads = {layer: copies for layer, copies in copies_at_layer.items() if copies}
     whole = {layer: copies for layer, copies in (layer_copies or {}).items() if copies}
     extra = dict(edits or {})
     if registry.growth == hooks.GROWTH_NONE:
-        return hooks.HookSet({**extra, hooks.ATTN_Z: edit})
+        return hooks.HookSet({**extra, hooks.ATTN_Z: edit}, prefix=prefix, last_position_only=last_position_only)
     at_projection = registry.z_at_projection
     joining = {layer: heads.get(layer, 0) + whole.get(layer, 0) for layer in heads.keys() | whole.keys()}
     edit_resid_pre = extra.pop(hooks.RESID_PRE, None)
@@ -84,7 +89,7 @@ def growing_hooks(
     if at_projection:
         points[hooks.ATTN_IN] = cut
         layers[hooks.ATTN_IN] = frozenset(heads)
-    return hooks.HookSet(points, layers)
+    return hooks.HookSet(points, layers, prefix, last_position_only)
 
 
 @contextmanager
@@ -94,35 +99,49 @@ def growing_batch(
     edit: HeadEdit,
     layer_copies: Mapping[int, int] | None = None,
     edits: Mapping[str, hooks.Hook] | None = None,
+    prefix: PrefixKeys | None = None,
+    last_position_only: bool = False,
 ) -> Iterator[int]:
     """Inside the block, a forward grows as `growing_hooks` says; the block gets the
     number of rows the forward must start with: 1, or every row where the model cannot
     grow its batch mid-forward (the edits then see all rows at every layer)."""
     added = sum(copies_at_layer.values()) + sum((layer_copies or {}).values())
     rows = 1 if registry.growth != hooks.GROWTH_NONE else 1 + added
-    with registry.active(growing_hooks(registry, copies_at_layer, edit, layer_copies, edits)):
+    with registry.active(growing_hooks(registry, copies_at_layer, edit, layer_copies, edits, prefix,
+                                       last_position_only)):
         yield rows
 
 
-def verified_growth(registry: hooks.ModelHooks, run: Callable[[int], torch.Tensor]) -> str:
-    """The cheapest way of growing batches that gives exactly what running every row from
-    the start gives, on one copy of row 0 per layer with head 0 of that copy zeroed at its
-    layer. `run(rows)` runs the model's forward on `rows` copies of one input."""
+def probe_growth(registry: hooks.ModelHooks, from_position: int = 0) -> tuple[dict[int, int], HeadEdit]:
+    """The growth the load-time checks run: one copy of row 0 joining at every layer, with
+    head 0 of the copy zeroed at its layer, at query positions `from_position`.. (copies
+    per layer, and the attn.z edit)."""
     layers = registry.num_layers
     keep = {layer: torch.ones(layers + 1, 1, registry.num_heads, 1) for layer in range(layers)}
     for layer in range(layers):
         keep[layer][layer + 1, 0, 0, 0] = 0.0
 
     def zero_head_0(layer: int, output: torch.Tensor) -> torch.Tensor:
-        return output * keep[layer][: output.shape[0]].to(output)
+        factors = keep[layer][: output.shape[0]].to(output)  # [rows, 1, heads, 1]
+        if from_position == 0:
+            return output * factors
+        return torch.cat([output[:, :from_position], output[:, from_position:] * factors], dim=1)
 
+    return dict.fromkeys(range(layers), 1), zero_head_0
+
+
+def verified_growth(registry: hooks.ModelHooks, run: Callable[[int], torch.Tensor]) -> str:
+    """The cheapest way of growing batches that gives exactly what running every row from
+    the start gives, on one copy of row 0 per layer with head 0 of that copy zeroed at its
+    layer. `run(rows)` runs the model's forward on `rows` copies of one input."""
+    copies, zero_head_0 = probe_growth(registry)
     results = {}
     for growth in (hooks.GROWTH_NONE, hooks.GROWTH_AT_PROJECTION, hooks.GROWTH_AT_LAYER_INPUT):
         if growth == hooks.GROWTH_AT_PROJECTION and registry.modules.projections is None:
             continue
         registry.growth = growth
         try:
-            with growing_batch(registry, dict.fromkeys(range(layers), 1), zero_head_0) as rows:
+            with growing_batch(registry, copies, zero_head_0) as rows:
                 results[growth] = run(rows).float()
         except Exception:  # noqa: BLE001 - a model that cannot grow this way is served another way
             continue

@@ -20,6 +20,18 @@ patched at layer L joins it at layer L, sharing layers 0..L-1:
 The patched run's input is cut after the metric's position on causal models (later
 tokens cannot change it; ScoringForward), so patches there leave the metric as it is and
 need no row. Rows per forward are bounded by the request's batch_size or the memory budget.
+
+On causal models whose suffixes were verified at load (prefix.py), nothing a patch at
+position p does reaches an earlier position, so (`forward_chunks`):
+
+* one forward of the unpatched patched run records its activations, keys and values;
+* a patch whose source values equal the patched run's own at every position it replaces
+  (bitwise: a token both runs share, before their first difference) changes nothing and
+  runs no row; its slot keeps the unpatched score;
+* the other patches run in order of the first position they change, and each forward
+  starts at its patches' earliest, attending to the recorded keys and values before it;
+* the final layer's MLP runs on the metric's (last) position alone, where verified at
+  load (HookSet.last_position_only).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from .. import hooks
 from ..errors import require
 from ..inputs import EncodedBatch
 from ..models import LoadedModel, ModelDescription
+from ..prefix import PrefixKeys
 from ..requests import PatchingQuery
 from ..results import PatchingLayerResult
 from .heads import ScoringForward, rows_per_forward
@@ -134,19 +147,18 @@ def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair,
     """The pair's exact patching results, one PatchingLayerResult per (point, layer), in
     layer order, each sent once all its rows have run."""
     setup = _setup(model, options, pair)
-    patched_run, forward, metric, plans, patches = (setup.patched_run, setup.forward, setup.metric, setup.plans,
-                                                    setup.patches)
-    activations = collect(model, setup.source.model_inputs(), {(HOOK_POINTS[p.point], p.layer) for p in plans})
+    patched_run, forward, metric, plans = setup.patched_run, setup.forward, setup.metric, setup.plans
+    wanted = {(HOOK_POINTS[plan.point], plan.layer) for plan in plans}
+    activations = collect(model, setup.source.model_inputs(), wanted)
     base = pair.corrupted_score if patched_run == "corrupted" else pair.clean_score
     values = [torch.full((int(torch.Size(plan.shape).numel()),), base) for plan in plans]  # flattened
-    remaining = Counter(patch.plan for patch in patches)
-    per_forward = setup.per_forward
+    chunks = forward_chunks(model, forward, setup.patches, activations, wanted, setup.per_forward)
+    remaining = Counter(patch.plan for chunk in chunks for patch in chunk.patches)
     sent = 0
-    for start in range(0, len(patches), per_forward):
+    for chunk in chunks:
         check()
-        chunk = patches[start : start + per_forward]
         scores = patched_scores(forward, metric, patched_run, chunk, activations)
-        for patch, score in zip(chunk, scores[1:].tolist()):
+        for patch, score in zip(chunk.patches, scores[1:].tolist()):
             values[patch.plan][patch.slot] = score
             remaining[patch.plan] -= 1
         while sent < len(plans) and remaining[sent] == 0:
@@ -154,6 +166,73 @@ def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair,
             sent += 1
     for index in range(sent, len(plans)):
         yield layer_result(pair, plans[index], values[index])
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The patches of one forward (in the order they join the batch), and the position
+    the forward starts at: 0, or on a causal model reusing its prefix's keys and values
+    (prefix.py) the first position any of its patches changes."""
+
+    patches: tuple[Patch, ...]
+    start: int = 0
+    prefix: PrefixKeys | None = None
+
+
+def forward_chunks(model: LoadedModel, forward: ScoringForward, patches: Sequence[Patch], activations: Activations,
+                   wanted: set[tuple[str, int]], per_forward: int) -> list[Chunk]:
+    """The forwards the patches run in, `per_forward` rows each.
+
+    Where the model reuses prefixes (and the metric reads the last position), the patched
+    run's own activations and keys and values are recorded in one forward; a patch
+    whose source values equal them at every position it replaces changes nothing and
+    needs no row (its slot keeps the unpatched score), and the others run in order of
+    the first position they change, each forward starting at its patches' earliest."""
+    if not (model.hooks.prefix_reuse and forward.target.position is not None and patches):
+        return [Chunk(tuple(patches[start : start + per_forward])) for start in range(0, len(patches), per_forward)]
+    recorded = PrefixKeys.recording()
+    own = collect(model, forward.arguments, wanted, recorded)
+    changes = changed_moves(patches, activations, own)
+    firsts = {index: first for index, patch in enumerate(patches)
+              if (first := first_change(patch, changes)) is not None}
+    order = sorted(firsts, key=lambda index: (firsts[index], index))
+    chunks = []
+    for begin in range(0, len(order), per_forward):
+        members = sorted(order[begin : begin + per_forward])  # back in joining order
+        start = min(firsts[index] for index in members)
+        chunks.append(Chunk(tuple(patches[index] for index in members), start, recorded.from_position(start)))
+    return chunks
+
+
+Changes = Mapping[tuple[str, int, Move], list[bool]]
+"""(hook point, layer, move) -> whether the source value differs from the patched run's
+own there: [one flag], or per head for attn.z."""
+
+
+def changed_moves(patches: Sequence[Patch], source: Activations, own: Activations) -> Changes:
+    """Which moves of the patches replace a value by a different one (exact comparison),
+    compared per (hook point, layer) in one vectorized step."""
+    moves_of: dict[tuple[str, int], set[Move]] = defaultdict(set)
+    for patch in patches:
+        moves_of[(HOOK_POINTS[patch.point], patch.layer)].update(patch.moves)
+    changes: dict[tuple[str, int, Move], list[bool]] = {}
+    for key, moves in moves_of.items():
+        ordered = sorted(moves)
+        targets = [target for target, _ in ordered]
+        origins = [origin for _, origin in ordered]
+        differs = own[key][targets] != source[key][origins]  # [moves, hidden] or [moves, heads, head_dim]
+        flags = differs.flatten(2).any(dim=-1) if key[0] == hooks.ATTN_Z else differs.any(dim=-1, keepdim=True)
+        for move, row in zip(ordered, flags.tolist()):
+            changes[(*key, move)] = row
+    return changes
+
+
+def first_change(patch: Patch, changes: Changes) -> int | None:
+    """The first patched-run position where `patch` replaces a value by a different one
+    (None: it replaces nothing by anything new)."""
+    point, column = HOOK_POINTS[patch.point], patch.head or 0
+    changed = [target for target, origin in patch.moves if changes[(point, patch.layer, (target, origin))][column]]
+    return min(changed, default=None)
 
 
 def effective_moves(alignment: Sequence[int], denoising: bool, patched_length: int) -> dict[int, Move]:
@@ -195,9 +274,11 @@ def plan_patches(options: PatchingOptions, pair: PatchingPair, moves: Mapping[in
     return plans, patches
 
 
-def collect(model: LoadedModel, arguments: Mapping[str, torch.Tensor], wanted: set[tuple[str, int]]) -> Activations:
+def collect(model: LoadedModel, arguments: Mapping[str, torch.Tensor], wanted: set[tuple[str, int]],
+            prefix: PrefixKeys | None = None) -> Activations:
     """Row 0's activations at the (hook point, layer)s wanted, from one forward of the
-    model's trunk: [tokens, hidden] for residual points, [tokens, heads, head_dim] for attn.z."""
+    model's trunk: [tokens, hidden] for residual points, [tokens, heads, head_dim] for
+    attn.z (and its keys and values recorded in `prefix`, when given)."""
     stored: dict[tuple[str, int], torch.Tensor] = {}
     by_point: dict[str, set[int]] = defaultdict(set)
     for point, layer in wanted:
@@ -210,19 +291,20 @@ def collect(model: LoadedModel, arguments: Mapping[str, torch.Tensor], wanted: s
         return store
 
     hookset = hooks.HookSet({point: store_at(point) for point in by_point},
-                            {point: frozenset(layers) for point, layers in by_point.items()})
+                            {point: frozenset(layers) for point, layers in by_point.items()}, prefix)
     with model.hooks.active(hookset), torch.inference_mode():
         model.run_trunk(arguments)
     return stored
 
 
-def patched_scores(forward: ScoringForward, metric: PairMetric, run: str, chunk: Sequence[Patch],
+def patched_scores(forward: ScoringForward, metric: PairMetric, run: str, chunk: Chunk,
                    activations: Activations) -> torch.Tensor:
-    """One growing-batch forward of the patched run: row 0 unpatched, then one row per
-    patch of `chunk` (ordered by the layer it joins at). Returns the metric [1 + patches]."""
-    whole = Counter(patch.layer for patch in chunk if patch.whole_layer)
-    after_attention = Counter(patch.layer for patch in chunk if not patch.whole_layer)
-    replacements = replacement_index(chunk, activations)
+    """One growing-batch forward of the patched run (from the chunk's start): row 0
+    unpatched, then one row per patch of the chunk (ordered by the layer it joins at).
+    Returns the metric [1 + patches]."""
+    whole = Counter(patch.layer for patch in chunk.patches if patch.whole_layer)
+    after_attention = Counter(patch.layer for patch in chunk.patches if not patch.whole_layer)
+    replacements = replacement_index(chunk.patches, activations, chunk.start)
 
     def replace_at(point: str) -> hooks.Hook:
         def hook(layer: int, value: torch.Tensor) -> torch.Tensor | None:
@@ -245,21 +327,26 @@ def patched_scores(forward: ScoringForward, metric: PairMetric, run: str, chunk:
         return z if replaced is None else replaced
 
     model = forward.model
-    with growing_batch(model.hooks, after_attention, edit_z, whole, edits) as rows, torch.inference_mode():
-        outputs = forward.outputs(rows)
+    suffix = forward if chunk.start == 0 else forward.from_position(chunk.start)
+    last_position_only = model.kind.causal and forward.target.position is not None
+    with growing_batch(model.hooks, after_attention, edit_z, whole, edits, chunk.prefix, last_position_only) as rows, \
+            torch.inference_mode():
+        outputs = suffix.outputs(rows)
     return metric.scores(outputs, forward.attention_mask.expand(outputs.shape[0], -1), run)
 
 
-def replacement_index(chunk: Sequence[Patch], activations: Activations
+def replacement_index(chunk: Sequence[Patch], activations: Activations, start: int = 0
                       ) -> dict[tuple[str, int], tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
     """Per (hook point, layer): the index into the batch's value ([batch, tokens, hidden]:
     (rows, positions); attn.z [batch, query, heads, head_dim]: (rows, positions, heads))
-    and the source values to put there. Patch i is row i + 1."""
+    and the source values to put there, for a forward of the positions from `start` (the
+    moves before it replace nothing: forward_chunks). Patch i is row i + 1."""
     parts: dict[tuple[str, int], list[tuple[list[int], list[int], list[int], torch.Tensor]]] = defaultdict(list)
     for row, patch in enumerate(chunk, start=1):
         key = (HOOK_POINTS[patch.point], patch.layer)
-        targets = [target for target, _ in patch.moves]
-        sources = [source for _, source in patch.moves]
+        moves = [(target - start, source) for target, source in patch.moves if target >= start]
+        targets = [target for target, _ in moves]
+        sources = [source for _, source in moves]
         heads = [patch.head] * len(targets) if patch.head is not None else []
         source = activations[key][sources]  # [moves, hidden] or [moves, heads, head_dim]
         parts[key].append(([row] * len(targets), targets, heads, source[:, patch.head] if heads else source))
