@@ -50,9 +50,10 @@ def test_load_time_decisions(loaded: dict[str, tuple[Any, Any]]) -> None:
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "mistral"])
-@pytest.mark.parametrize("start", [1, 5, 9])
+@pytest.mark.parametrize(("start", "end"), [(1, 12), (5, 12), (9, 12), (5, 10)])
 def test_a_suffix_with_the_recorded_prefix_equals_the_whole_input(loaded: dict[str, tuple[Any, Any]], name: str,
-                                                                   start: int) -> None:
+                                                                   start: int, end: int) -> None:
+    """Positions start..end-1 run on the keys and values recorded from all 12 tokens."""
     from introspect import hooks
     from introspect.prefix import PrefixKeys, suffix_arguments
 
@@ -60,11 +61,11 @@ def test_a_suffix_with_the_recorded_prefix_equals_the_whole_input(loaded: dict[s
     recorded = PrefixKeys.recording()
     with model.hooks.active(hooks.HookSet(prefix=recorded)), torch.inference_mode():
         model.outputs(arguments(TOKENS))
-    suffix = suffix_arguments(arguments(TOKENS), start)
+    suffix = suffix_arguments(arguments(TOKENS[:end]), start)
     with model.hooks.active(hooks.HookSet(prefix=recorded.from_position(start))), torch.inference_mode():
-        logits = model.outputs(suffix)[0].numpy()  # [tokens - start, vocab]
-    assert logits.shape[0] == len(TOKENS) - start
-    np.testing.assert_allclose(logits, eager_logits(reference, TOKENS)[start:], rtol=0, atol=1e-4)
+        logits = model.outputs(suffix)[0].numpy()  # [end - start, vocab]
+    assert logits.shape[0] == end - start
+    np.testing.assert_allclose(logits, eager_logits(reference, TOKENS)[start:end], rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "opt"])

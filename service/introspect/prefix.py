@@ -73,12 +73,12 @@ class PrefixKeys:
             record.masks[layer] = None if attention_mask is None else attention_mask[:1]
             return key, value, attention_mask
         start, batch = self.start, key.shape[0]
+        total = start + key.shape[2]  # the suffix may end before the recorded input does
         prefix_keys = record.keys[layer][:, :, :start]
         prefix_values = record.values[layer][:, :, :start]
         key = torch.cat([prefix_keys.expand(batch, -1, -1, -1).to(key.dtype), key], dim=2)
         value = torch.cat([prefix_values.expand(batch, -1, -1, -1).to(value.dtype), value], dim=2)
         recorded_mask = record.masks[layer]
-        total = record.keys[layer].shape[2]
         if recorded_mask is not None:
             mask = recorded_mask[:, :, start:total, :total]
         else:  # the plain causal mask, offset: query i (position start + i) sees keys ..start + i
