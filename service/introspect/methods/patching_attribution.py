@@ -47,7 +47,7 @@ from ..requests import PatchingQuery
 from ..results import PatchingLayerResult
 from .heads import forward_footprint
 from .patching import (
-    HOOK_POINTS, TECHNIQUES, Check, PatchingOptions, PatchingPair,
+    HOOK_POINTS, TECHNIQUES, Check, EncodedPair, PatchingOptions, PatchingPair,
     PatchingTechnique, float_array, register,
 )
 from .patching_correlation import correlations
@@ -78,7 +78,7 @@ def patched_run(options: PatchingOptions) -> str:
     return "corrupted" if options.direction == "denoising" else "clean"
 
 
-def validate(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> None:
+def validate(model: LoadedModel, options: PatchingOptions, pair: EncodedPair) -> None:
     """Before the stream header: the model offers every point, and one forward of both
     runs with gradients (and its backward) fits the memory budget."""
     offered = model.hooks.available
