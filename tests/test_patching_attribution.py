@@ -481,6 +481,7 @@ def field_of(error: grpc.RpcError) -> str:
     ("gpt2", "target", next_token(), [input_pair(CLEAN, None)], "pairs[0].corrupted"),
     ("minilm", "kl_divergence", None, [input_pair(CLEAN, CORRUPTED)], "metric"),
     ("gpt2", "target", next_token(), [input_pair(CLEAN, CORRUPTED[:-1])], "pairs[0].corrupted"),
+    ("gpt2", "target", next_token(10**6), [input_pair(CLEAN, CORRUPTED)], "target.token_id"),
 ])
 def test_bad_requests_are_refused_naming_the_field(stub: pb_grpc.IntrospectionStub, model: str, metric: str,
                                                    target: pb.Target | None, pairs: list[pb.InputPair],
@@ -489,3 +490,20 @@ def test_bad_requests_are_refused_naming_the_field(stub: pb_grpc.IntrospectionSt
         patching(stub, model, target, metric=metric, pairs=pairs)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_of(raised.value) == field, raised.value.details()
+
+
+def test_every_pair_is_checked_before_the_stream_starts(stub: pb_grpc.IntrospectionStub) -> None:
+    """A bad second pair (the metric's position without a corrupted counterpart) is
+    refused before any message: attribution forwards each pair for its baseline before
+    the header, and every pair is encoded and checked before the first is forwarded."""
+    request = pb.StreamPatchingRequest(
+        model="gpt2", method=PATCHING_METHOD.number("attribution"), target=next_token(),
+        pairs=[input_pair(CLEAN, CORRUPTED), input_pair(CLEAN, CORRUPTED + (102,), (0, 1, 2, 3, 4, 5, -1))],
+    )
+    received = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for message in stub.StreamPatching(request):
+            received.append(message)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_of(raised.value) == "pairs[1].alignment", raised.value.details()
+    assert received == []

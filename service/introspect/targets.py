@@ -118,57 +118,71 @@ def target_scores(
     return target.score_next_token_logits(logits[:, 0])
 
 
-def _absolute_position(position: int, length: int) -> int:
-    absolute = position + length if position < 0 else position
+def target_position(spec: TargetSpec, length: int) -> int | None:
+    """The absolute position a next-token target reads in an input of `length` tokens
+    (INVALID_ARGUMENT outside it); None for targets without a position."""
+    if spec.kind not in NEXT_TOKEN_TARGETS:
+        return None
+    absolute = spec.position + length if spec.position < 0 else spec.position
     require(
         0 <= absolute < length,
         "target.position",
-        f"position {position} is outside the input ({length} tokens; use -{length}..{length - 1})",
+        f"position {spec.position} is outside the input ({length} tokens; use -{length}..{length - 1})",
     )
     return absolute
 
 
-def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch,
-                outputs: torch.Tensor | None = None) -> BoundTarget:
-    """Resolves a target for the first input of `batch`: positions, the predicted token
-    or class when none is given, and the reference embedding of a similarity target.
-    `outputs`: the model's outputs on that input when the caller has them already."""
-    spec = check_target_kind(model.description, spec)
-    description = model.description
-    length = batch.inputs[0].length
-    position = token_id = contrast = class_index = None
-    reference_embedding = None
-    needs_prediction = (spec.kind == "next_token" and spec.token_id is None) or (
-        spec.kind == "class_score" and spec.class_index is None
-    )
-    if spec.kind in ("next_token", "logit_difference"):
-        position = _absolute_position(spec.position, length)
+def check_target_values(description: ModelDescription, spec: TargetSpec) -> None:
+    """What a target of a served kind names, checked against the model (INVALID_ARGUMENT):
+    token ids within its vocabulary (both, and different, for a logit difference), a
+    class index within its labels, a reference for a similarity target. Needs only the
+    description, so it can run before the request is queued."""
+    if spec.kind in NEXT_TOKEN_TARGETS:
         for name, value in (("token_id", spec.token_id), ("contrast_token_id", spec.contrast_token_id)):
             if value is not None:
                 require(0 <= value < description.vocab_size, f"target.{name}",
                         f"{value} is outside the vocabulary [0, {description.vocab_size})")
-        token_id, contrast = spec.token_id, spec.contrast_token_id
         if spec.kind == "logit_difference":
-            require(token_id is not None and contrast is not None, "target.logit_difference",
+            require(spec.token_id is not None and spec.contrast_token_id is not None, "target.logit_difference",
                     "token_id and contrast_token_id are both required")
-            require(token_id != contrast, "target.logit_difference.contrast_token_id",
-                    f"must differ from token_id ({token_id}): the difference would always be 0")
+            require(spec.token_id != spec.contrast_token_id, "target.logit_difference.contrast_token_id",
+                    f"must differ from token_id ({spec.token_id}): the difference would always be 0")
     if spec.kind == "class_score" and spec.class_index is not None:
         require(0 <= spec.class_index < description.num_labels, "target.class_score.class_index",
                 f"{spec.class_index} is outside [0, {description.num_labels})")
-        class_index = spec.class_index
+    if spec.kind == "embedding_similarity":
+        require(spec.reference is not None, "target.embedding_similarity.reference", "a reference input is required")
+
+
+def bind_target(model: LoadedModel, spec: TargetSpec | None, batch: EncodedBatch,
+                outputs: torch.Tensor | None = None, outputs_from: int = 0) -> BoundTarget:
+    """Resolves a target for the first input of `batch`: positions, the predicted token
+    or class when none is given, and the reference embedding of a similarity target.
+    `outputs`: the model's outputs on that input when the caller has them already (read
+    without gradients), of the positions from `outputs_from` on (logits kept from the
+    target's position on) or of every position."""
+    spec = check_target_kind(model.description, spec)
+    position = target_position(spec, batch.inputs[0].length)
+    check_target_values(model.description, spec)
+    next_token = spec.kind in NEXT_TOKEN_TARGETS
+    token_id, contrast = (spec.token_id, spec.contrast_token_id) if next_token else (None, None)
+    class_index = spec.class_index if spec.kind == "class_score" else None
+    reference_embedding = None
+    needs_prediction = (spec.kind == "next_token" and spec.token_id is None) or (
+        spec.kind == "class_score" and spec.class_index is None
+    )
     with torch.no_grad():
         if needs_prediction:
             if outputs is None:
-                outputs = model.outputs(batch.model_inputs(slice(0, 1)))
+                outputs, outputs_from = model.outputs(batch.model_inputs(slice(0, 1))), 0
             if spec.kind == "next_token":
-                token_id = int(outputs[0, position].argmax())
+                assert position is not None
+                token_id = int(outputs[0, position - outputs_from].argmax())
             else:
                 class_index = int(outputs[0].argmax())
         if spec.kind == "embedding_similarity":
-            field = "target.embedding_similarity.reference"
-            require(spec.reference is not None, field, "a reference input is required")
-            reference_embedding = model.embed_reference(spec.reference, field)  # type: ignore[arg-type]
+            reference_embedding = model.embed_reference(spec.reference,  # type: ignore[arg-type]
+                                                        "target.embedding_similarity.reference")
     return BoundTarget(
         kind=spec.kind,
         model_kind=model.kind,

@@ -8,8 +8,9 @@ denoising, points resid_pre + attn_out + mlp_out + head, every layer and positio
 medians of:
   forward      one plain transformers forward (SDPA) of one input, no gradients
   in process   introspect's attribution patching called in process: the pair's
-               encoding and baseline scores, then one batched forward of the two runs
-               and one backward
+               encoding, one forward of the source (clean) run without gradients, one
+               of the patched (corrupted) run with gradients and one backward; the two
+               forwards bind the target and give the baseline scores too
   server       the same through a real server over loopback (raw gRPC stub, cache
                bypassed)
 Ratios: time / one forward (goal: at most 4x; the floor is two forwards and a backward).

@@ -27,7 +27,7 @@ from ..requests import PatchingQuery
 from ..results import KnockoutResultData
 from .heads import rows_per_forward
 from .selection import absolute_positions
-from .patching import Check, PatchingOptions, PatchingPair, PatchingTechnique, float_array, register
+from .patching import Check, EncodedPair, PatchingOptions, PatchingPair, PatchingTechnique, float_array, register
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def knockout_mask(mask: torch.Tensor, blocked: torch.Tensor, rows: torch.Tensor)
     return edited
 
 
-def validate(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> None:
+def validate(model: LoadedModel, options: PatchingOptions, pair: EncodedPair) -> None:
     """The knockout positions must lie in the pair's clean input (before any result)."""
     settings: KnockoutOptions = options.technique
     length = pair.clean.inputs[0].length

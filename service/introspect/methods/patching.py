@@ -1,11 +1,18 @@
 """Circuits: activation patching, attribution patching, direct logit attribution and
 attention knockout on (clean, corrupted) input pairs, as one streaming RPC.
 
-This module is the RPC's method: it validates the query, encodes every pair, binds the
-metric (the request's target, or the KL divergence from the clean run's next-token
-distribution), sends each pair's baseline and hands the pair to the technique the
-request names (one module each: patching_activation, patching_attribution,
-logit_attribution, knockout), then sends the means over pairs.
+This module is the RPC's method: it validates the query, encodes and checks every pair
+(its inputs, alignment, positions and the metric's position in each run), lets the
+technique the request names (one module each: patching_activation,
+patching_attribution, logit_attribution, knockout) check every pair, then forwards each
+pair for its baseline: the metric bound (the request's target, or the KL divergence from
+the clean run's next-token distribution) and both runs scored. Only then does the stream
+start: the header, then per pair its baseline and the technique's results, then the
+means over pairs.
+
+The baseline forward is one forward of both runs without gradients, unless the technique
+forwards the pair itself (PatchingTechnique.baseline): attribution patching binds the
+metric and scores both runs from its own forwards, so a pair is forwarded once.
 
 Positions: results are indexed by clean positions. Pairs of equal length align position
 by position; otherwise the pair gives an alignment (per clean position, the corrupted
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +44,7 @@ from ..results import (
     StreamStart,
     WireArray,
 )
-from ..targets import BoundTarget, bind_target, check_target_kind
+from ..targets import BoundTarget, bind_target, check_target_kind, check_target_values, target_position
 from ..wire import to_wire
 from .registry import Method
 from .selection import absolute_positions, unique_in_range
@@ -68,6 +75,7 @@ class PatchingOptions:
     positions: tuple[int, ...]  # as requested (negative from the end); empty: all
     with_exact: bool
     batch_size: int  # 0: automatic
+    target: TargetSpec  # the metric's target: the request's, or next_token at the last position (KL without one)
     technique: Any  # the technique's own validated options
 
 
@@ -88,10 +96,16 @@ class PairMetric:
         assert chosen is not None
         return chosen
 
-    def scores(self, outputs: torch.Tensor, attention_mask: torch.Tensor, run: str) -> torch.Tensor:
+    def scores(self, outputs: torch.Tensor, attention_mask: torch.Tensor, run: str,
+               outputs_from: int = 0) -> torch.Tensor:
         """The metric per row [rows] float32 from the model's outputs on rows of the run
-        `run` (whose positions the target uses): the target, or KL(clean || row)."""
+        `run` (whose positions the target uses): the target, or KL(clean || row).
+        `outputs_from`: the position of the outputs' first (logits kept from the
+        metric's position on), 0 when they hold every position."""
         target = self.target(run)
+        if outputs_from:
+            assert target.position is not None
+            target = replace(target, position=target.position - outputs_from)
         if self.kind == "target":
             return target.score(outputs, attention_mask)
         assert self.clean_log_probabilities is not None and target.position is not None
@@ -101,17 +115,39 @@ class PairMetric:
 
 
 @dataclass(frozen=True)
-class PatchingPair:
-    """One encoded pair, its metric and its unpatched scores."""
+class EncodedPair:
+    """One pair encoded and checked, before any forward of it."""
 
     index: int
     clean: EncodedBatch  # one row
     corrupted: EncodedBatch | None  # one row
     alignment: tuple[int, ...]  # per clean position, the corrupted position (-1: none)
     positions: tuple[int, ...]  # clean positions to patch, resolved, sorted
+    clean_metric_position: int | None  # where the metric reads the clean run (next-token targets), else None
+    corrupted_metric_position: int | None  # where it reads the corrupted run: the clean one, aligned
+
+    def metric_position(self, run: str) -> int | None:
+        """Where the metric reads the outputs of run `run` ("clean" or "corrupted"):
+        the target's position in that run, None for targets without one."""
+        return self.clean_metric_position if run == "clean" else self.corrupted_metric_position
+
+
+@dataclass(frozen=True)
+class PatchingPair(EncodedPair):
+    """One encoded pair, its metric and its unpatched scores."""
+
     metric: PairMetric
     clean_score: float
     corrupted_score: float
+    prepared: Any = None  # what the technique's own baseline (PatchingTechnique.baseline) kept for its run
+
+    @classmethod
+    def scored(cls, pair: EncodedPair, metric: PairMetric, clean_score: float, corrupted_score: float,
+               prepared: Any = None) -> PatchingPair:
+        """`pair` with its bound metric and both runs' scores."""
+        encoded = {item.name: getattr(pair, item.name) for item in fields(EncodedPair)}
+        return cls(**encoded, metric=metric, clean_score=clean_score, corrupted_score=corrupted_score,
+                   prepared=prepared)
 
     def normalized(self, values: torch.Tensor) -> torch.Tensor | None:
         """(values - corrupted) / (clean - corrupted) for the target metric; None for KL
@@ -122,6 +158,46 @@ class PatchingPair:
         if span == 0:
             return torch.full_like(values, float("nan"))
         return (values - self.corrupted_score) / span
+
+
+def bind_metric(model: LoadedModel, options: PatchingOptions, pair: EncodedPair, clean_outputs: torch.Tensor,
+                outputs_from: int = 0) -> PairMetric:
+    """The pair's metric, bound on the model's outputs on its clean input
+    `clean_outputs` [1, ...] (of the positions from `outputs_from` on, or of every one;
+    read without gradients): the predicted token or class when the target names none,
+    and the clean next-token distribution of the KL metric."""
+    clean_outputs = clean_outputs.detach()
+    clean_target = bind_target(model, options.target, pair.clean, clean_outputs, outputs_from)
+    corrupted_target = None
+    if pair.corrupted is not None:
+        corrupted_target = replace(clean_target, position=pair.corrupted_metric_position)
+    log_probabilities = None
+    if options.metric == "kl_divergence":
+        assert clean_target.position is not None
+        logits = clean_outputs[0, clean_target.position - outputs_from].float()  # [vocab]
+        log_probabilities = torch.log_softmax(logits, dim=-1)
+    return PairMetric(options.metric, clean_target, corrupted_target, log_probabilities)
+
+
+def forward_baseline(model: LoadedModel, options: PatchingOptions, pair: EncodedPair, check: Check) -> PatchingPair:
+    """The pair's baseline from one forward of both runs without gradients (one batch of
+    two rows when they have one length: neither is then padded, so the rows cannot
+    interact): the metric bound on the clean run's outputs, both runs scored."""
+    check()
+    clean, corrupted = pair.clean, pair.corrupted
+    with torch.no_grad():
+        if corrupted is not None and corrupted.width == clean.width:
+            both = model.outputs(model.batch([clean.inputs[0], corrupted.inputs[0]]).model_inputs())
+            clean_outputs, corrupted_outputs = both[:1], both[1:]
+        else:
+            clean_outputs = model.outputs(clean.model_inputs())
+            corrupted_outputs = None if corrupted is None else model.outputs(corrupted.model_inputs())
+    metric = bind_metric(model, options, pair, clean_outputs)
+    clean_score = float(metric.scores(clean_outputs, clean.attention_mask, "clean")[0])
+    corrupted_score = clean_score
+    if corrupted is not None and corrupted_outputs is not None:
+        corrupted_score = float(metric.scores(corrupted_outputs, corrupted.attention_mask, "corrupted")[0])
+    return PatchingPair.scored(pair, metric, clean_score, corrupted_score)
 
 
 @dataclass(frozen=True)
@@ -138,8 +214,12 @@ class PatchingTechnique:
     # (model, options, pair) -> patched rows per forward it will run (the baseline reports it)
     rows_per_forward: Callable[[LoadedModel, PatchingOptions, PatchingPair], int] = lambda model, options, pair: 1
     # (model, options, pair): checks against the encoded pair (INVALID_ARGUMENT), for
-    # every pair before the stream header
-    validate: Callable[[LoadedModel, PatchingOptions, PatchingPair], None] = lambda model, options, pair: None
+    # every pair before any forward and the stream header
+    validate: Callable[[LoadedModel, PatchingOptions, EncodedPair], None] = lambda model, options, pair: None
+    # (model, options, pair, check) -> the pair with its metric bound and both runs scored,
+    # before the stream header: one forward of both runs, or the technique's own forwards
+    # (it keeps what its run needs in PatchingPair.prepared)
+    baseline: Callable[[LoadedModel, PatchingOptions, EncodedPair, Check], PatchingPair] = forward_baseline
 
 
 TECHNIQUES: dict[str, PatchingTechnique] = {}
@@ -162,12 +242,13 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> PatchingOpti
         require(not technique.needs_corrupted or pair.corrupted is not None, f"pairs[{index}].corrupted",
                 f"{query.method} patching needs a corrupted input in every pair")
     require(query.metric in PATCHING_METRICS, "metric", f"unknown metric {query.metric!r}; use {PATCHING_METRICS}")
+    target = query.target
     if query.metric == "kl_divergence":
         require(description.kind == "causal_lm", "metric",
                 f"kl_divergence compares next-token distributions; model {description.name!r} is a "
                 f"{description.kind}")
-    else:
-        check_target_kind(description, query.target)
+        target = target or TargetSpec(kind="next_token")  # where the distributions are compared
+    check_target_values(description, check_target_kind(description, target))
     require(query.direction in PATCH_DIRECTIONS, "direction", f"unknown direction; use {PATCH_DIRECTIONS}")
     points = tuple(dict.fromkeys(query.points)) or DEFAULT_POINTS
     unknown = [point for point in points if point not in PATCH_POINTS]
@@ -177,7 +258,8 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> PatchingOpti
     require(query.batch_size >= 0, "batch_size", f"must be >= 0 (0 picks automatically), got {query.batch_size}")
     options = PatchingOptions(
         method=query.method, metric=query.metric, points=points, direction=query.direction, layers=layers,
-        positions=query.positions, with_exact=query.with_exact, batch_size=query.batch_size, technique=None,
+        positions=query.positions, with_exact=query.with_exact, batch_size=query.batch_size, target=target,
+        technique=None,
     )
     return replace(options, technique=technique.prepare(description, query))
 
@@ -198,43 +280,22 @@ def _alignment(given: tuple[int, ...], clean: int, corrupted: int | None, field:
     return tuple(given)
 
 
-def _bind_metric(model: LoadedModel, query: PatchingQuery, options: PatchingOptions, clean: EncodedBatch,
-                 clean_outputs: torch.Tensor, corrupted: EncodedBatch | None, alignment: tuple[int, ...],
-                 field: str) -> PairMetric:
-    target_spec = query.target
-    if options.metric == "kl_divergence" and target_spec is None:
-        target_spec = TargetSpec(kind="next_token")
-    clean_target = bind_target(model, target_spec, clean, clean_outputs)
-    corrupted_target = None
-    if corrupted is not None:
-        position = clean_target.position
-        if position is not None:
-            mapped = alignment[position]
-            require(mapped >= 0, f"{field}.alignment",
-                    f"the metric's position {position} has no corrupted counterpart")
-            position = mapped
-        corrupted_target = replace(clean_target, position=position)
-    log_probabilities = None
-    if options.metric == "kl_divergence":
-        log_probabilities = torch.log_softmax(clean_outputs[0, clean_target.position].float(), dim=-1)
-    return PairMetric(options.metric, clean_target, corrupted_target, log_probabilities)
+def _metric_positions(options: PatchingOptions, clean_length: int, alignment: tuple[int, ...],
+                      has_corrupted: bool, field: str) -> tuple[int | None, int | None]:
+    """Where the metric reads the clean and the corrupted run, None for a target without
+    a position or a pair without a corrupted input (INVALID_ARGUMENT outside the clean
+    input, or where the alignment gives the position no counterpart)."""
+    clean = target_position(options.target, clean_length)
+    if clean is None or not has_corrupted:
+        return clean, None
+    corrupted = alignment[clean]
+    require(corrupted >= 0, f"{field}.alignment", f"the metric's position {clean} has no corrupted counterpart")
+    return clean, corrupted
 
 
-def _outputs(model: LoadedModel, clean: EncodedBatch, corrupted: EncodedBatch | None
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The model's outputs on the clean and the corrupted input: one forward of both rows
-    when they have one length (neither is then padded, so the rows cannot interact)."""
-    with torch.no_grad():
-        if corrupted is not None and corrupted.width == clean.width:
-            both = model.outputs(model.batch([clean.inputs[0], corrupted.inputs[0]]).model_inputs())
-            return both[:1], both[1:]
-        return (model.outputs(clean.model_inputs()),
-                None if corrupted is None else model.outputs(corrupted.model_inputs()))
-
-
-def encode_pairs(model: LoadedModel, query: PatchingQuery, options: PatchingOptions) -> list[PatchingPair]:
-    """Every pair encoded (INVALID_ARGUMENT naming the field for a bad input, length or
-    alignment), its metric bound and its two runs scored (one forward of both)."""
+def encode_pairs(model: LoadedModel, query: PatchingQuery, options: PatchingOptions) -> list[EncodedPair]:
+    """Every pair encoded and checked, without a forward (INVALID_ARGUMENT naming the
+    field for a bad input, length, alignment, position or metric position)."""
     pairs = []
     for index, spec in enumerate(query.pairs):
         field = f"pairs[{index}]"
@@ -243,27 +304,24 @@ def encode_pairs(model: LoadedModel, query: PatchingQuery, options: PatchingOpti
         clean_length = clean.inputs[0].length
         alignment = _alignment(spec.alignment, clean_length, None if corrupted is None else corrupted.inputs[0].length,
                                field)
-        clean_outputs, corrupted_outputs = _outputs(model, clean, corrupted)
-        metric = _bind_metric(model, query, options, clean, clean_outputs, corrupted, alignment, field)
-        clean_score = float(metric.scores(clean_outputs, clean.attention_mask, "clean")[0])
-        corrupted_score = clean_score
-        if corrupted is not None and corrupted_outputs is not None:
-            corrupted_score = float(metric.scores(corrupted_outputs, corrupted.attention_mask, "corrupted")[0])
+        metric_positions = _metric_positions(options, clean_length, alignment, corrupted is not None, field)
         positions = absolute_positions(options.positions, clean_length, "positions", "the clean input")
-        pairs.append(PatchingPair(index, clean, corrupted, alignment, positions, metric, clean_score, corrupted_score))
+        pairs.append(EncodedPair(index, clean, corrupted, alignment, positions, *metric_positions))
     return pairs
 
 
 def run(model: LoadedModel, query: PatchingQuery, options: PatchingOptions, sink: Sink) -> None:
-    """Encodes the pairs, then streams each pair's baseline and results, then the means."""
-    pairs = encode_pairs(model, query, options)
+    """Encodes and checks every pair, forwards each for its baseline, then streams the
+    header, each pair's baseline and results, then the means."""
     technique = TECHNIQUES[options.method]
-    for pair in pairs:
+    encoded = encode_pairs(model, query, options)
+    for pair in encoded:
         technique.validate(model, options, pair)
-    encoded = tuple(item for pair in pairs for item in (pair.clean.inputs[0],) + (
+    pairs = [technique.baseline(model, options, pair, sink.check) for pair in encoded]
+    inputs = tuple(item for pair in pairs for item in (pair.clean.inputs[0],) + (
         (pair.corrupted.inputs[0],) if pair.corrupted is not None else ()))
     description = model.description
-    sink.emit(StreamStart(description.name, description.fingerprint, encoded))
+    sink.emit(StreamStart(description.name, description.fingerprint, inputs))
     means = MeanOverPairs()
     for pair in pairs:
         sink.check()

@@ -52,7 +52,7 @@ from ..results import PatchingLayerResult
 from .heads import ScoringForward, rows_per_forward
 from .layer_stack import growing_batch
 from .patching import (
-    HOOK_POINTS, Check, PairMetric, PatchingOptions, PatchingPair,
+    HOOK_POINTS, Check, EncodedPair, PairMetric, PatchingOptions, PatchingPair,
     PatchingTechnique, float_array, register,
 )
 
@@ -103,7 +103,7 @@ def prepare(description: ModelDescription, query: PatchingQuery) -> None:
     where the hook registry is known)."""
 
 
-def validate(model: LoadedModel, options: PatchingOptions, pair: PatchingPair) -> None:
+def validate(model: LoadedModel, options: PatchingOptions, pair: EncodedPair) -> None:
     """The model must offer every requested patch point (its modules found at load)."""
     missing = [point for point in options.points if HOOK_POINTS[point] not in model.hooks.available]
     require(not missing, "points", f"model {model.name!r} offers no patch points {missing} (their modules were "
