@@ -49,15 +49,16 @@ class PrefixKeys:
 
     record: _Record
     start: int | None = None
+    row: int = 0  # the batch row recorded
 
     @classmethod
-    def recording(cls) -> PrefixKeys:
-        """An empty record, filled by the next forward it is active in."""
-        return cls(_Record())
+    def recording(cls, row: int = 0) -> PrefixKeys:
+        """An empty record of batch row `row`, filled by the next forward it is active in."""
+        return cls(_Record(), row=row)
 
     def from_position(self, start: int) -> PrefixKeys:
         """The record serving forwards of positions `start`.. of the recorded input."""
-        return PrefixKeys(self.record, start)
+        return PrefixKeys(self.record, start, self.row)
 
     def attend(self, layer: int, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
                has_position_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -68,9 +69,11 @@ class PrefixKeys:
             raise PrefixUnsupported("attention with a position bias")
         record = self.record
         if self.start is None:
-            record.keys[layer] = key[:1]
-            record.values[layer] = value[:1]
-            record.masks[layer] = None if attention_mask is None else attention_mask[:1]
+            row = slice(self.row, self.row + 1)
+            record.keys[layer] = key[row]
+            record.values[layer] = value[row]
+            mask_row = row if attention_mask is not None and attention_mask.shape[0] > 1 else slice(0, 1)
+            record.masks[layer] = None if attention_mask is None else attention_mask[mask_row]
             return key, value, attention_mask
         start, batch = self.start, key.shape[0]
         total = start + key.shape[2]  # the suffix may end before the recorded input does

@@ -53,7 +53,7 @@ from .heads import ScoringForward, rows_per_forward
 from .layer_stack import growing_batch
 from .patching import (
     HOOK_POINTS, Check, EncodedPair, PairMetric, PatchingOptions, PatchingPair,
-    PatchingTechnique, float_array, register,
+    PatchingTechnique, bind_metric, float_array, forward_baseline, register,
 )
 
 # Patch points that act after layer L's attention: their rows can join at its output projection.
@@ -148,11 +148,12 @@ def run(model: LoadedModel, options: PatchingOptions, pair: PatchingPair,
     layer order, each sent once all its rows have run."""
     setup = _setup(model, options, pair)
     patched_run, forward, metric, plans = setup.patched_run, setup.forward, setup.metric, setup.plans
-    wanted = {(HOOK_POINTS[plan.point], plan.layer) for plan in plans}
-    activations = collect(model, setup.source.model_inputs(), wanted)
+    runs = pair.prepared if isinstance(pair.prepared, BothRuns) else None
+    activations = runs.source if runs is not None else collect(model, setup.source.model_inputs(),
+                                                                wanted_points(options))
     base = pair.corrupted_score if patched_run == "corrupted" else pair.clean_score
     values = [torch.full((int(torch.Size(plan.shape).numel()),), base) for plan in plans]  # flattened
-    chunks = forward_chunks(model, forward, setup.patches, activations, wanted, setup.per_forward)
+    chunks = forward_chunks(model, forward, setup.patches, activations, setup.per_forward, runs, options)
     remaining = Counter(patch.plan for chunk in chunks for patch in chunk.patches)
     sent = 0
     for chunk in chunks:
@@ -180,18 +181,22 @@ class Chunk:
 
 
 def forward_chunks(model: LoadedModel, forward: ScoringForward, patches: Sequence[Patch], activations: Activations,
-                   wanted: set[tuple[str, int]], per_forward: int) -> list[Chunk]:
+                   per_forward: int, runs: BothRuns | None, options: PatchingOptions) -> list[Chunk]:
     """The forwards the patches run in, `per_forward` rows each.
 
     Where the model reuses prefixes (and the metric reads the last position), the patched
-    run's own activations and keys and values are recorded in one forward; a patch
-    whose source values equal them at every position it replaces changes nothing and
-    needs no row (its slot keeps the unpatched score), and the others run in order of
-    the first position they change, each forward starting at its patches' earliest."""
+    run's own activations and keys and values are recorded (by the baseline's forward,
+    `runs`, else in one forward here); a patch whose source values equal them at every
+    position it replaces changes nothing and needs no row (its slot keeps the unpatched
+    score), and the others run in order of the first position they change, each forward
+    starting at its patches' earliest."""
     if not (model.hooks.prefix_reuse and forward.target.position is not None and patches):
         return [Chunk(tuple(patches[start : start + per_forward])) for start in range(0, len(patches), per_forward)]
-    recorded = PrefixKeys.recording()
-    own = collect(model, forward.arguments, wanted, recorded)
+    if runs is not None:
+        own, recorded = runs.own, runs.prefix
+    else:
+        recorded = PrefixKeys.recording()
+        own = collect(model, forward.arguments, wanted_points(options), recorded)
     changes = changed_moves(patches, activations, own)
     firsts = {index: first for index, patch in enumerate(patches)
               if (first := first_change(patch, changes)) is not None}
@@ -274,11 +279,16 @@ def plan_patches(options: PatchingOptions, pair: PatchingPair, moves: Mapping[in
     return plans, patches
 
 
-def collect(model: LoadedModel, arguments: Mapping[str, torch.Tensor], wanted: set[tuple[str, int]],
-            prefix: PrefixKeys | None = None) -> Activations:
-    """Row 0's activations at the (hook point, layer)s wanted, from one forward of the
-    model's trunk: [tokens, hidden] for residual points, [tokens, heads, head_dim] for
-    attn.z (and its keys and values recorded in `prefix`, when given)."""
+def wanted_points(options: PatchingOptions) -> set[tuple[str, int]]:
+    """The (hook point, layer)s whose activations the request's patches replace."""
+    return {(HOOK_POINTS[point], layer) for point in options.points for layer in options.layers}
+
+
+def storing_hooks(wanted: set[tuple[str, int]], prefix: PrefixKeys | None = None
+                  ) -> tuple[hooks.HookSet, dict[tuple[str, int], torch.Tensor]]:
+    """A hook set storing every row's activations at the (hook point, layer)s wanted
+    ([rows, tokens, hidden], attn.z [rows, tokens, heads, head_dim]) in the dict it
+    returns, and recording keys and values in `prefix` when given."""
     stored: dict[tuple[str, int], torch.Tensor] = {}
     by_point: dict[str, set[int]] = defaultdict(set)
     for point, layer in wanted:
@@ -286,15 +296,64 @@ def collect(model: LoadedModel, arguments: Mapping[str, torch.Tensor], wanted: s
 
     def store_at(point: str) -> hooks.Hook:
         def store(layer: int, value: torch.Tensor) -> None:
-            stored[(point, layer)] = value[0].clone()
+            stored[(point, layer)] = value.clone()
 
         return store
 
     hookset = hooks.HookSet({point: store_at(point) for point in by_point},
                             {point: frozenset(layers) for point, layers in by_point.items()}, prefix)
+    return hookset, stored
+
+
+def collect(model: LoadedModel, arguments: Mapping[str, torch.Tensor], wanted: set[tuple[str, int]],
+            prefix: PrefixKeys | None = None) -> Activations:
+    """Row 0's activations at the (hook point, layer)s wanted, from one forward of the
+    model's trunk: [tokens, hidden] for residual points, [tokens, heads, head_dim] for
+    attn.z (and its keys and values recorded in `prefix`, when given)."""
+    hookset, stored = storing_hooks(wanted, prefix)
     with model.hooks.active(hookset), torch.inference_mode():
         model.run_trunk(arguments)
-    return stored
+    return {key: value[0] for key, value in stored.items()}
+
+
+@dataclass(frozen=True)
+class BothRuns:
+    """What the baseline's one forward of both runs keeps for the patching run: the
+    source run's activations, the patched run's own, and its keys and values."""
+
+    source: Activations
+    own: Activations
+    prefix: PrefixKeys
+
+
+def baseline(model: LoadedModel, options: PatchingOptions, pair: EncodedPair, check: Check) -> PatchingPair:
+    """The pair's baseline. Where patching will reuse prefixes (a causal model verified
+    at load, a metric at a position, runs of one length), the one forward of both runs
+    that scores them also stores both runs' activations and the patched run's keys and
+    values (BothRuns), and keeps logits from the metric's position on only; otherwise
+    the shared baseline forward."""
+    clean, corrupted = pair.clean, pair.corrupted
+    positions = (pair.clean_metric_position, pair.corrupted_metric_position)
+    if not (model.hooks.prefix_reuse and corrupted is not None and corrupted.width == clean.width
+            and None not in positions):
+        return forward_baseline(model, options, pair, check)
+    check()
+    denoising = options.direction == "denoising"
+    patched_row = 1 if denoising else 0  # rows: clean, corrupted
+    recorded = PrefixKeys.recording(patched_row)
+    hookset, stored = storing_hooks(wanted_points(options), recorded)
+    outputs_from = min(position for position in positions if position is not None)
+    with model.hooks.active(hookset), torch.inference_mode():
+        outputs = model.outputs(model.batch([clean.inputs[0], corrupted.inputs[0]]).model_inputs(),
+                                last_positions=clean.width - outputs_from)
+    clean_outputs, corrupted_outputs = outputs[:1], outputs[1:]
+    metric = bind_metric(model, options, pair, clean_outputs, outputs_from)
+    clean_score = float(metric.scores(clean_outputs, clean.attention_mask, "clean", outputs_from)[0])
+    corrupted_score = float(metric.scores(corrupted_outputs, corrupted.attention_mask, "corrupted", outputs_from)[0])
+    source_row = 1 - patched_row
+    runs = BothRuns({key: value[source_row] for key, value in stored.items()},
+                    {key: value[patched_row] for key, value in stored.items()}, recorded)
+    return PatchingPair.scored(pair, metric, clean_score, corrupted_score, runs)
 
 
 def patched_scores(forward: ScoringForward, metric: PairMetric, run: str, chunk: Chunk,
@@ -374,4 +433,5 @@ def layer_result(pair: PatchingPair, plan: LayerPlan, values: torch.Tensor) -> P
     )
 
 
-TECHNIQUE = register(PatchingTechnique("activation", prepare, run, rows_per_forward=batch_rows, validate=validate))
+TECHNIQUE = register(PatchingTechnique("activation", prepare, run, rows_per_forward=batch_rows, validate=validate,
+                                       baseline=baseline))
