@@ -357,6 +357,18 @@ def _first_line(error: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
+def _contiguous_head_input(model: PreTrainedModel) -> None:
+    """Makes the output embeddings' input contiguous. `logits_to_keep` hands the LM head
+    a strided slice [batch, kept, hidden] of the last hidden states, which torch
+    multiplies as a batched matmul per row: 6x slower than on a contiguous copy for 49
+    rows of one position, 256 wide, 30522 words, on the CPU."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Module):
+        head.register_forward_pre_hook(
+            lambda _module, args: (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor)
+            and not args[0].is_contiguous() else None)
+
+
 def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, processors: dict[str, Processor],
           device: torch.device, started: float) -> LoadedModel:
     """Finds the model's layers and hook points, proves parity with eager attention and
@@ -379,6 +391,7 @@ def _wrap(spec: ModelSpec, model: PreTrainedModel, kind: ModelKind, processors: 
     modules = discovery.layer_modules(model, kind, inputs, intermediate_size or None, hidden_size)
     registry = hooks.ModelHooks(modules, num_heads)
     registry.install()
+    _contiguous_head_input(model)
     registry.growth = discovery.verify_growth(registry, kind, model, inputs)
     registry.prefix_reuse = discovery.verify_prefix_reuse(registry, kind, model, inputs)
     registry.last_position_mlp = discovery.verify_last_position_mlp(registry, kind, model, inputs)
