@@ -316,3 +316,26 @@ def reference_pixel_values(vision_dirs: dict[str, Path], name: str, image):  # t
 
     processor = AutoImageProcessor.from_pretrained(vision_dirs[name])
     return processor(images=image, return_tensors="pt")["pixel_values"]
+
+
+def patching_layers(model: Any, query: Any) -> list[Any]:
+    """StreamPatching's per-(point, layer) results (PatchingLayerResult) of `query` run in
+    process on a LoadedModel, in the order they are sent."""
+    from introspect.methods import method_for
+    from introspect.results import PatchingLayerResult
+
+    class Sink:
+        def __init__(self) -> None:
+            self.layers: list[PatchingLayerResult] = []
+
+        def emit(self, item: object) -> None:
+            if isinstance(item, PatchingLayerResult):
+                self.layers.append(item)
+
+        def check(self) -> None:
+            pass
+
+    sink = Sink()
+    method = method_for(query)
+    method.run(model, query, method.prepare(model.description, query), sink)
+    return sink.layers

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from architectures import CASES_BY_TYPE, build_tiny_model, minilm_tokenizer
-from conftest import InProcessServer, reference_model
+from conftest import InProcessServer, patching_layers, reference_model
 from introspect_client import targets
 from introspect_contract import pb, pb_grpc
 from introspect_contract.tensors import decode_tensor
@@ -460,10 +460,8 @@ def test_one_row_per_forward_and_automatic_batches_agree(address: str) -> None:
 def test_every_way_of_growing_the_batch_gives_the_same_values(model_dirs: dict[str, Path], growth: str) -> None:
     """The same patches with the rows joining at resid.pre only, or running from the start."""
     from introspect.config import ModelSpec
-    from introspect.methods import method_for
     from introspect.models import load_model
     from introspect.requests import InputPairSpec, InputSpec, PatchingQuery, TargetSpec
-    from introspect.results import PatchingLayerResult
 
     model = load_model(ModelSpec("gpt2", model_dirs["gpt2"]), torch.device("cpu"), "float32")
     assert model.hooks.growth == "projection"
@@ -471,24 +469,10 @@ def test_every_way_of_growing_the_batch_gives_the_same_values(model_dirs: dict[s
                                                              InputSpec(token_ids=tuple(CORRUPTED))),),
                           target=TargetSpec("next_token", token_id=2154), points=POINTS)
 
-    class Sink:
-        def __init__(self) -> None:
-            self.layers: list[PatchingLayerResult] = []
-
-        def emit(self, item: object) -> None:
-            if isinstance(item, PatchingLayerResult):
-                self.layers.append(item)
-
-        def check(self) -> None:
-            pass
-
     results = {}
     for mode in ("projection", growth):
         model.hooks.growth = mode
-        sink = Sink()
-        method = method_for(query)
-        method.run(model, query, method.prepare(model.description, query), sink)  # type: ignore[arg-type]
-        results[mode] = sink.layers
+        results[mode] = patching_layers(model, query)
     for grown, other in zip(results["projection"], results[growth], strict=True):
         assert (grown.point, grown.layer) == (other.point, other.layer)
         np.testing.assert_allclose(other.values.values, grown.values.values, rtol=0, atol=1e-5)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from architectures import CASES_BY_TYPE, build_tiny_model, minilm_tokenizer
+from conftest import patching_layers
 
 TOKENS = [101, 2023, 3185, 2003, 1037, 2204, 2154, 1996, 4937, 2003, 2919, 102]  # 12 > mistral's window of 4
 
@@ -94,9 +95,7 @@ def test_the_final_mlp_on_the_last_position_keeps_the_last_logits_where_verified
 def test_patching_values_are_the_same_with_and_without_the_shortcuts(loaded: dict[str, tuple[Any, Any]]) -> None:
     """Activation patching on mistral (sliding window) with both shortcuts, and with every
     row running the whole input and the whole final MLP."""
-    from introspect.methods import method_for
     from introspect.requests import InputPairSpec, InputSpec, PatchingQuery, TargetSpec
-    from introspect.results import PatchingLayerResult
 
     model, _ = loaded["mistral"]
     corrupted = list(TOKENS)
@@ -106,24 +105,10 @@ def test_patching_values_are_the_same_with_and_without_the_shortcuts(loaded: dic
                           target=TargetSpec("next_token", token_id=2154),
                           points=("resid_pre", "resid_post", "attn_out", "mlp_out", "head", "head_position"))
 
-    class Sink:
-        def __init__(self) -> None:
-            self.layers: list[PatchingLayerResult] = []
-
-        def emit(self, item: object) -> None:
-            if isinstance(item, PatchingLayerResult):
-                self.layers.append(item)
-
-        def check(self) -> None:
-            pass
-
     results = {}
     for shortcuts in (True, False):
         model.hooks.prefix_reuse = model.hooks.last_position_mlp = shortcuts
-        sink = Sink()
-        method = method_for(query)
-        method.run(model, query, method.prepare(model.description, query), sink)  # type: ignore[arg-type]
-        results[shortcuts] = sink.layers
+        results[shortcuts] = patching_layers(model, query)
     model.hooks.prefix_reuse = model.hooks.last_position_mlp = True
     for fast, slow in zip(results[True], results[False], strict=True):
         assert (fast.point, fast.layer) == (slow.point, slow.layer)
