@@ -494,8 +494,8 @@ def test_bad_requests_are_refused_naming_the_field(stub: pb_grpc.IntrospectionSt
 
 def test_every_pair_is_checked_before_the_stream_starts(stub: pb_grpc.IntrospectionStub) -> None:
     """A bad second pair (the metric's position without a corrupted counterpart) is
-    refused before any message: attribution forwards each pair for its baseline before
-    the header, and every pair is encoded and checked before the first is forwarded."""
+    refused before any message: every pair is encoded and checked before the header and
+    before the first is forwarded."""
     request = pb.StreamPatchingRequest(
         model="gpt2", method=PATCHING_METHOD.number("attribution"), target=next_token(),
         pairs=[input_pair(CLEAN, CORRUPTED), input_pair(CLEAN, CORRUPTED + (102,), (0, 1, 2, 3, 4, 5, -1))],

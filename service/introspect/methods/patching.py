@@ -4,15 +4,17 @@ attention knockout on (clean, corrupted) input pairs, as one streaming RPC.
 This module is the RPC's method: it validates the query, encodes and checks every pair
 (its inputs, alignment, positions and the metric's position in each run), lets the
 technique the request names (one module each: patching_activation,
-patching_attribution, logit_attribution, knockout) check every pair, then forwards each
-pair for its baseline: the metric bound (the request's target, or the KL divergence from
-the clean run's next-token distribution) and both runs scored. Only then does the stream
-start: the header, then per pair its baseline and the technique's results, then the
-means over pairs.
+patching_attribution, logit_attribution, knockout) check every pair, and only then
+starts the stream: the header, then per pair its baseline (the metric bound: the
+request's target, or the KL divergence from the clean run's next-token distribution;
+both runs scored) and the technique's results, then the means over pairs. Nothing after
+the header can be refused as INVALID_ARGUMENT.
 
 The baseline forward is one forward of both runs without gradients, unless the technique
 forwards the pair itself (PatchingTechnique.baseline): attribution patching binds the
-metric and scores both runs from its own forwards, so a pair is forwarded once.
+metric and scores both runs from its own forwards, and activation patching's forward
+also stores both runs' activations, so a pair is forwarded once. Baselines run one pair
+at a time, just before the pair's results, so what they keep is held for one pair.
 
 Positions: results are indexed by clean positions. Pairs of equal length align position
 by position; otherwise the pair gives an alignment (per clean position, the corrupted
@@ -317,21 +319,23 @@ def run(model: LoadedModel, query: PatchingQuery, options: PatchingOptions, sink
     encoded = encode_pairs(model, query, options)
     for pair in encoded:
         technique.validate(model, options, pair)
-    pairs = [technique.baseline(model, options, pair, sink.check) for pair in encoded]
-    inputs = tuple(item for pair in pairs for item in (pair.clean.inputs[0],) + (
+    inputs = tuple(item for pair in encoded for item in (pair.clean.inputs[0],) + (
         (pair.corrupted.inputs[0],) if pair.corrupted is not None else ()))
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, inputs))
     means = MeanOverPairs()
-    for pair in pairs:
+    for encoded_pair in encoded:
         sink.check()
+        # one pair at a time: what a technique's baseline keeps for its run (activations
+        # of both runs, for activation patching) is held for that pair only
+        pair = technique.baseline(model, options, encoded_pair, sink.check)
         sink.emit(PatchingBaselineResult(pair.index, pair.clean_score, pair.corrupted_score, options.metric,
                                          description.num_layers, description.num_heads,
                                          batch_size=technique.rows_per_forward(model, options, pair)))
         for result in technique.run(model, options, pair, sink.check):
             means.add(result)
             sink.emit(result)
-    if len(pairs) > 1:
+    if len(encoded) > 1:
         for result in means.results():
             sink.emit(result)
 

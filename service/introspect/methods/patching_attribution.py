@@ -24,8 +24,8 @@ nothing to a head's sum.
 
 Values are R's metric (the pair's baseline score of that run) plus the change, so they
 read like exact patching's "metric with the patch", and are normalised the same way
-(pair.normalized). The forwards and the backward run for the baseline, before the stream
-header (patching.run); the estimates are reduced to one value per spot there and kept
+(pair.normalized). The forwards and the backward run for the pair's baseline, just
+before its results (patching.run); the estimates are reduced to one value per spot there and kept
 with the pair (PatchingPair.prepared), not the activations and gradients, and streamed by
 `run`. With `with_exact` the exact activation patching results of the same points and
 layers follow (technique "activation", its own forwards), then per point the correlation
