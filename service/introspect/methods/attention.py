@@ -4,15 +4,14 @@
 
 Memory bound: the maps of one layer are computed in the attention function while the
 forward passes it and handed off at once; with a row range only those rows are computed
-(probe.py, `HookSet.probability_rows`), the layer's output coming from SDPA. Per input
-and requested layer, let M = heads_or_1 x rows x keys_or_k x 4 bytes (float32). The
-server holds at most (engine.HANDOFF_ITEMS + 2) x M of returned maps (the one being
-built on the worker, HANDOFF_ITEMS waiting, one being chunked onto the wire) plus the
-transient of the layer being computed: the probabilities of all requested heads over the
-rows and their scores, at most ATTENTION_TRANSIENT_MAPS maps of [batch, heads, rows,
-keys] float32. Nothing scales with the number of layers, except rollout, which keeps its
-running [tokens, tokens] product (and computes every row), and the result cache, which
-stores a result up to its entry size limit. Tested in tests/test_attention_long.py.
+(probe.py, `HookSet.probability_rows`), the layer's output coming from SDPA. With M the
+bytes of one layer's probabilities, [batch, heads, rows, keys] float32, the maps alive
+at once are at most `map_memory_bound(M)` = (engine.HANDOFF_ITEMS + 2 + TRANSIENT_MAPS)
+x M: the result blocked in emit on the worker, HANDOFF_ITEMS waiting for the caller, one
+being chunked onto the wire, and the transient of the layer being computed. Nothing
+scales with the number of layers, except rollout, which keeps its running [tokens,
+tokens] product (and computes every row), and the result cache, which collects a result
+up to --cache-max-value-bytes. Tested in tests/test_attention_long.py.
 
 Rollout: Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers".
 Mean attention distance: Dosovitskiy et al. (2021), "An Image is Worth 16x16 Words", fig. 7.
@@ -27,7 +26,7 @@ import torch
 
 from .. import hooks
 from ..budget import DTYPE_BYTES, Footprint, activation_bytes, output_bytes
-from ..engine import Sink
+from ..engine import HANDOFF_ITEMS, Sink
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
@@ -36,6 +35,18 @@ from ..wire import to_wire
 from .registry import Method
 from .selection import unique_in_range
 from .reductions import head_max, head_mean, mean_attention_distance, patch_centres, residual_attention, rollout_step
+
+
+TRANSIENT_MAPS = 3
+"""Maps of the layer being computed alive at once, beyond those held: its scores and
+their successor (scaled, masked, softmaxed), and a copy when heads are selected or
+padding is cut."""
+
+
+def map_memory_bound(map_bytes: int) -> int:
+    """Bytes of attention maps a call holds at most, for `map_bytes` the bytes of one
+    layer's probabilities [batch, heads, rows, keys] float32 (module docstring)."""
+    return (HANDOFF_ITEMS + 2 + TRANSIENT_MAPS) * map_bytes
 
 
 @dataclass(frozen=True)
