@@ -134,7 +134,10 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
             f"model {model.name!r} has no [CLS] token whose row could be laid out over the patches")
     rows = [query_rows(options, item.length) for item in batch.inputs]  # [start, end) per input
     model.budget.check_batch_tokens(len(batch.inputs), batch.width, "inputs")
-    model.budget.require(footprint(model.description, [item.length for item in batch.inputs], options, rows))
+    # Rollout multiplies whole maps: it computes every row and returns the asked ones.
+    computed = (0, batch.width) if options.view == "rollout" else (min(r[0] for r in rows), max(r[1] for r in rows))
+    model.budget.require(footprint(model.description, [item.length for item in batch.inputs], options, rows,
+                                   computed[1] - computed[0]))
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
 
@@ -145,9 +148,6 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
     last_layer = max(options.layers_computed)
     centres = None if layout is None else patch_centres(layout.grid_rows, layout.grid_columns, layout.patch_height,
                                                         layout.patch_width)
-
-    # Rollout multiplies whole maps: it computes every row and returns the asked ones.
-    computed = (0, batch.width) if options.view == "rollout" else (min(r[0] for r in rows), max(r[1] for r in rows))
 
     def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
         # probabilities: [batch, heads, computed rows, key] float32 (query rows computed[0]...)
@@ -187,11 +187,12 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
 
 
 def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions,
-              rows: list[tuple[int, int]] | None = None) -> Footprint:
-    """One padded forward of every input (it cannot be split), plus the maps returned:
-    per input and requested layer [heads or 1, rows, tokens or top_k] values (and int32
-    key indices with top_k), and rollout's running product. `rows`: each input's query
-    rows [start, end) (default: all)."""
+              rows: list[tuple[int, int]] | None = None, computed_rows: int | None = None) -> Footprint:
+    """One padded forward of every input (it cannot be split) computing `computed_rows`
+    query rows of the probabilities (default: all), plus the maps returned: per input and
+    requested layer [heads or 1, rows, tokens or top_k] values (and int32 key indices with
+    top_k), and rollout's running product. `rows`: each input's query rows [start, end)
+    (default: all)."""
     width = max(lengths)
     heads = len(options.heads) if options.view in ("heads", "mean_distance") else 1
     value_bytes = DTYPE_BYTES[options.dtype] + (4 if options.top_k else 0)
@@ -201,10 +202,12 @@ def footprint(description: ModelDescription, lengths: list[int], options: Attent
     rollout = sum(2 * length * length * 4 for length in lengths) if options.view == "rollout" else 0
     return Footprint(
         fixed=returned + rollout,
-        per_row=activation_bytes(description, width, gradients=False) + output_bytes(description, width, positions=0),
+        per_row=activation_bytes(description, width, gradients=False, attention_rows=computed_rows)
+        + output_bytes(description, width, positions=0),
         rows=len(lengths),
         field="inputs",
-        advice="send fewer or shorter inputs, or ask for fewer layers or heads, a reduced view, top_k or float16",
+        advice="send fewer or shorter inputs, or ask for fewer layers or heads, a query row range "
+               "(query_start/query_end), a reduced view, top_k or float16",
     )
 
 
