@@ -87,7 +87,7 @@ def test_size_limits_name_the_field(small_budget_client: Client, call: Callable[
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        # every map of 20 inputs of 128 tokens: 6 x 12 x 128 x 128 x 4 bytes each, 94 MB returned
+        # maps of 20 inputs of 128 tokens: 12 x 128 x 128 x 4 bytes each, 4 layers held at once: 63 MB
         (lambda c: c.attention([" ".join(WORDS[:126])] * 20), "inputs"),
         # integrated gradients on 500 tokens: one row's activations alone exceed 16 MiB
         (lambda c: c.saliency(" ".join(WORDS[:140] * 4)[:2400], target=targets.embedding_norm(), steps=8), "input"),

@@ -189,19 +189,19 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
 def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions,
               rows: list[tuple[int, int]] | None = None, computed_rows: int | None = None) -> Footprint:
     """One padded forward of every input (it cannot be split) computing `computed_rows`
-    query rows of the probabilities (default: all), plus the maps returned: per input and
-    requested layer [heads or 1, rows, tokens or top_k] values (and int32 key indices with
-    top_k), and rollout's running product. `rows`: each input's query rows [start, end)
-    (default: all)."""
+    query rows of the probabilities (default: all), plus the returned maps held at once:
+    those of HANDOFF_ITEMS + 2 layers at most (module docstring), each per input [heads
+    or 1, rows, tokens or top_k] values (and int32 key indices with top_k), and rollout's
+    running product. `rows`: each input's query rows [start, end) (default: all)."""
     width = max(lengths)
     heads = len(options.heads) if options.view in ("heads", "mean_distance") else 1
     value_bytes = DTYPE_BYTES[options.dtype] + (4 if options.top_k else 0)
     spans = [end - start for start, end in rows] if rows is not None else lengths
-    returned = sum(len(options.layers) * heads * span * (options.top_k or length) * value_bytes
-                   for span, length in zip(spans, lengths))
+    layer_maps = sum(heads * span * (options.top_k or length) * value_bytes for span, length in zip(spans, lengths))
+    held = min(len(options.layers), HANDOFF_ITEMS + 2) * layer_maps
     rollout = sum(2 * length * length * 4 for length in lengths) if options.view == "rollout" else 0
     return Footprint(
-        fixed=returned + rollout,
+        fixed=held + rollout,
         per_row=activation_bytes(description, width, gradients=False, attention_rows=computed_rows)
         + output_bytes(description, width, positions=0),
         rows=len(lengths),
