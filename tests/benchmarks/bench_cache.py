@@ -13,7 +13,8 @@ float16) weigh about 1, 2 and 4 MB.
   compute  CachePolicy BYPASS: computed and streamed, the cache untouched (reference)
   hit      CachePolicy USE on a stored result: replayed
   raw hit  the same hit received with the raw stub (messages parsed, not assembled),
-           as the floor receives: what the server adds to the transport
+           as the floor receives: what the server adds to the transport; raw hits and
+           floor calls alternate, so both see the same load
   floor    the same message sizes streamed by a bare grpc.aio server that sends
            pre-serialized bytes, received with the raw stub: gRPC transport alone
 
@@ -44,7 +45,7 @@ from introspect_client import Client, attention_request  # noqa: E402
 from introspect_contract import pb  # noqa: E402
 from introspect_contract import pb_grpc  # noqa: E402
 from services import RedisServer  # noqa: E402
-from timing import markdown_table, measure, percentile_ms  # noqa: E402
+from timing import markdown_table, measure, measure_interleaved, percentile_ms  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 HEADS = 12
@@ -81,27 +82,27 @@ def serve_bytes(sizes: list[int]) -> None:
     asyncio.run(run())
 
 
-def floor_timings(sizes: list[int], repeats: int) -> list[float]:
-    """Seconds per call of the floor server streaming `sizes`, through the raw stub."""
+def raw_hit_and_floor_timings(
+    address: str, request: pb.StreamAttentionRequest, sizes: list[int], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per hit received with the raw stub (parsed messages, no assembly), and per
+    call of the floor server streaming `sizes` through the raw stub, interleaved."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve-bytes", ",".join(map(str, sizes))], stdout=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None
         port = process.stdout.readline().strip()
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=MAX_RECEIVE) as channel:
-            stub = pb_grpc.IntrospectionStub(channel)
-            return measure(lambda: list(stub.StreamAttention(pb.StreamAttentionRequest())), repeats, warmup=3)
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=MAX_RECEIVE) as floor_channel, \
+                grpc.insecure_channel(address, options=MAX_RECEIVE) as channel:
+            floor_stub, stub = pb_grpc.IntrospectionStub(floor_channel), pb_grpc.IntrospectionStub(channel)
+            hits, floor = measure_interleaved([lambda: list(stub.StreamAttention(request)),
+                                               lambda: list(floor_stub.StreamAttention(pb.StreamAttentionRequest()))],
+                                              repeats, warmup=3)
+            return hits, floor
     finally:
         process.kill()
         process.wait()
-
-
-def raw_hit_timings(address: str, request: pb.StreamAttentionRequest, repeats: int) -> list[float]:
-    """Seconds per hit received with the raw stub (parsed messages, no assembly)."""
-    with grpc.insecure_channel(address, options=MAX_RECEIVE) as channel:
-        stub = pb_grpc.IntrospectionStub(channel)
-        return measure(lambda: list(stub.StreamAttention(request)), repeats, warmup=3)
 
 
 def redis_part_timings(redis_server: RedisServer, new_keys: set[bytes], repeats: int) -> tuple[list[float], list[float]]:
@@ -160,9 +161,8 @@ def main() -> None:
                     misses = measure(lambda: call("refresh"), arguments.repeats)
                     computes = measure(lambda: call("bypass"), arguments.repeats)
                     hits = measure(lambda: call("use"), arguments.repeats * 2)
-                    raw_hits = raw_hit_timings(server.address, attention_request(text, cache="use", **options),
-                                               arguments.repeats * 2)
-                    floor = floor_timings(sizes, arguments.repeats * 2)
+                    raw_hits, floor = raw_hit_and_floor_timings(
+                        server.address, attention_request(text, cache="use", **options), sizes, arguments.repeats * 2)
                     miss_p50, hit_p50 = percentile_ms(misses, 0.5), percentile_ms(hits, 0.5)
                     raw_p50, floor_p50 = percentile_ms(raw_hits, 0.5), percentile_ms(floor, 0.5)
                     if backend == "memory":
