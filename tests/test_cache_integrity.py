@@ -109,6 +109,30 @@ async def test_memory_backend_never_serves_a_tampered_value() -> None:
     await cache.close()
 
 
+async def test_memory_values_are_hashed_once_per_stored_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    from introspect.cache import integrity
+
+    hashed: list[str] = []
+    real_tag = integrity.tag
+    monkeypatch.setattr(integrity, "tag", lambda secret, key, value: hashed.append(key) or real_tag(secret, key, value))
+    inner = MemoryBackend(100)
+    sealed = SealedBackend(inner, CacheSecrets(CURRENT))
+    await sealed.set("a", b"x" * 40, 60)
+    assert hashed == ["a"]  # sealing
+    for _ in range(3):
+        assert await sealed.get("a") == b"x" * 40
+    assert hashed == ["a"]  # the object this backend sealed is not hashed again
+    genuine = inner._entries["a"][0]
+    inner._entries["a"] = (genuine[:1] + genuine[1:], inner._entries["a"][1])  # an equal value, another object
+    assert await sealed.get("a") == b"x" * 40 and hashed == ["a", "a"]  # checked once...
+    assert await sealed.get("a") == b"x" * 40 and hashed == ["a", "a"]  # ...then trusted
+    inner._entries["a"] = (flipped(genuine), inner._entries["a"][1])
+    assert await sealed.get("a") is None and "a" not in inner._entries  # another object: checked, rejected
+    await sealed.set("b", b"y" * 40, 60)
+    await sealed.set("c", b"z" * 40, 60)  # evicts b (budget 100 bytes, 72 each)
+    assert await sealed.get("b") is None and sealed._checked_objects.keys() == {"c"}  # nothing kept for b
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server that requires a password; servers get the current and previous secret."""

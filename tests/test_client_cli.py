@@ -480,6 +480,26 @@ def test_cli_attention_summary_names_the_most_attended_key(served: InProcessServ
         assert float(probability.strip("()")) == pytest.approx(float(matrix[row].max()), abs=1e-3)
 
 
+def test_cli_attention_row_range_json_summary_and_png(served: InProcessServer, reference: Reference,
+                                                      tmp_path: Path) -> None:
+    arguments = ("attention", "--server", served.address, "--text", SHORT_TEXT, "--layer", "3",
+                 "--query-start", "2", "--query-end", "-1")
+    expected = reference.attentions(SHORT_TEXT)[3].mean(axis=0)[2:-1]  # [rows 2..n-2, keys]
+    finished = run_cli(*arguments, "--json")
+    assert finished.returncode == 0, finished.stderr
+    document = json.loads(finished.stdout)
+    assert document["query_start"] == 2
+    np.testing.assert_allclose(np.array(document["layers"]["3"], dtype=np.float32)[0], expected, atol=TOLERANCE)
+    finished = run_cli(*arguments)
+    assert finished.returncode == 0, finished.stderr
+    rows = [line.split() for line in finished.stdout.splitlines() if "->" in line and line.split()[0].isdigit()]
+    assert [int(row[0]) for row in rows] == list(range(2, 2 + len(expected)))
+    assert [int(row[3]) for row in rows] == [int(key) for key in np.argmax(expected, axis=-1)]
+    finished = run_cli(*arguments, "--png", str(tmp_path / "rows.png"))
+    assert finished.returncode == 0, finished.stderr
+    assert (tmp_path / "rows.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_cli_attention_png_is_a_readable_heatmap(served: InProcessServer, tmp_path: Path) -> None:
     from matplotlib.image import imread
 

@@ -64,13 +64,16 @@ class Footprint:
     tokens_per_row: int = 0  # caps automatic batches at MAX_AUTO_BATCH_TOKENS (0: no cap)
 
 
-def activation_bytes(description: ModelDescription, tokens: int, *, gradients: bool) -> int:
+def activation_bytes(description: ModelDescription, tokens: int, *, gradients: bool,
+                     attention_rows: int | None = None) -> int:
     """Bytes one batch row of `tokens` tokens keeps alive through a forward pass (and,
-    with `gradients`, its backward pass)."""
+    with `gradients`, its backward pass); `attention_rows`: the query rows whose attention
+    probabilities are computed (default: all `tokens`)."""
     hidden = description.hidden_size
     intermediate = description.intermediate_size or 4 * hidden
     itemsize = DTYPE_BYTES.get(description.dtype, 4)
-    per_layer = tokens * (8 * hidden + 2 * intermediate) * itemsize + 3 * description.num_heads * tokens * tokens * 4
+    rows = tokens if attention_rows is None else attention_rows
+    per_layer = tokens * (8 * hidden + 2 * intermediate) * itemsize + 3 * description.num_heads * rows * tokens * 4
     if gradients:
         return 2 * per_layer * (description.num_layers + 1)
     return 2 * per_layer

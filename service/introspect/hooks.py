@@ -8,11 +8,14 @@ Points (L is the 0-based layer; shapes name their axes):
 | `resid.pre`   | input of block L (the residual stream before it)                | [batch, pos, d_model]            |
 | `attn.in`     | hidden states entering block L's attention module               | [batch, pos, d_model]            |
 | `attn.mask`   | additive score mask before the softmax (float32; -inf blocks)   | [batch, 1 or head, query, key]   |
-| `attn.probs`  | softmax attention probabilities (float32), inside attention     | [batch, head, query, key]        |
+| `attn.probs`  | softmax attention probabilities (float32), inside attention¹    | [batch, head, query, key]        |
 | `attn.z`      | per-head attention output, before the output projection         | [batch, query, head, head_dim]   |
 | `attn.out`    | output of block L's attention output projection                 | [batch, pos, d_model]            |
 | `mlp.out`     | output of block L's MLP (its down projection, before residual)  | [batch, pos, d_model]            |
 | `resid.post`  | output of block L (the residual stream after it)                | [batch, pos, d_model]            |
+
+¹ With `HookSet.probability_rows` set, only those query rows, read-only (probe.py computes
+just them; the layer's output comes from SDPA): [batch, head, rows, key].
 
 `attn.mask`, `attn.probs` and `attn.z` come from the registered attention function (see probe.py), so
 the forward never turns to eager attention; the others from module hooks installed once
@@ -113,6 +116,9 @@ class HookSet:
     # Only the last position of the final layer's output is read (a causal model's metric at
     # its last position): where verified at load, the final MLP runs on that position alone.
     last_position_only: bool = False
+    # attn.probs hooks see only query rows [start, end) ([batch, head, end - start, key]),
+    # read-only: only those rows are computed, the layer's output comes from SDPA.
+    probability_rows: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.hooks) - set(POINTS)

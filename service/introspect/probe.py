@@ -44,15 +44,21 @@ def _layer_mask(
     key_length: int,
     device: torch.device,
     is_causal: bool | None,
+    rows: tuple[int, int] | None = None,
 ) -> torch.Tensor | None:
     """The mask a layer applies: the model's (boolean, True attends, or additive float)
     cut to the keys, else the upper-left causal mask [query, key] bool of a causal
-    module; None when nothing is masked."""
+    module; None when nothing is masked. With `rows` (start, end), only those query rows
+    (a causal mask is built for them alone)."""
+    start, end = rows if rows is not None else (0, query_length)
     if attention_mask is not None:
-        return attention_mask[:, :, :, :key_length]
+        mask = attention_mask[:, :, :, :key_length]
+        return mask[:, :, start:end] if mask.shape[-2] > 1 else mask
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     if causal and query_length > 1:
-        return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril()
+        # upper-left causal: query i attends keys j <= i; [end - start, key] bool
+        positions = torch.arange(start, end, device=device)[:, None]
+        return torch.arange(key_length, device=device)[None, :] <= positions
     return None
 
 
@@ -92,13 +98,21 @@ def attention_probabilities(
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
     position_bias: torch.Tensor | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Eager attention's probabilities in float32, [batch, heads, query, key].
+    """Eager attention's probabilities in float32, [batch, heads, query, key], or with
+    `rows` (start, end) only those query rows, [batch, heads, end - start, key], computed
+    alone (memory linear in the rows).
 
     query [batch, heads, query, head_dim]; key [batch, kv_heads, key, head_dim];
     attention_mask as the model passes it, or as `additive_mask` gives it; sinks [heads]
     (one logit per head). Rows with no key to attend to (and no sink) are zeros, not NaN.
     """
+    full_query_length = query.shape[2]
+    if rows is not None:
+        query = query[:, :, rows[0]:rows[1]]  # [batch, heads, rows, head_dim]
+        if position_bias is not None and position_bias.shape[-2] > 1:
+            position_bias = position_bias[..., rows[0]:rows[1], :]
     key = repeat_kv(key, query.shape[1] // key.shape[1])
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
@@ -107,7 +121,8 @@ def attention_probabilities(
     if position_bias is not None:
         scores = scores + position_bias[..., : scores.shape[-1]].float()
     query_length, key_length = scores.shape[-2], scores.shape[-1]
-    scores = _masked(scores, _layer_mask(module, attention_mask, query_length, key_length, scores.device, is_causal))
+    scores = _masked(scores, _layer_mask(module, attention_mask, full_query_length, key_length, scores.device,
+                                         is_causal, rows))
     if sinks is not None:
         sink_column = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, query_length, 1)
         with_sinks = torch.cat([scores, sink_column], dim=-1)
@@ -138,25 +153,28 @@ def introspect_attention(
                                                            position_bias is not None)
     reads_probabilities = hookset is not None and hookset.wants(hooks.ATTN_PROBS, layer)
     edits_mask = hookset is not None and hookset.wants(hooks.ATTN_MASK, layer)
+    is_causal = kwargs.get("is_causal")
+    causal = is_causal if isinstance(is_causal, bool) else None
+    extras = {
+        "softcap": softcap if isinstance(softcap, (int, float)) else None,
+        "sinks": sinks if isinstance(sinks, torch.Tensor) else None,
+        "position_bias": position_bias if isinstance(position_bias, torch.Tensor) else None,
+    }
+    if edits_mask:
+        assert hookset is not None
+        mask = additive_mask(module, attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device,
+                             causal)  # [batch, 1 or heads, query, key]
+        attention_mask = hookset.apply(hooks.ATTN_MASK, layer, mask)
+    if reads_probabilities and hookset is not None and hookset.probability_rows is not None:
+        # read-only rows [start, end): [batch, heads, rows, key], the output as if unread
+        rows = attention_probabilities(module, query, key, attention_mask, scaling, causal,
+                                       rows=hookset.probability_rows, **extras)  # type: ignore[arg-type]
+        hookset.apply(hooks.ATTN_PROBS, layer, rows)
+        del rows
+        reads_probabilities = False
     if reads_probabilities or edits_mask or softcap is not None or sinks is not None:
-        is_causal = kwargs.get("is_causal")
-        causal = is_causal if isinstance(is_causal, bool) else None
-        if edits_mask:
-            assert hookset is not None
-            mask = additive_mask(module, attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device,
-                                 causal)  # [batch, 1 or heads, query, key]
-            attention_mask = hookset.apply(hooks.ATTN_MASK, layer, mask)
-        probabilities = attention_probabilities(
-            module,
-            query,
-            key,
-            attention_mask,
-            scaling,
-            causal,
-            softcap=softcap if isinstance(softcap, (int, float)) else None,
-            sinks=sinks if isinstance(sinks, torch.Tensor) else None,
-            position_bias=position_bias if isinstance(position_bias, torch.Tensor) else None,
-        )
+        probabilities = attention_probabilities(module, query, key, attention_mask, scaling, causal,
+                                                **extras)  # type: ignore[arg-type]
         if reads_probabilities:
             assert hookset is not None
             probabilities = hookset.apply(hooks.ATTN_PROBS, layer, probabilities)

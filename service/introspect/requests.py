@@ -78,6 +78,8 @@ class AttentionQuery:
     dtype: str = "float32"
     rollout_residual_weight: float = DEFAULT_ROLLOUT_RESIDUAL_WEIGHT
     patch_grid: bool = False
+    query_start: int = 0  # first query row, inclusive; negative counts from the end
+    query_end: int = 0  # last query row, exclusive; negative counts from the end; 0 is the end
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class AttentionLayerResult:
     key_indices: WireArray | None  # int32 [heads_or_1, query, k] with top_k
     grid_rows: int = 0  # patch_grid: values are the [CLS] row laid out as the patch grid
     grid_columns: int = 0
+    query_start: int = 0  # the first query row of `values` (a row range starts past 0)
 
 
 @dataclass(frozen=True)

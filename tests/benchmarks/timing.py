@@ -21,6 +21,22 @@ def measure(function: Callable[[], object], repeats: int, warmup: int = 1) -> li
     return timings
 
 
+def measure_interleaved(functions: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[list[float]]:
+    """Wall-clock seconds of `repeats` rounds, each calling every function once in turn,
+    so that all see the same load (on a shared machine, timings taken minutes apart
+    differ more than what is being compared); one list per function."""
+    for _ in range(warmup):
+        for function in functions:
+            function()
+    timings: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for function, spent in zip(functions, timings):
+            started = time.perf_counter()
+            function()
+            spent.append(time.perf_counter() - started)
+    return timings
+
+
 def median_ms(timings: list[float]) -> float:
     """Median in milliseconds."""
     return statistics.median(timings) * 1000

@@ -56,7 +56,8 @@ def _pixels() -> pb.Input:
 VALID: dict[str, Message] = {
     "ListModels": pb.ListModelsRequest(),
     "GetModel": pb.GetModelRequest(name=MODEL),
-    "StreamAttention": pb.StreamAttentionRequest(model=MODEL, inputs=[_text()], layers=[0], heads=[0, 1], top_k=2),
+    "StreamAttention": pb.StreamAttentionRequest(model=MODEL, inputs=[_text()], layers=[0], heads=[0, 1], top_k=2,
+                                                 query_start=1, query_end=-1),
     "StreamSaliency": pb.StreamSaliencyRequest(
         model=MODEL, input=_text(), target=_next_token(), method=pb.SALIENCY_METHOD_INTEGRATED_GRADIENTS,
         integrated_gradients=pb.IntegratedGradientsOptions(steps=4, tolerance=0.5),

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import InProcessServer, minilm_dir
+from conftest import InProcessServer, minilm_dir, reference_inputs, reference_model
 from introspect_client import Client, IntrospectError, targets
 
 BUDGET_BYTES = 16 * 1024 * 1024
@@ -87,7 +87,7 @@ def test_size_limits_name_the_field(small_budget_client: Client, call: Callable[
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        # every map of 20 inputs of 128 tokens: 6 x 12 x 128 x 128 x 4 bytes each, 94 MB returned
+        # maps of 20 inputs of 128 tokens: 12 x 128 x 128 x 4 bytes each, 4 layers held at once: 63 MB
         (lambda c: c.attention([" ".join(WORDS[:126])] * 20), "inputs"),
         # integrated gradients on 500 tokens: one row's activations alone exceed 16 MiB
         (lambda c: c.saliency(" ".join(WORDS[:140] * 4)[:2400], target=targets.embedding_norm(), steps=8), "input"),
@@ -105,6 +105,21 @@ def test_a_request_over_the_memory_budget_is_refused_with_what_to_lower(
 ) -> None:
     error, _ = refusal(lambda: call(small_budget_client))
     assert_exhausted(error, field, "--max-request-bytes", "16.0 MiB", "short")
+
+
+def test_a_row_range_brings_maps_of_a_long_input_under_the_budget(
+    small_budget_client: Client, model_dirs: dict[str, Path]
+) -> None:
+    text = " ".join(WORDS[:100] * 2)  # 202 tokens: every row's probabilities alone are 3 x 12 x 202^2 x 4 B per layer
+    error, _ = refusal(lambda: small_budget_client.attention(text, layers=[2, 5]))
+    assert_exhausted(error, "inputs", "query_start")
+    item = small_budget_client.attention(text, layers=[2, 5], query_start=-8)[0]  # 8 rows: fits
+    encoded = reference_inputs(model_dirs, "minilm", text)
+    with torch.no_grad():
+        reference = reference_model(model_dirs, "minilm")(**encoded, output_attentions=True).attentions
+    assert item.query_start == len(item.tokens) - 8 == encoded["input_ids"].shape[1] - 8
+    for layer in (2, 5):
+        np.testing.assert_allclose(item.layers[layer], reference[layer][0, :, -8:].numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,8 @@ def add_attention_command(commands: Any, client_options: argparse.ArgumentParser
             "distance in pixels, for every layer unless --layer is given.\n\n"
             "Output: --png FILE writes a heatmap (query tokens down, key tokens across; for an\n"
             "image, the map over the image, or distance against layer), --json prints {model,\n"
-            "fingerprint, tokens, token_ids, image, view, heads, layers: {layer: values}}\n"
+            "fingerprint, tokens, token_ids, image, view, heads, query_start, layers: {layer:\n"
+            "values}} "
             "(values [heads_or_1][query][keys], [heads_or_1][rows][columns] with --patch-grid,\n"
             "[heads] for mean_distance); without either, a summary."
         ),
@@ -48,6 +49,11 @@ def add_attention_command(commands: Any, client_options: argparse.ArgumentParser
     )
     attention.add_argument("--patch-grid", action="store_true",
                            help="images: only the [CLS] row over the patches, laid out as the patch grid")
+    attention.add_argument("--query-start", type=int, default=0, metavar="N",
+                           help="first query row, inclusive; negative counts from the end (default 0)")
+    attention.add_argument("--query-end", type=int, default=0, metavar="N",
+                           help="last query row, exclusive; negative counts from the end (default 0: the end); "
+                                "only rows [--query-start, --query-end) are computed and sent")
     flags.add_request_arguments(attention)
     flags.add_output_arguments(attention, "write a heatmap PNG to FILE", "print the selected values as JSON")
     attention.set_defaults(run=run_attention)
@@ -67,9 +73,11 @@ def _summary(item: InputAttention, matrix: np.ndarray, title: str) -> str:
     """The most attended key of every query token, one line each."""
     width = max(len(token) for token in item.tokens)
     lines = [title, f"{'query':>{width + 6}}  ->  most attended key (probability)"]
-    for row, token in enumerate(item.tokens):
-        key = int(np.argmax(matrix[row]))
-        lines.append(f"{row:>4}  {token:<{width}}  ->  {key:>4}  {item.tokens[key]} ({float(matrix[row, key]):.3f})")
+    for row, values in enumerate(matrix):  # matrix [query rows from item.query_start, keys]
+        position = item.query_start + row
+        key = int(np.argmax(values))
+        lines.append(f"{position:>4}  {item.tokens[position]:<{width}}  ->  {key:>4}  {item.tokens[key]} "
+                     f"({float(values[key]):.3f})")
     return "\n".join(lines)
 
 
@@ -88,7 +96,7 @@ def _distance_summary(item: InputAttention, title: str) -> str:
 
 
 def _attention_json(result: AttentionResult) -> dict[str, Any]:
-    """{model, fingerprint, tokens, token_ids, image, view, heads, layers: {layer: values}}
+    """{model, fingerprint, tokens, token_ids, image, view, heads, query_start, layers: {layer: values}}
     of the first input."""
     item = result[0]
     return {
@@ -99,6 +107,7 @@ def _attention_json(result: AttentionResult) -> dict[str, Any]:
         "image": flags.layout_json(item.image),
         "view": item.view,
         "heads": item.heads,
+        "query_start": item.query_start,
         "layers": {str(layer): values.tolist() for layer, values in item.layers.items()},
     }
 
@@ -128,6 +137,8 @@ def run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> None
         heads=() if args.head is None else [args.head],
         view=view,
         patch_grid=args.patch_grid,
+        query_start=args.query_start,
+        query_end=args.query_end,
         truncate=args.truncate,
         cache=args.cache,
         timeout=args.timeout,

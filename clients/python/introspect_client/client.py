@@ -126,7 +126,8 @@ def _attempt_timeouts(timeout: float | None) -> Iterator[float | None]:
 def assembler_for(options: AttentionOptions) -> AttentionAssembler:
     """An assembler for the stream of an attention call with these options."""
     view = str(options.get("view", "heads")).strip().lower()
-    return AttentionAssembler(view, int_list(options.get("heads", ()), "heads"))
+    return AttentionAssembler(view, int_list(options.get("heads", ()), "heads"),
+                              int(options.get("query_start", 0)), int(options.get("query_end", 0)))
 
 
 def saliency_assembler_for(options: SaliencyOptions) -> SaliencyAssembler:
@@ -311,6 +312,9 @@ class Client(_ClientBase):
             rollout_residual_weight: rollout's identity weight (None: server default 0.5).
             patch_grid: images: the [CLS] row over the patches as [heads_or_1,
                 grid_rows, grid_columns] per layer.
+            query_start, query_end: only query rows [query_start, query_end) (negative
+                counts from the end; query_end 0 is the end); each input's
+                `query_start` says where its arrays' rows begin.
             truncate: cut inputs longer than the model's limit instead of failing.
             cache: "use", "bypass" or "refresh".
         """

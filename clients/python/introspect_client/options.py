@@ -55,6 +55,8 @@ class AttentionOptions(TypedDict, total=False):
     dtype: str
     rollout_residual_weight: float | None
     patch_grid: bool
+    query_start: int
+    query_end: int
     truncate: bool
     cache: str
 
@@ -107,6 +109,8 @@ def attention_request(
     dtype: str = "float32",
     rollout_residual_weight: float | None = None,
     patch_grid: bool = False,
+    query_start: int = 0,
+    query_end: int = 0,
     truncate: bool = False,
     cache: str = "use",
 ) -> pb.StreamAttentionRequest:
@@ -126,6 +130,10 @@ def attention_request(
         rollout_residual_weight: rollout's identity weight; None uses the server's default (0.5).
         patch_grid: images: only the [CLS] row over the patches, as the patch grid
             (values [heads_or_1, grid_rows, grid_columns] per layer).
+        query_start: first query row returned, inclusive; negative counts from the end
+            of each input; 0 is the first token.
+        query_end: last query row returned, exclusive; negative counts from the end;
+            0 means the end. Only rows [query_start, query_end) are computed and sent.
         truncate: cut inputs longer than the model's limit instead of failing.
         cache: result cache policy: "use", "bypass" or "refresh".
     """
@@ -137,6 +145,8 @@ def attention_request(
         top_k=int(top_k),
         dtype=enum_value(VALUE_DTYPES, dtype, "dtype"),  # type: ignore[arg-type]
         patch_grid=bool(patch_grid),
+        query_start=int(query_start),
+        query_end=int(query_end),
         **shared_fields(model, truncate, cache),
     )
     if rollout_residual_weight is not None:

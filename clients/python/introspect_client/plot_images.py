@@ -183,7 +183,8 @@ def figure_for(
     if item.image is None:
         last = max(item.layers)
         matrix = np.asarray(item.layers[last], dtype=np.float32).mean(axis=0)  # [query, keys]
-        return attention_figure(matrix, item.tokens, title or f"{heading}, layer {last}")
+        queries = item.tokens[item.query_start:item.query_start + matrix.shape[0]]  # a row range's query tokens
+        return attention_figure(matrix, queries, title or f"{heading}, layer {last}", key_tokens=item.tokens)
     pixels = None if image is None else image_pixels(image, item.image.height, item.image.width)
     return overlay_figure(pixels, attention_panels(item, item.image), heading, item.image,
                           value_label="attention probability")

@@ -41,6 +41,8 @@ class InputAttention:
             [heads] (pixels of the processed image).
         key_indices: with top_k, layer -> int32 key positions [heads_or_1, query, k].
         image: how an image input became tokens; None for text.
+        query_start: the token position of the first query row of every array (a
+            requested row range starts past 0); the rows run to query_start + query.
     """
 
     tokens: list[str]
@@ -52,6 +54,7 @@ class InputAttention:
     layers: dict[int, np.ndarray] = field(default_factory=dict)
     key_indices: dict[int, np.ndarray] = field(default_factory=dict)
     image: ImageLayout | None = None
+    query_start: int = 0
 
     def stacked(self) -> np.ndarray:
         """All layers' values stacked in layer order: [layers, heads_or_1, query,
@@ -122,9 +125,10 @@ def _piece_of(chunk: pb.AttentionChunk) -> _Piece:
 
 
 def _assemble_pieces(
-    pieces: Sequence[_Piece], query_rows: int, where: str, head_order: Sequence[int] = ()
+    pieces: Sequence[_Piece], query_rows: int, where: str, head_order: Sequence[int] = (), first_row: int = 0
 ) -> tuple[list[int], np.ndarray, np.ndarray | None]:
-    """(heads, values, key_indices) of one layer of one input from its pieces.
+    """(heads, values, key_indices) of one layer of one input from its pieces, which
+    cover query rows [first_row, first_row + query_rows).
 
     Per-head values are ordered as in `head_order` (the requested heads, which is the
     order the server uses), with heads not in it after them in ascending order (so all
@@ -151,15 +155,16 @@ def _assemble_pieces(
             raise ValueError(f"{where}: chunks disagree on width or dtype")
         if (piece.key_indices is not None) != with_indices:
             raise ValueError(f"{where}: key_indices on some chunks only")
-        if piece.query_end > query_rows:
-            raise ValueError(f"{where}: rows up to {piece.query_end} but the input has {query_rows} tokens")
+        if piece.query_start < first_row or piece.query_end > first_row + query_rows:
+            raise ValueError(f"{where}: rows [{piece.query_start}, {piece.query_end}) outside the expected "
+                             f"[{first_row}, {first_row + query_rows})")
         if heads:
             target: slice | list[int] = [position[head] for head in piece.heads]
         else:
             if piece.values.shape[0] != head_count:
                 raise ValueError(f"{where}: chunks disagree on the first axis")
             target = slice(None)
-        rows = slice(piece.query_start, piece.query_end)
+        rows = slice(piece.query_start - first_row, piece.query_end - first_row)
         values[target, rows] = piece.values
         if indices is not None:
             indices[target, rows] = piece.key_indices
@@ -170,6 +175,14 @@ def _assemble_pieces(
     return heads, values, indices
 
 
+def _resolved_rows(query_range: tuple[int, int], length: int) -> tuple[int, int]:
+    """The rows [start, end) a requested (query_start, query_end) gives an input of
+    `length` tokens (negative counts from the end, an end of 0 is the end)."""
+    start, end = query_range
+    return (start + length if start < 0 else start,
+            length if end == 0 else end + length if end < 0 else end)
+
+
 class AttentionAssembler(HeaderFirst):
     """Collects a StreamAttention stream (header, then chunks) into an AttentionResult.
 
@@ -177,13 +190,16 @@ class AttentionAssembler(HeaderFirst):
     split by heads and by query rows, in any order as long as the one marked
     layer_complete comes last, and may interleave with other inputs' chunks. `view` is
     the requested view and `heads` the requested heads (their order is the order of the
-    first axis of per-head values).
+    first axis of per-head values); `query_start` and `query_end` the requested row range
+    (as in the request: negative counts from the end, query_end 0 is the end).
     """
 
-    def __init__(self, view: str = "heads", heads: Sequence[int] = ()) -> None:
+    def __init__(self, view: str = "heads", heads: Sequence[int] = (), query_start: int = 0,
+                 query_end: int = 0) -> None:
         super().__init__()
         self._default_view = view
         self._head_order = tuple(heads)
+        self._query_range = (query_start, query_end)
         self._inputs: list[InputAttention] = []
         self._pending: dict[tuple[int, int], list[_Piece]] = {}
         self._done: set[tuple[int, int]] = set()
@@ -223,8 +239,9 @@ class AttentionAssembler(HeaderFirst):
             raise ValueError(f"{where}: chunks disagree on the patch grid: {sorted(map(str, grids))}")
         grid = grids.pop() if grids else None
         one_row = grid is not None or target.view == "mean_distance"
-        query_rows = 1 if one_row else len(target.token_ids) or len(target.tokens)
-        heads, values, indices = _assemble_pieces(pieces, query_rows, where, self._head_order)
+        start, end = (0, 1) if one_row else _resolved_rows(self._query_range, len(target.token_ids) or len(target.tokens))
+        heads, values, indices = _assemble_pieces(pieces, end - start, where, self._head_order, start)
+        target.query_start = start
         if grid is not None:  # [heads_or_1, 1, rows * columns] -> [heads_or_1, rows, columns]
             values = values.reshape(values.shape[0], *grid)
             indices = None if indices is None else indices.reshape(values.shape)

@@ -365,7 +365,7 @@ class StreamHeader(_message.Message):
     def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TokenizedInput, _Mapping]]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class StreamAttentionRequest(_message.Message):
-    __slots__ = ("model", "inputs", "truncate", "layers", "heads", "view", "top_k", "dtype", "rollout_residual_weight", "cache", "patch_grid")
+    __slots__ = ("model", "inputs", "truncate", "layers", "heads", "view", "top_k", "dtype", "rollout_residual_weight", "cache", "patch_grid", "query_start", "query_end")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +377,8 @@ class StreamAttentionRequest(_message.Message):
     ROLLOUT_RESIDUAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     PATCH_GRID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_START_FIELD_NUMBER: _ClassVar[int]
+    QUERY_END_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     truncate: bool
@@ -388,7 +390,9 @@ class StreamAttentionRequest(_message.Message):
     rollout_residual_weight: float
     cache: CachePolicy
     patch_grid: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ..., patch_grid: _Optional[bool] = ...) -> None: ...
+    query_start: int
+    query_end: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., view: _Optional[_Union[AttentionView, str]] = ..., top_k: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rollout_residual_weight: _Optional[float] = ..., cache: _Optional[_Union[CachePolicy, str]] = ..., patch_grid: _Optional[bool] = ..., query_start: _Optional[int] = ..., query_end: _Optional[int] = ...) -> None: ...
 
 class AttentionChunk(_message.Message):
     __slots__ = ("input_index", "layer", "heads", "query_start", "query_end", "view", "values", "key_indices", "layer_complete", "grid_rows", "grid_columns")

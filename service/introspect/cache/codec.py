@@ -43,12 +43,12 @@ def encode(messages: Sequence[bytes]) -> bytes:
     return bytes((RAW,)) + body
 
 
-def is_compressed(value: bytes) -> bool:
+def is_compressed(value: bytes | memoryview) -> bool:
     """True when decoding `value` means decompressing (worth doing off the event loop)."""
     return bool(value) and value[0] == ZSTD
 
 
-def decode(value: bytes) -> list[bytes]:
+def decode(value: bytes | memoryview) -> list[bytes]:
     """The messages of a value made by `encode`; CorruptValue if it is not one."""
     if not value:
         raise CorruptValue("empty value")

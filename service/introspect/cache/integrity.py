@@ -10,6 +10,12 @@ values. HMAC-SHA256 was measured against keyed BLAKE2b and is about twice as fas
 (SHA extensions; tests/benchmarks/bench_mac.py).
 
 Stored layout: the 32-byte tag, then the codec's value.
+
+An in-process backend (memory) returns the very bytes object it was given, which nothing
+outside the process can alter: each stored object is checked once (sealed here, or read
+and checked), and a later read of the same object is not hashed again. Replacing the
+object (as tampering with an entry would) means a new check. Redis values are new
+objects on every read: every read is checked.
 """
 
 from __future__ import annotations
@@ -78,15 +84,16 @@ def seal(secrets_: CacheSecrets, key: str, value: bytes) -> bytes:
     return tag(secrets_.current, key, value) + value
 
 
-def unseal(secrets_: CacheSecrets, key: str, stored: bytes) -> bytes | None:
-    """The value inside `stored` if its tag checks under an accepted secret, else None."""
+def unseal(secrets_: CacheSecrets, key: str, stored: bytes) -> memoryview | None:
+    """The value inside `stored` (a view, not a copy) if its tag checks under an accepted
+    secret, else None."""
     if len(stored) < TAG_BYTES:
         return None
     body = memoryview(stored)[TAG_BYTES:]
     expected = stored[:TAG_BYTES]
     for secret in secrets_.accepted():
         if hmac.compare_digest(tag(secret, key, body), expected):
-            return bytes(body)
+            return body
     return None
 
 
@@ -99,13 +106,20 @@ class SealedBackend:
         self.name = inner.name
         self._secrets = secrets_
         self._observer = observer or NullObserver()
+        # key -> the stored object last sealed or checked here, for an in-process inner
+        # backend (which tells us when it lets a value go, so nothing is kept alive here)
+        self._checked_objects: dict[str, bytes] = {}
+        self._in_process = bool(getattr(inner, "in_process", False))
+        if self._in_process:
+            inner.on_remove = self._forget  # type: ignore[attr-defined]
 
     async def start(self) -> None:
         """Starts the inner backend."""
         await self.inner.start()
 
-    async def get(self, key: str) -> bytes | None:
-        """The checked value under `key`; None when absent or rejected."""
+    async def get(self, key: str) -> memoryview | None:  # type: ignore[override]
+        """The checked value under `key` (a view of the stored bytes); None when absent or
+        rejected."""
         return await self._checked(key, await self.inner.get(key))
 
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> bool:
@@ -113,7 +127,10 @@ class SealedBackend:
         sealed = seal(self._secrets, key, value) if len(value) <= _INLINE_BYTES else (
             await asyncio.to_thread(seal, self._secrets, key, value)
         )
-        return await self.inner.set(key, sealed, ttl_seconds)
+        stored = await self.inner.set(key, sealed, ttl_seconds)
+        if stored and self._in_process:
+            self._checked_objects[key] = sealed
+        return stored
 
     async def delete(self, key: str) -> None:
         """Deletes the value under `key`."""
@@ -135,9 +152,11 @@ class SealedBackend:
         """Closes the inner backend."""
         await self.inner.close()
 
-    async def _checked(self, key: str, stored: bytes | None) -> bytes | None:
+    async def _checked(self, key: str, stored: bytes | None) -> memoryview | None:
         if stored is None:
             return None
+        if self._checked_objects.get(key) is stored:  # this very object was sealed or checked here
+            return memoryview(stored)[TAG_BYTES:]
         if len(stored) <= _INLINE_BYTES:
             value = unseal(self._secrets, key, stored)
         else:
@@ -145,4 +164,10 @@ class SealedBackend:
         if value is None:
             self._observer.rejected()
             await self.inner.delete(key)
+        elif self._in_process and await self.inner.get(key) is stored:  # still held after the check
+            self._checked_objects[key] = stored
         return value
+
+    def _forget(self, key: str) -> None:
+        """The in-process backend let the value under `key` go."""
+        self._checked_objects.pop(key, None)

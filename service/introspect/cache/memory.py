@@ -15,12 +15,17 @@ class MemoryBackend:
     budget (counted in value bytes) is reached. Needs no setup; not shared by replicas."""
 
     name = "memory"
+    in_process = True
+    """`get` returns the very bytes object `set` stored: nothing outside this process can
+    alter a value (integrity.SealedBackend checks each stored object once)."""
 
     def __init__(self, budget_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._budget = budget_bytes
         self._clock = clock
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0
+        self.on_remove: Callable[[str], None] | None = None
+        """Told the key of every value that leaves: evicted, expired, replaced, deleted."""
 
     async def start(self) -> None:
         """Nothing runs in the background."""
@@ -44,8 +49,7 @@ class MemoryBackend:
             return False
         self._remove(key)
         while self._entries and self._bytes + len(value) > self._budget:
-            _, (evicted, _) = self._entries.popitem(last=False)
-            self._bytes -= len(evicted)
+            self._remove(next(iter(self._entries)))
         expires_at = self._clock() + ttl_seconds if ttl_seconds > 0 else math.inf
         self._entries[key] = (value, expires_at)
         self._bytes += len(value)
@@ -65,10 +69,12 @@ class MemoryBackend:
 
     async def close(self) -> None:
         """Drops every value."""
-        self._entries.clear()
-        self._bytes = 0
+        for key in list(self._entries):
+            self._remove(key)
 
     def _remove(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= len(entry[0])
+            if self.on_remove is not None:
+                self.on_remove(key)

@@ -250,7 +250,7 @@ class ResultCache:
             if flight is not None:
                 self._settle(key, flight, value)
 
-    async def _replay(self, value: bytes | None, rpc: str, coalesced: bool) -> _Replay | None:
+    async def _replay(self, value: bytes | memoryview | None, rpc: str, coalesced: bool) -> _Replay | None:
         if value is None:
             return None
         try:

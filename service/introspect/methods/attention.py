@@ -1,6 +1,17 @@
 """Attention maps: probabilities of chosen layers and heads, or reductions of them
-(mean / max over heads, attention rollout, top-k keys), streamed layer by layer while the
-forward pass runs.
+(mean / max over heads, attention rollout, top-k keys), of all query rows or a range
+[query_start, query_end) of them, streamed layer by layer while the forward pass runs.
+
+Memory bound: the maps of one layer are computed in the attention function while the
+forward passes it and handed off at once; with a row range only those rows are computed
+(probe.py, `HookSet.probability_rows`), the layer's output coming from SDPA. With M the
+bytes of one layer's probabilities, [batch, heads, rows, keys] float32, the maps alive
+at once are at most `map_memory_bound(M)` = (engine.HANDOFF_ITEMS + 2 + TRANSIENT_MAPS)
+x M: the result blocked in emit on the worker, HANDOFF_ITEMS waiting for the caller, one
+being chunked onto the wire, and the transient of the layer being computed. Nothing
+scales with the number of layers, except rollout, which keeps its running [tokens,
+tokens] product (and computes every row), and the result cache, which collects a result
+up to --cache-max-value-bytes. Tested in tests/test_attention_long.py.
 
 Rollout: Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers".
 Mean attention distance: Dosovitskiy et al. (2021), "An Image is Worth 16x16 Words", fig. 7.
@@ -15,7 +26,7 @@ import torch
 
 from .. import hooks
 from ..budget import DTYPE_BYTES, Footprint, activation_bytes, output_bytes
-from ..engine import Sink
+from ..engine import HANDOFF_ITEMS, Sink
 from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
@@ -24,6 +35,18 @@ from ..wire import to_wire
 from .registry import Method
 from .selection import unique_in_range
 from .reductions import head_max, head_mean, mean_attention_distance, patch_centres, residual_attention, rollout_step
+
+
+TRANSIENT_MAPS = 3
+"""Maps of the layer being computed alive at once, beyond those held: its scores and
+their successor (scaled, masked, softmaxed), and a copy when heads are selected or
+padding is cut."""
+
+
+def map_memory_bound(map_bytes: int) -> int:
+    """Bytes of attention maps a call holds at most, for `map_bytes` the bytes of one
+    layer's probabilities [batch, heads, rows, keys] float32 (module docstring)."""
+    return (HANDOFF_ITEMS + 2 + TRANSIENT_MAPS) * map_bytes
 
 
 @dataclass(frozen=True)
@@ -37,6 +60,8 @@ class AttentionOptions:
     dtype: str
     rollout_residual_weight: float
     patch_grid: bool = False
+    query_start: int = 0  # as requested: negative counts from the end of each input
+    query_end: int = 0  # as requested: 0 is the end
 
     @property
     def layers_computed(self) -> frozenset[int]:
@@ -65,6 +90,9 @@ def prepare(description: ModelDescription, query: AttentionQuery) -> AttentionOp
             "applies to the heads, head_mean, head_max and rollout views")
     require(not query.top_k or not (query.patch_grid or query.view == "mean_distance"), "top_k",
             "does not combine with patch_grid or the mean_distance view")
+    ranged = bool(query.query_start or query.query_end)
+    require(not ranged or not (query.patch_grid or query.view == "mean_distance"), "query_start",
+            "a row range does not combine with patch_grid or the mean_distance view")
     require(
         0.0 <= query.rollout_residual_weight <= 1.0,
         "rollout_residual_weight",
@@ -78,7 +106,22 @@ def prepare(description: ModelDescription, query: AttentionQuery) -> AttentionOp
         dtype=query.dtype,
         rollout_residual_weight=query.rollout_residual_weight,
         patch_grid=query.patch_grid,
+        query_start=query.query_start,
+        query_end=query.query_end,
     )
+
+
+def query_rows(options: AttentionOptions, length: int) -> tuple[int, int]:
+    """The query rows [start, end) of an input of `length` tokens that the options ask for;
+    InvalidInput naming query_start or query_end when out of range or empty."""
+    start = options.query_start + length if options.query_start < 0 else options.query_start
+    end = length if options.query_end == 0 else options.query_end + length if options.query_end < 0 else options.query_end
+    require(0 <= start < length, "query_start",
+            f"{options.query_start} is outside an input of {length} tokens (use -{length} to {length - 1})")
+    require(start < end <= length, "query_end",
+            f"{options.query_end} gives rows [{start}, {end}) of an input of {length} tokens: "
+            f"the end must be in ({start}, {length}] (0 is the end, negative counts from it)")
+    return start, end
 
 
 def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, sink: Sink) -> None:
@@ -89,8 +132,12 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
     layout = batch.inputs[0].image
     require(not options.patch_grid or (layout is not None and layout.first_patch > 0), "patch_grid",
             f"model {model.name!r} has no [CLS] token whose row could be laid out over the patches")
+    rows = [query_rows(options, item.length) for item in batch.inputs]  # [start, end) per input
     model.budget.check_batch_tokens(len(batch.inputs), batch.width, "inputs")
-    model.budget.require(footprint(model.description, [item.length for item in batch.inputs], options))
+    # Rollout multiplies whole maps: it computes every row and returns the asked ones.
+    computed = (0, batch.width) if options.view == "rollout" else (min(r[0] for r in rows), max(r[1] for r in rows))
+    model.budget.require(footprint(model.description, [item.length for item in batch.inputs], options, rows,
+                                   computed[1] - computed[0]))
     description = model.description
     sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
 
@@ -103,57 +150,69 @@ def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, si
                                                         layout.patch_width)
 
     def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
-        # probabilities: [batch, heads, query, key] float32
+        # probabilities: [batch, heads, computed rows, key] float32 (query rows computed[0]...)
         sink.check()
         selected = probabilities if all_heads else probabilities.index_select(1, head_index)
         for row, encoded in enumerate(batch.inputs):
             length = encoded.length
-            maps = selected[row, :, :length, :length]  # [heads, query, key]
+            start, end = rows[row]
             if options.view == "rollout":
+                maps = selected[row, :, :length, :length]  # [heads, query, key], every row
                 layer_attention = residual_attention(head_mean(maps)[0], options.rollout_residual_weight)
                 rollouts[row] = rollout_step(rollouts[row], layer_attention)
+            else:
+                maps = selected[row, :, start - computed[0]:end - computed[0], :length]  # [heads, rows, key]
             if layer not in requested:
                 continue
             view_values = {
                 "heads": lambda: maps,
                 "head_mean": lambda: head_mean(maps),
                 "head_max": lambda: head_max(maps),
-                "rollout": lambda: rollouts[row][None],  # type: ignore[index]
+                "rollout": lambda: rollouts[row][None, start:end],  # type: ignore[index]
                 "mean_distance": lambda: mean_attention_distance(maps, layout.first_patch, centres)[:, None, None],
             }[options.view]()
             if options.patch_grid:
                 assert layout is not None
                 # [heads_or_1, tokens, tokens] -> [heads_or_1, rows, columns]: the [CLS] row over the patches
                 view_values = view_values[:, 0, layout.first_patch:].reshape(-1, layout.grid_rows, layout.grid_columns)
-            sink.emit(_layer_result(row, layer, view_values, options, layout))
+            sink.emit(_layer_result(row, layer, view_values, options, layout, start))
         if layer == last_layer:
             raise hooks.StopForward()  # the layers after it are not needed
 
-    capture = hooks.HookSet({hooks.ATTN_PROBS: on_probabilities}, {hooks.ATTN_PROBS: options.layers_computed})
+    every_row = computed == (0, batch.width)
+    capture = hooks.HookSet({hooks.ATTN_PROBS: on_probabilities}, {hooks.ATTN_PROBS: options.layers_computed},
+                            probability_rows=None if every_row else computed)
     with model.hooks.active(capture), torch.inference_mode():
         model.run_trunk(batch.model_inputs())
 
 
-def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions) -> Footprint:
-    """One padded forward of every input (it cannot be split), plus the maps returned:
-    per input and requested layer [heads or 1, tokens, tokens or top_k] values (and int32
-    key indices with top_k), and rollout's running product."""
+def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions,
+              rows: list[tuple[int, int]] | None = None, computed_rows: int | None = None) -> Footprint:
+    """One padded forward of every input (it cannot be split) computing `computed_rows`
+    query rows of the probabilities (default: all), plus the returned maps held at once:
+    those of HANDOFF_ITEMS + 2 layers at most (module docstring), each per input [heads
+    or 1, rows, tokens or top_k] values (and int32 key indices with top_k), and rollout's
+    running product. `rows`: each input's query rows [start, end) (default: all)."""
     width = max(lengths)
     heads = len(options.heads) if options.view in ("heads", "mean_distance") else 1
     value_bytes = DTYPE_BYTES[options.dtype] + (4 if options.top_k else 0)
-    returned = sum(len(options.layers) * heads * length * (options.top_k or length) * value_bytes for length in lengths)
+    spans = [end - start for start, end in rows] if rows is not None else lengths
+    layer_maps = sum(heads * span * (options.top_k or length) * value_bytes for span, length in zip(spans, lengths))
+    held = min(len(options.layers), HANDOFF_ITEMS + 2) * layer_maps
     rollout = sum(2 * length * length * 4 for length in lengths) if options.view == "rollout" else 0
     return Footprint(
-        fixed=returned + rollout,
-        per_row=activation_bytes(description, width, gradients=False) + output_bytes(description, width, positions=0),
+        fixed=held + rollout,
+        per_row=activation_bytes(description, width, gradients=False, attention_rows=computed_rows)
+        + output_bytes(description, width, positions=0),
         rows=len(lengths),
         field="inputs",
-        advice="send fewer or shorter inputs, or ask for fewer layers or heads, a reduced view, top_k or float16",
+        advice="send fewer or shorter inputs, or ask for fewer layers or heads, a query row range "
+               "(query_start/query_end), a reduced view, top_k or float16",
     )
 
 
 def _layer_result(row: int, layer: int, values: torch.Tensor, options: AttentionOptions,
-                  layout: ImageLayout | None) -> AttentionLayerResult:
+                  layout: ImageLayout | None, query_start: int = 0) -> AttentionLayerResult:
     indices = None
     if options.top_k:
         values, top_indices = torch.topk(values, options.top_k, dim=-1)
@@ -167,6 +226,7 @@ def _layer_result(row: int, layer: int, values: torch.Tensor, options: Attention
         key_indices=indices,
         grid_rows=layout.grid_rows if options.patch_grid and layout else 0,
         grid_columns=layout.grid_columns if options.patch_grid and layout else 0,
+        query_start=query_start,
     )
 
 
