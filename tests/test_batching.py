@@ -21,14 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from batching_helpers import assert_same, batch_sizes, batches_of, plain_results, while_blocked
 from conftest import InProcessServer, reference_inputs, reference_model
-from introspect_client import AsyncClient, AttentionResult, Client
-from services import metrics_port_flag, scrape, total
+from services import metrics_port_flag
 
-EXACT = 1e-6  # batched vs unbatched, absolute and relative: a padded width changes the
-# order of float32 sums over keys (attention x values), by up to ~1e-6 at values ~0.5
 EAGER_TOLERANCE = 1e-4  # test_attention's, against transformers' eager attention
-BLOCKER = " ".join(["block"] * 600)  # truncated to MiniLM's 512 tokens
 TEXTS = [
     "Hi",
     "The quick brown fox jumps over the lazy dog.",
@@ -58,75 +55,6 @@ def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     yield batching.address, plain.address, port
     assert batching.stop() == 0
     assert plain.stop() == 0
-
-
-def batch_sizes(port: int) -> dict[str, float]:
-    """introspect_batch_size's cumulative bucket counts by upper bound, and its sum and count."""
-    samples = scrape(port)
-    bounds = {dict(labels)["le"] for (name, labels) in samples if name == "introspect_batch_size_bucket"}
-    sizes = {bound: total(samples, "introspect_batch_size_bucket", le=bound) for bound in bounds}  # all models
-    return {**sizes, "sum": total(samples, "introspect_batch_size_sum"), "count": total(samples, "introspect_batch_size_count")}
-
-
-def batches_of(before: dict[str, float], after: dict[str, float], size: int) -> float:
-    """Batches of exactly `size` calls observed between two batch_sizes readings (the
-    buckets used here bound 1, 2, 3, 4, 6, 8: sizes of 5 or 7 read as 6 or 8)."""
-    bounds = ["1.0", "2.0", "3.0", "4.0", "6.0", "8.0"]
-    upper = next(bound for bound in bounds if float(bound) >= size)
-    lower = bounds[bounds.index(upper) - 1] if upper != "1.0" else None
-    def delta(bound: str) -> float:
-        return after.get(bound, 0) - before.get(bound, 0)
-
-    return delta(upper) - (delta(lower) if lower else 0)
-
-
-async def while_blocked(address: str, requests: list[dict[str, Any]], model: str = "minilm",
-                        cancel: int | None = None) -> list[Any]:
-    """Sends `requests` at once while a long call of another key holds the worker, so they
-    queue and are taken together; the request at index `cancel` is cancelled once its
-    header (sent when its batch starts) has arrived. Returns each one's result (None for
-    the cancelled one, the exception for a failed one)."""
-    async with AsyncClient(address, timeout=300) as client:
-        blocker = client.stream_attention([BLOCKER] * 16, model="minilm", layers=[0], view="head_mean",
-                                          truncate=True).__aiter__()
-        await blocker.__anext__()  # its header: the blocker runs
-
-        async def one(index: int, request: dict[str, Any]) -> AttentionResult | None:
-            if index != cancel:
-                return await client.attention(model=model, **request)
-            stream = client.stream_attention(model=model, **request).__aiter__()
-            await stream.__anext__()
-            await stream.aclose()  # type: ignore[attr-defined]
-            return None
-
-        async def drain() -> None:
-            async for _ in blocker:
-                pass
-
-        draining = asyncio.create_task(drain())
-        results = await asyncio.gather(*(one(index, request) for index, request in enumerate(requests)),
-                                       return_exceptions=True)
-        await draining
-    return list(results)
-
-
-def plain_results(address: str, requests: list[dict[str, Any]], model: str = "minilm") -> list[AttentionResult]:
-    """The requests one at a time."""
-    with Client(address, timeout=300) as client:
-        return [client.attention(model=model, **request) for request in requests]
-
-
-def assert_same(batched: AttentionResult, plain: AttentionResult) -> None:
-    """Equal tokens, layers and values (within EXACT), top-k key indices equal."""
-    assert len(batched) == len(plain)
-    for mine, theirs in zip(batched, plain):
-        assert mine.token_ids == theirs.token_ids
-        assert mine.view == theirs.view and mine.heads == theirs.heads
-        assert sorted(mine.layers) == sorted(theirs.layers)
-        for layer in theirs.layers:
-            np.testing.assert_allclose(mine.layers[layer], theirs.layers[layer], atol=EXACT, rtol=EXACT)
-        for layer in theirs.key_indices:
-            np.testing.assert_array_equal(mine.key_indices[layer], theirs.key_indices[layer])
 
 
 def eager(model_dirs: dict[str, Path], name: str, text: str) -> np.ndarray:
