@@ -58,8 +58,11 @@ class Outlet:
     @property
     def open(self) -> bool:
         """Whether the caller still wants results."""
-        if not self._closed and self._sink.cancelled:
-            self._closed = True
+        if not self._closed:
+            try:
+                self._sink.check()
+            except Cancelled:
+                self._closed = True
         return not self._closed
 
     def emit(self, item: Any) -> None:
