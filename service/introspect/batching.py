@@ -100,15 +100,6 @@ class SharedCall:
     run: Callable[[Sequence[Any]], None]  # one forward for the parts; each emits to its outlet
 
 
-def run_alone(call: SharedCall, sink: Sink) -> None:
-    """Runs one call's shared-form work by itself, raising its own error or Cancelled as
-    plain work does (batching off)."""
-    (error,) = run_together([(call, sink)])
-    if error is not None:
-        raise error
-    sink.check()
-
-
 def run_together(members: Sequence[tuple[SharedCall, Sink]], observe: BatchSizes | None = None) -> list[BaseException | None]:
     """Runs the calls `members` (of one key) in as few forwards as fit; returns, per
     member, the error its caller gets (None: its stream ends normally or was cancelled).

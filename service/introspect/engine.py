@@ -254,12 +254,14 @@ class _DeviceWorker:
 
     def _gather(self, first: _Slot) -> list[_Slot]:
         """Under the lock: `first` and the calls of its key queued behind it, in their
-        callers' turns, at most max_size. Waits up to max_delay for more while other
-        calls on the device are in progress (reading results, about to send the next
-        request); a lone call does not wait."""
+        callers' turns, at most max_size. While fewer calls than the device has open
+        streams (queued, or reading the results of the last batch and likely to send
+        the next request) are gathered, waits up to max_delay for more; a lone call
+        does not wait."""
         assert first.share is not None
         key = first.share.key
         batch = [first]
+        expected = min(self.policy.max_size, self.open)
         deadline = time.monotonic() + self.policy.max_delay_seconds
         while len(batch) < self.policy.max_size:
             slot = self.queue.pop_matching(lambda other: other.share is not None and other.share.key == key)
@@ -267,9 +269,8 @@ class _DeviceWorker:
                 self._start(slot)
                 batch.append(slot)
                 continue
-            others_in_progress = self.open - self.waiting - len(batch)
             left = deadline - time.monotonic()
-            if others_in_progress <= 0 or left <= 0:
+            if len(batch) >= expected or left <= 0:
                 break
             self.arrived.wait(left)
         return batch
