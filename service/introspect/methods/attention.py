@@ -5,6 +5,10 @@ forward pass runs.
 Rollout: Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers".
 Mean attention distance: Dosovitskiy et al. (2021), "An Image is Worth 16x16 Words", fig. 7.
 For images, `patch_grid` returns the [CLS] row over the patches laid out as the grid.
+
+Concurrent calls share a forward (dynamic batching, batching.py): each call is a `_Part`
+(its inputs encoded and checked alone), `run_parts` runs one padded forward of several
+parts and each part reads its own rows; `run` is `run_parts` of one part.
 """
 
 from __future__ import annotations
@@ -93,12 +97,17 @@ class _Part:
     options: AttentionOptions
     inputs: list[EncodedInput]
     outlet: Outlet
-    rollouts: list[torch.Tensor | None] = field(default_factory=list)
+    rollouts: list[torch.Tensor | None] = field(init=False)  # per input: rollout's running product
+    layout: ImageLayout | None = field(init=False)
+    centres: torch.Tensor | None = field(init=False)  # [patches, 2] pixel centres, images only
+    all_heads: bool = field(init=False)
+    head_index: torch.Tensor = field(init=False)  # [heads asked for]
+    requested: frozenset[int] = field(init=False)
+    last_layer: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.rollouts = [None] * len(self.inputs)
-        self.layout = self.inputs[0].image
-        layout = self.layout
+        layout = self.layout = self.inputs[0].image
         self.centres = None if layout is None else patch_centres(layout.grid_rows, layout.grid_columns,
                                                                  layout.patch_height, layout.patch_width)
         self.all_heads = self.options.heads == tuple(range(self.model.description.num_heads))
