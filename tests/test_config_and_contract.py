@@ -40,6 +40,9 @@ def test_serve_arguments_parse_repeatable_models() -> None:
         ({"models": ["a=/x", "a=/y"]}, "unique"),
         ({"max_message_bytes": 1000}, "at least"),
         ({"dtype": "int8"}, "dtype"),
+        ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
+        ({"max_batch_delay_ms": -1}, "max_batch_delay_ms must be in"),
+        ({"max_batch_delay_ms": 5000}, "max_batch_delay_ms must be in"),
     ],
 )
 def test_bad_settings_are_rejected(flags: dict[str, object], message: str) -> None:

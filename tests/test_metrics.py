@@ -78,6 +78,9 @@ def test_metrics_endpoint_exposes_every_metric(traffic: tuple[RunningServer, int
     assert samples[("introspect_requests_queued", (("model", "gpt2"),))] == 0
     assert samples[("introspect_requests_queue_limit", (("model", "gpt2"),))] == 32
     assert samples[("introspect_model_load_seconds", (("model", "gpt2"),))] > 0
+    # the miss and the bypass computed, each alone in its forward (dynamic batching is on)
+    assert total(samples, "introspect_batch_size_count", model="gpt2") == 2
+    assert total(samples, "introspect_batch_size_sum", model="gpt2") == 2
     # CPU only here: no device memory series (it appears on CUDA).
     assert not any(name == "introspect_device_memory_bytes" for name, _ in samples)
     assert not any(name.endswith("_created") for name, _ in samples)

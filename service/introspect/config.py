@@ -41,6 +41,8 @@ class Settings:
     max_text_bytes: int = 128 * 1024
     max_request_text_bytes: int = 1 * MIB
     max_batch_tokens: int = 65536
+    max_batch_size: int = 8  # calls merged into one forward (dynamic batching; 1: off)
+    max_batch_delay_ms: float = 2.0  # how long a batch waits for more calls (0: off)
     max_image_pixels: int = 40_000_000  # width x height of one image as sent (images.DEFAULT_MAX_IMAGE_PIXELS)
     max_request_bytes: int = 0  # 0: a share of the device's memory (budget.default_request_bytes)
     stall_timeout_seconds: float = 10.0
@@ -108,6 +110,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-pixels", type=int,
                         help="width x height of one image, checked from its header before decoding (default 40000000)")
     parser.add_argument("--max-batch-tokens", type=int, help="inputs x longest input in tokens, per batch (default 65536)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="concurrent compatible calls merged into one padded forward (dynamic batching; default 8, 1: off)",
+    )
+    parser.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        help="how long a batch waits for more calls while others are in progress (default 2; 0: off)",
+    )
     parser.add_argument(
         "--max-request-bytes",
         type=int,
@@ -225,6 +237,10 @@ def build_settings(
     for name in ("caller_max_concurrency", "caller_rate_per_second", "caller_burst"):
         if getattr(settings, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0: unlimited)")
+    if settings.max_batch_size < 1:
+        raise ValueError("max_batch_size must be at least 1 (1: no batching)")
+    if not 0 <= settings.max_batch_delay_ms <= 1000:
+        raise ValueError("max_batch_delay_ms must be in [0, 1000] (0: no batching)")
     if settings.max_request_bytes < 0:
         raise ValueError("max_request_bytes must be >= 0 (0: automatic)")
     _check_tls(settings)

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 from .admission import RequestLimits, check_inputs, check_lists, input_specs
+from .batching import SharedCall
 from .budget import is_allocator_failure, release_cached_memory
 from .callers import current_caller
 from .engine import Engine, Sink
 from .errors import AllocatorFailure, ModelNotFound, Overloaded
 from .hooks import cancellation_checks
-from .methods import method_for
+from .methods import Method, method_for
 from .models import LoadedModel, ModelDescription, ModelRegistry
 from .requests import InputSpec
 
 UNKNOWN_MODEL_LABEL = "unknown"
+T = TypeVar("T")
 
 
 class DataPlane:
@@ -95,17 +98,33 @@ class DataPlane:
             with cancellation_checks(sink.check):
                 method.run(model, query, options, sink)
 
-        async for item in self.engine.stream(model.device, _allocator_guarded(model, work), current_caller()):
+        share = _shared_call(model, method, query, options)
+        async for item in self.engine.stream(model.device, _allocator_guarded(model, work), current_caller(), share):
             yield item
 
 
-def _allocator_guarded(model: LoadedModel, work: Callable[[Sink], None]) -> Callable[[Sink], None]:
+def _shared_call(model: LoadedModel, method: Method, query: object, options: object) -> SharedCall | None:
+    """The call's work in the form that can share a forward with compatible calls of the
+    same model (batching.py), when the method has one."""
+    sharing = method.sharing
+    if sharing is None:
+        return None
+    return SharedCall(
+        key=(model.name, method.name, sharing.key(query, options)),
+        model=model.name,
+        prepare=lambda outlet: sharing.prepare(model, query, options, outlet),
+        fits=lambda parts: sharing.fits(model, parts),
+        run=_allocator_guarded(model, lambda parts: sharing.run(model, parts)),
+    )
+
+
+def _allocator_guarded(model: LoadedModel, work: Callable[[T], None]) -> Callable[[T], None]:
     """`work`, with a failed allocation turned into AllocatorFailure: the traceback (and
     the tensors its frames hold) is dropped and cached device memory handed back."""
 
-    def guarded(sink: Sink) -> None:
+    def guarded(argument: T) -> None:
         try:
-            work(sink)
+            work(argument)
             return
         except Exception as error:
             if not is_allocator_failure(error):

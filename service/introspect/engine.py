@@ -11,6 +11,10 @@ the worker while that many are waiting, wakes when the caller takes one or goes 
 and raises ReaderStalled when the caller has taken nothing for ``stall_timeout`` seconds:
 the worker is freed, and the caller, when it reads again, gets what was already sent
 and then that error.
+
+Dynamic batching: a call whose work comes as a SharedCall may run in one forward with
+the compatible calls queued behind it (batching.py); each keeps its own queue slot,
+stream and cancellation.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .batching import BatchPolicy, BatchSizes, SharedCall, run_together
 from .callers import ANONYMOUS
 from .errors import Cancelled, Overloaded, ReaderStalled
 
@@ -125,11 +130,15 @@ _WAITING, _RUNNING, _GONE = "waiting", "running", "gone"
 class _Slot:
     """One call's place in its device's queue: waiting, running, or gone (cancelled
     while waiting: its place was given back at once, the worker skips it). `run` is the
-    call's work, run in the call's context (its caller's name shows in log lines)."""
+    call's work, run in the call's context (its caller's name shows in log lines);
+    `share`, when set, the same work in the form that can share a forward, with `sink`
+    the call's stream."""
 
     worker: _DeviceWorker
     run: Callable[[], None]
     context: contextvars.Context
+    sink: Sink
+    share: SharedCall | None = None
     state: str = _WAITING
 
     def end(self) -> None:
@@ -181,18 +190,48 @@ class FairQueue:
         self._clock = max(self._clock, tag)
         return slot
 
+    def pop_matching(self, wanted: Callable[[_Slot], bool]) -> _Slot | None:
+        """The first waiting call in turn (lowest tag, then arrival) for which `wanted`
+        holds, taken out of the queue; None when there is none. A batch filled with it
+        takes its members in the callers' turns."""
+        found: tuple[int, int, str, int] | None = None
+        for caller, queue in self._queues.items():
+            for position, (tag, arrival, slot) in enumerate(queue):
+                if slot.state == _WAITING and wanted(slot):
+                    if found is None or (tag, arrival) < found[:2]:
+                        found = (tag, arrival, caller, position)
+                    break  # a caller's later calls come after this one
+        if found is None:
+            return None
+        tag, _, caller, position = found
+        queue = self._queues[caller]
+        slot = queue[position][2]
+        del queue[position]
+        if not queue:
+            del self._queues[caller]
+        self._clock = max(self._clock, tag)
+        return slot
+
 
 @dataclass
 class _DeviceWorker:
     executor: ThreadPoolExecutor
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    observe: BatchSizes | None = None
     waiting: int = 0
     running: int = 0
+    open: int = 0  # calls between admission and the end of their stream
     lock: threading.Lock = field(default_factory=threading.Lock)
     queue: FairQueue = field(default_factory=FairQueue)
+    arrived: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arrived = threading.Condition(self.lock)
 
     def run_next(self) -> None:
-        """On the worker thread: runs the next waiting call in turn. One is submitted
-        per call queued, so every waiting call gets a turn."""
+        """On the worker thread: runs the next waiting call in turn, with the calls that
+        can share its forward when batching is on. One is submitted per call queued, so
+        every waiting call gets a turn."""
         while True:
             with self.lock:
                 slot = self.queue.pop()
@@ -200,19 +239,66 @@ class _DeviceWorker:
                     return
                 if slot.state != _WAITING:
                     continue
-                slot.state = _RUNNING
-                self.waiting -= 1
-                self.running += 1
-            slot.context.run(slot.run)
+                self._start(slot)
+                batch = self._gather(slot) if slot.share is not None and self.policy.enabled else None
+            if batch is None:
+                slot.context.run(slot.run)
+            else:
+                slot.context.run(self._run_batch, batch)
             return
+
+    def _start(self, slot: _Slot) -> None:
+        slot.state = _RUNNING
+        self.waiting -= 1
+        self.running += 1
+
+    def _gather(self, first: _Slot) -> list[_Slot]:
+        """Under the lock: `first` and the calls of its key queued behind it, in their
+        callers' turns, at most max_size. While fewer calls than the device has open
+        streams (queued, or reading the results of the last batch and likely to send
+        the next request) are gathered, waits up to max_delay for more; a lone call
+        does not wait."""
+        assert first.share is not None
+        key = first.share.key
+        batch = [first]
+        expected = min(self.policy.max_size, self.open)
+        deadline = time.monotonic() + self.policy.max_delay_seconds
+        while len(batch) < self.policy.max_size:
+            slot = self.queue.pop_matching(lambda other: other.share is not None and other.share.key == key)
+            if slot is not None:
+                self._start(slot)
+                batch.append(slot)
+                continue
+            left = deadline - time.monotonic()
+            if len(batch) >= expected or left <= 0:
+                break
+            self.arrived.wait(left)
+        return batch
+
+    def _run_batch(self, batch: list[_Slot]) -> None:
+        """Runs the calls of `batch` together and ends each one's stream with its own
+        outcome."""
+        try:
+            members = [(slot.share, slot.sink) for slot in batch if slot.share is not None]
+            for slot, error in zip(batch, run_together(members, self.observe)):
+                slot.sink.finish(_DONE if error is None else _Failure(error))
+        except BaseException as error:  # run_together does not raise; a bug must not hang callers
+            for slot in batch:
+                slot.sink.finish(_Failure(error))
+        finally:
+            for slot in batch:
+                slot.end()
 
 
 class Engine:
     """Runs work for models, one worker per device, with a bounded queue per device."""
 
-    def __init__(self, max_queue: int, stall_timeout: float = 10.0) -> None:
+    def __init__(self, max_queue: int, stall_timeout: float = 10.0, batching: BatchPolicy | None = None,
+                 batch_sizes: BatchSizes | None = None) -> None:
         self._max_queue = max_queue
         self._stall_timeout = stall_timeout
+        self._batching = batching or BatchPolicy(max_size=1)
+        self._batch_sizes = batch_sizes
         self._workers: dict[str, _DeviceWorker] = {}
         self._sinks: set[Sink] = set()
 
@@ -220,7 +306,9 @@ class Engine:
         key = str(device)
         if key not in self._workers:
             self._workers[key] = _DeviceWorker(
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"introspect-{key}")
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"introspect-{key}"),
+                self._batching,
+                self._batch_sizes,
             )
         return self._workers[key]
 
@@ -229,22 +317,27 @@ class Engine:
         worker = self._worker(device)
         return worker.waiting, worker.running
 
-    def _admit(self, device: torch.device, caller: str, run: Callable[[], None]) -> _Slot:
+    def _admit(self, device: torch.device, caller: str, run: Callable[[], None], sink: Sink,
+               share: SharedCall | None) -> _Slot:
         worker = self._worker(device)
-        slot = _Slot(worker, run, contextvars.copy_context())
+        slot = _Slot(worker, run, contextvars.copy_context(), sink, share)
         with worker.lock:
             if worker.waiting >= self._max_queue:
                 raise Overloaded(
                     f"{worker.waiting} requests are already queued for {device}; retry later"
                 )
             worker.waiting += 1
+            worker.open += 1
             worker.queue.push(caller, slot)
+            worker.arrived.notify_all()
         return slot
 
-    async def stream(self, device: torch.device, work: Work, caller: str = ANONYMOUS) -> AsyncIterator[Any]:
+    async def stream(self, device: torch.device, work: Work, caller: str = ANONYMOUS,
+                     share: SharedCall | None = None) -> AsyncIterator[Any]:
         """Runs `work` on the device's worker and yields what it emits, as the caller
         reads it (see the module's note on backpressure). Calls wait in the device's
-        FairQueue under `caller`: callers take turns.
+        FairQueue under `caller`: callers take turns. `share`, the same work in shared
+        form, lets the call run in one forward with compatible calls (batching.py).
 
         Raises Overloaded at once when the device's queue is full. Closing the iterator
         (the caller went away) gives a waiting call's place back at once and cancels
@@ -266,7 +359,7 @@ class Engine:
             finally:
                 slot.end()
 
-        slot = self._admit(device, caller, run)
+        slot = self._admit(device, caller, run, sink, share)
         self._sinks.add(sink)
         future = loop.run_in_executor(slot.worker.executor, slot.worker.run_next)
         try:
@@ -281,6 +374,8 @@ class Engine:
         finally:
             sink.cancel()
             slot.leave()
+            with slot.worker.lock:
+                slot.worker.open -= 1
             self._sinks.discard(sink)
             if future.done():
                 future.result()

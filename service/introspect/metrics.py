@@ -101,6 +101,10 @@ class Metrics:
             "introspect_request_duration_seconds", "Time from an RPC's start to its end", ["rpc", "model"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )
+        self.batch_size = Histogram(
+            "introspect_batch_size", "Calls run in one shared forward (dynamic batching)", ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=registry,
+        )
         self.first_message = Histogram(
             "introspect_time_to_first_message_seconds", "Time from an RPC's start to its first response message",
             ["rpc", "model"], buckets=LATENCY_BUCKETS, registry=registry,

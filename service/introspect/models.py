@@ -143,9 +143,14 @@ class LoadedModel:
     def encode_batch(self, specs: tuple[InputSpec, ...] | list[InputSpec], truncate: bool,
                      field: str = "inputs") -> EncodedBatch:
         """Several inputs encoded and padded into one batch on the model's device."""
+        return self.batch(self.encode_all(specs, truncate, field))
+
+    def encode_all(self, specs: tuple[InputSpec, ...] | list[InputSpec], truncate: bool,
+                   field: str = "inputs") -> list[EncodedInput]:
+        """Several inputs encoded (at least one), not yet batched."""
         if not specs:
             raise InvalidInput(field, "at least one input is required")
-        return self.batch([self.encode(spec, truncate, f"{field}[{i}]") for i, spec in enumerate(specs)])
+        return [self.encode(spec, truncate, f"{field}[{i}]") for i, spec in enumerate(specs)]
 
     def batch(self, encoded: list[EncodedInput]) -> EncodedBatch:
         """Encoded inputs right-padded (or images stacked) into tensors on the model's device."""

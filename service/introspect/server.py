@@ -192,6 +192,7 @@ async def serve(
     from transformers.utils import logging as transformers_logging
 
     from .admission import RequestLimits
+    from .batching import BatchPolicy
     from .dataplane import DataPlane
     from .engine import Engine
     from .models import ModelRegistry
@@ -199,7 +200,12 @@ async def serve(
 
     transformers_logging.disable_progress_bar()
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
-    engine = Engine(max_queue=settings.max_queue, stall_timeout=settings.stall_timeout_seconds)
+    engine = Engine(
+        max_queue=settings.max_queue,
+        stall_timeout=settings.stall_timeout_seconds,
+        batching=BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000),
+        batch_sizes=lambda model, size: metrics.batch_size.labels(model).observe(size),
+    )
     plane = DataPlane(registry, engine, RequestLimits.from_settings(settings))
     drain = DrainInterceptor(SERVICE_NAME)
     server = grpc.aio.server(

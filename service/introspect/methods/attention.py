@@ -16,23 +16,30 @@ up to --cache-max-value-bytes. Tested in tests/test_attention_long.py.
 Rollout: Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers".
 Mean attention distance: Dosovitskiy et al. (2021), "An Image is Worth 16x16 Words", fig. 7.
 For images, `patch_grid` returns the [CLS] row over the patches laid out as the grid.
+
+Concurrent calls share a forward (dynamic batching, batching.py): each call is a `_Part`
+(its inputs encoded and checked alone), `run_parts` runs one padded forward of several
+parts and each part reads its own rows; `run` is `run_parts` of one part.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import hooks
+from ..batching import Outlet
 from ..budget import DTYPE_BYTES, Footprint, activation_bytes, output_bytes
 from ..engine import HANDOFF_ITEMS, Sink
-from ..errors import require
+from ..errors import Cancelled, require
 from ..models import LoadedModel, ModelDescription
 from ..requests import ATTENTION_VIEWS, VALUE_DTYPES, AttentionQuery
-from ..results import AttentionLayerResult, ImageLayout, StreamStart
+from ..results import AttentionLayerResult, EncodedInput, ImageLayout, StreamStart
 from ..wire import to_wire
-from .registry import Method
+from .registry import Method, Sharing
 from .selection import unique_in_range
 from .reductions import head_max, head_mean, mean_attention_distance, patch_centres, residual_attention, rollout_step
 
@@ -124,66 +131,163 @@ def query_rows(options: AttentionOptions, length: int) -> tuple[int, int]:
     return start, end
 
 
-def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, sink: Sink) -> None:
-    """Encodes the inputs, then streams each requested layer as the forward pass reaches it."""
-    batch = model.encode_batch(query.inputs, query.truncate)
-    shortest = min(item.length for item in batch.inputs)
-    require(options.top_k <= shortest, "top_k", f"{options.top_k} exceeds the shortest input ({shortest} tokens)")
-    layout = batch.inputs[0].image
-    require(not options.patch_grid or (layout is not None and layout.first_patch > 0), "patch_grid",
-            f"model {model.name!r} has no [CLS] token whose row could be laid out over the patches")
-    rows = [query_rows(options, item.length) for item in batch.inputs]  # [start, end) per input
-    model.budget.check_batch_tokens(len(batch.inputs), batch.width, "inputs")
-    # Rollout multiplies whole maps: it computes every row and returns the asked ones.
-    computed = (0, batch.width) if options.view == "rollout" else (min(r[0] for r in rows), max(r[1] for r in rows))
-    model.budget.require(footprint(model.description, [item.length for item in batch.inputs], options, rows,
-                                   computed[1] - computed[0]))
-    description = model.description
-    sink.emit(StreamStart(description.name, description.fingerprint, batch.inputs))
+@dataclass
+class _Part:
+    """One call's share of an attention forward: its inputs, options, query rows and where
+    its results go; `take` reads its rows of each layer's probabilities."""
 
-    requested = frozenset(options.layers)
-    all_heads = options.heads == tuple(range(description.num_heads))
-    head_index = torch.tensor(options.heads, device=model.device)
-    rollouts: list[torch.Tensor | None] = [None] * len(batch.inputs)
-    last_layer = max(options.layers_computed)
-    centres = None if layout is None else patch_centres(layout.grid_rows, layout.grid_columns, layout.patch_height,
-                                                        layout.patch_width)
+    model: LoadedModel
+    options: AttentionOptions
+    inputs: list[EncodedInput]
+    outlet: Outlet
+    rows: list[tuple[int, int]] = field(init=False)  # per input: its query rows [start, end)
+    rollouts: list[torch.Tensor | None] = field(init=False)  # per input: rollout's running product
+    layout: ImageLayout | None = field(init=False)
+    centres: torch.Tensor | None = field(init=False)  # [patches, 2] pixel centres, images only
+    all_heads: bool = field(init=False)
+    head_index: torch.Tensor = field(init=False)  # [heads asked for]
+    requested: frozenset[int] = field(init=False)
+    last_layer: int = field(init=False)
 
-    def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
-        # probabilities: [batch, heads, computed rows, key] float32 (query rows computed[0]...)
-        sink.check()
-        selected = probabilities if all_heads else probabilities.index_select(1, head_index)
-        for row, encoded in enumerate(batch.inputs):
+    def __post_init__(self) -> None:
+        self.rows = [query_rows(self.options, item.length) for item in self.inputs]
+        self.rollouts = [None] * len(self.inputs)
+        layout = self.layout = self.inputs[0].image
+        self.centres = None if layout is None else patch_centres(layout.grid_rows, layout.grid_columns,
+                                                                 layout.patch_height, layout.patch_width)
+        self.all_heads = self.options.heads == tuple(range(self.model.description.num_heads))
+        self.head_index = torch.tensor(self.options.heads, device=self.model.device)
+        self.requested = frozenset(self.options.layers)
+        self.last_layer = max(self.options.layers_computed)
+
+    def computed_rows(self, width: int) -> tuple[int, int]:
+        """The query rows [start, end) of a forward of `width` tokens this part needs:
+        rollout multiplies whole maps, so it needs every row; otherwise its inputs' rows."""
+        if self.options.view == "rollout":
+            return 0, width
+        return min(start for start, _ in self.rows), max(end for _, end in self.rows)
+
+    def start(self) -> None:
+        """Emits the stream's header."""
+        description = self.model.description
+        self.outlet.emit(StreamStart(description.name, description.fingerprint, tuple(self.inputs)))
+
+    def take(self, layer: int, probabilities: torch.Tensor, first_row: int) -> None:
+        """Emits this call's results of `layer` from its inputs' probabilities [inputs,
+        heads, computed query rows, key] float32 (padded to the batch's width; the
+        computed rows begin at query row `first_row`)."""
+        if layer > self.last_layer or not self.outlet.open:
+            return
+        options, layout = self.options, self.layout
+        selected = probabilities if self.all_heads else probabilities.index_select(1, self.head_index)
+        for row, encoded in enumerate(self.inputs):
             length = encoded.length
-            start, end = rows[row]
+            start, end = self.rows[row]
             if options.view == "rollout":
-                maps = selected[row, :, :length, :length]  # [heads, query, key], every row
+                maps = selected[row, :, :length, :length]  # [heads, query, key], every row (first_row is 0)
                 layer_attention = residual_attention(head_mean(maps)[0], options.rollout_residual_weight)
-                rollouts[row] = rollout_step(rollouts[row], layer_attention)
+                self.rollouts[row] = rollout_step(self.rollouts[row], layer_attention)
             else:
-                maps = selected[row, :, start - computed[0]:end - computed[0], :length]  # [heads, rows, key]
-            if layer not in requested:
+                maps = selected[row, :, start - first_row:end - first_row, :length]  # [heads, rows, key]
+            if layer not in self.requested:
                 continue
             view_values = {
                 "heads": lambda: maps,
                 "head_mean": lambda: head_mean(maps),
                 "head_max": lambda: head_max(maps),
-                "rollout": lambda: rollouts[row][None, start:end],  # type: ignore[index]
-                "mean_distance": lambda: mean_attention_distance(maps, layout.first_patch, centres)[:, None, None],
+                "rollout": lambda: self.rollouts[row][None, start:end],  # type: ignore[index]
+                "mean_distance": lambda: mean_attention_distance(maps, layout.first_patch, self.centres)[:, None, None],
             }[options.view]()
             if options.patch_grid:
                 assert layout is not None
                 # [heads_or_1, tokens, tokens] -> [heads_or_1, rows, columns]: the [CLS] row over the patches
                 view_values = view_values[:, 0, layout.first_patch:].reshape(-1, layout.grid_rows, layout.grid_columns)
-            sink.emit(_layer_result(row, layer, view_values, options, layout, start))
+            self.outlet.emit(_layer_result(row, layer, view_values, options, layout, start))
+            if not self.outlet.open:
+                return
+
+
+def sharing_key(query: AttentionQuery, options: AttentionOptions) -> tuple[int, str]:
+    """Calls share a forward when their inputs are of one modality and they need the same
+    depth (no call waits for layers it would not compute alone)."""
+    return max(options.layers_computed), query.inputs[0].modality if query.inputs else "text"
+
+
+def prepare_part(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, outlet: Outlet) -> _Part:
+    """Encodes one call's inputs and checks them against its options (rows included) and
+    limits."""
+    inputs = model.encode_all(query.inputs, query.truncate)
+    shortest = min(item.length for item in inputs)
+    require(options.top_k <= shortest, "top_k", f"{options.top_k} exceeds the shortest input ({shortest} tokens)")
+    layout = inputs[0].image
+    require(not options.patch_grid or (layout is not None and layout.first_patch > 0), "patch_grid",
+            f"model {model.name!r} has no [CLS] token whose row could be laid out over the patches")
+    lengths = [item.length for item in inputs]
+    model.budget.check_batch_tokens(len(lengths), max(lengths), "inputs")
+    part = _Part(model, options, inputs, outlet)
+    first, end = part.computed_rows(max(lengths))
+    model.budget.require(footprint(model.description, lengths, options, part.rows, end - first))
+    return part
+
+
+def _union_rows(parts: Sequence[_Part], width: int) -> tuple[int, int]:
+    """The query rows [start, end) a forward of `parts` at `width` tokens computes."""
+    spans = [part.computed_rows(width) for part in parts]
+    return min(start for start, _ in spans), max(end for _, end in spans)
+
+
+def parts_fit(model: LoadedModel, parts: Sequence[_Part]) -> bool:
+    """Whether one padded forward of every part's inputs fits --max-batch-tokens and the
+    memory budget (the parts' own returned values plus the merged batch's activations)."""
+    lengths = [item.length for part in parts for item in part.inputs]
+    width = max(lengths)
+    first, end = _union_rows(parts, width)
+    fixed = sum(footprint(model.description, [item.length for item in part.inputs], part.options, part.rows).fixed
+                for part in parts)
+    merged = footprint(model.description, lengths, parts[0].options, computed_rows=end - first)
+    needed = fixed + merged.rows * merged.per_row
+    return len(lengths) * width <= model.budget.batch_tokens and needed <= model.budget.bytes
+
+
+def run_parts(model: LoadedModel, parts: Sequence[_Part]) -> None:
+    """One padded forward of every part's inputs (rows in part order), each part's layers
+    streamed to its own outlet as the forward reaches them; only the query rows some part
+    asks for are computed. It stops after the deepest layer any part needs, or once every
+    outlet is closed."""
+    batch = model.batch([item for part in parts for item in part.inputs])  # [rows, width]
+    for part in parts:
+        part.start()
+    bounds = list(itertools.accumulate((len(part.inputs) for part in parts), initial=0))
+    computed = frozenset().union(*(part.options.layers_computed for part in parts))
+    last_layer = max(computed)
+    first, end = _union_rows(parts, batch.width)
+
+    def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
+        # probabilities: [rows, heads, query rows first..end, key] float32
+        for part, begin, stop in zip(parts, bounds, bounds[1:]):
+            part.take(layer, probabilities[begin:stop], first)
+        if not any(part.outlet.open for part in parts):
+            raise Cancelled()
         if layer == last_layer:
             raise hooks.StopForward()  # the layers after it are not needed
 
-    every_row = computed == (0, batch.width)
-    capture = hooks.HookSet({hooks.ATTN_PROBS: on_probabilities}, {hooks.ATTN_PROBS: options.layers_computed},
-                            probability_rows=None if every_row else computed)
+    every_row = (first, end) == (0, batch.width)
+    capture = hooks.HookSet({hooks.ATTN_PROBS: on_probabilities}, {hooks.ATTN_PROBS: computed},
+                            probability_rows=None if every_row else (first, end))
     with model.hooks.active(capture), torch.inference_mode():
         model.run_trunk(batch.model_inputs())
+
+
+def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, sink: Sink) -> None:
+    """Encodes the inputs, then streams each requested layer as the forward pass reaches it."""
+    outlet = Outlet(sink)
+    try:
+        run_parts(model, [prepare_part(model, query, options, outlet)])
+    except Cancelled:
+        pass  # the outlet closed: cancelled, or its reader stalled
+    if outlet.error is not None:
+        raise outlet.error
+    outlet.check()
 
 
 def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions,
@@ -233,4 +337,5 @@ def _layer_result(row: int, layer: int, values: torch.Tensor, options: Attention
 METHOD = Method(
     name="attention", rpc="StreamAttention", query_type=AttentionQuery, prepare=prepare, run=run,
     payloads={AttentionLayerResult: "chunk"},
+    sharing=Sharing(key=sharing_key, prepare=prepare_part, fits=parts_fit, run=run_parts),
 )

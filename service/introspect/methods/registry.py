@@ -6,12 +6,28 @@ method modules can import it without an import cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..batching import Outlet
 from ..engine import Sink
 from ..models import LoadedModel, ModelDescription
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """How calls of a method share one forward (dynamic batching, batching.py): the
+    method's `run` split into a part per call and one run of several parts."""
+
+    # (query, options) -> what must be equal for calls of one model to share a forward
+    key: Callable[[Any, Any], Hashable]
+    # (model, query, options, outlet) -> this call's part: inputs encoded, its own limits checked
+    prepare: Callable[[LoadedModel, Any, Any, Outlet], Any]
+    # (model, parts) -> whether the parts fit one forward (budget and --max-batch-tokens)
+    fits: Callable[[LoadedModel, Sequence[Any]], bool]
+    # (model, parts): one forward; each part emits StreamStart, then its results, to its outlet
+    run: Callable[[LoadedModel, Sequence[Any]], None]
 
 
 @dataclass(frozen=True)
@@ -32,3 +48,5 @@ class Method:
     run: Callable[[LoadedModel, Any, Any, Sink], None]
     # result type -> name of the response's payload field that carries it
     payloads: Mapping[type, str] = field(default_factory=dict)
+    # set when concurrent calls may share a forward
+    sharing: Sharing | None = None

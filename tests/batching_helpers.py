@@ -1,0 +1,91 @@
+"""Shared by the dynamic batching tests: calls sent together while a long call holds the
+device's worker (so that they queue and are taken as one batch), the batch sizes the
+metrics endpoint shows, and the comparison with a non-batching server's results."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+from introspect_client import AsyncClient, AttentionResult, Client
+from services import scrape, total
+
+EXACT = 1e-6  # batched vs unbatched, absolute and relative. A padded batch's other shape
+# (more rows, a wider padding) changes the order of float32 sums in the BLAS kernels: on
+# inputs of tens of tokens that moves values by up to ~1e-6, as a request's own several
+# inputs already do unbatched
+LONG_INPUTS = 1e-5  # relative, for inputs of hundreds of tokens (observed: 2.6e-6 at 0.4, 7
+# values in 2 million; error grows with the number of layers' sums it passes through)
+BLOCKER = " ".join(["block"] * 600)  # truncated to MiniLM's 512 tokens
+
+
+def batch_sizes(port: int) -> dict[str, float]:
+    """introspect_batch_size's cumulative bucket counts by upper bound, and its sum and count."""
+    samples = scrape(port)
+    bounds = {dict(labels)["le"] for (name, labels) in samples if name == "introspect_batch_size_bucket"}
+    sizes = {bound: total(samples, "introspect_batch_size_bucket", le=bound) for bound in bounds}  # all models
+    return {**sizes, "sum": total(samples, "introspect_batch_size_sum"), "count": total(samples, "introspect_batch_size_count")}
+
+
+def batches_of(before: dict[str, float], after: dict[str, float], size: int) -> float:
+    """Batches of exactly `size` calls observed between two batch_sizes readings (the
+    buckets used here bound 1, 2, 3, 4, 6, 8: sizes of 5 or 7 read as 6 or 8)."""
+    bounds = ["1.0", "2.0", "3.0", "4.0", "6.0", "8.0"]
+    upper = next(bound for bound in bounds if float(bound) >= size)
+    lower = bounds[bounds.index(upper) - 1] if upper != "1.0" else None
+    def delta(bound: str) -> float:
+        return after.get(bound, 0) - before.get(bound, 0)
+
+    return delta(upper) - (delta(lower) if lower else 0)
+
+
+async def while_blocked(address: str, requests: list[dict[str, Any]], model: str = "minilm",
+                        cancel: Collection[int] = (), blocker_inputs: int = 16) -> list[Any]:
+    """Sends `requests` at once while a long call of another key holds the worker, so they
+    queue and are taken together; the requests at the indices in `cancel` are cancelled
+    once their header (sent when their batch starts) has arrived. Returns each one's
+    result (None for a cancelled one, the exception for a failed one)."""
+    async with AsyncClient(address, timeout=300) as client:
+        blocker = client.stream_attention([BLOCKER] * blocker_inputs, model="minilm", layers=[0],
+                                          view="head_mean", truncate=True, cache="bypass").__aiter__()
+        await blocker.__anext__()  # its header: the blocker runs
+
+        async def one(index: int, request: dict[str, Any]) -> AttentionResult | None:
+            if index not in cancel:
+                return await client.attention(model=model, **request)
+            stream = client.stream_attention(model=model, **request).__aiter__()
+            await stream.__anext__()
+            await stream.aclose()  # type: ignore[attr-defined]
+            return None
+
+        async def drain() -> None:
+            async for _ in blocker:
+                pass
+
+        draining = asyncio.create_task(drain())
+        results = await asyncio.gather(*(one(index, request) for index, request in enumerate(requests)),
+                                       return_exceptions=True)
+        await draining
+    return list(results)
+
+
+def plain_results(address: str, requests: list[dict[str, Any]], model: str = "minilm") -> list[AttentionResult]:
+    """The requests one at a time."""
+    with Client(address, timeout=300) as client:
+        return [client.attention(model=model, **request) for request in requests]
+
+
+def assert_same(batched: AttentionResult, plain: AttentionResult, rtol: float = EXACT) -> None:
+    """Equal tokens, layers and values (within EXACT absolute, `rtol` relative), top-k key
+    indices equal."""
+    assert len(batched) == len(plain)
+    for mine, theirs in zip(batched, plain):
+        assert mine.token_ids == theirs.token_ids
+        assert mine.view == theirs.view and mine.heads == theirs.heads
+        assert sorted(mine.layers) == sorted(theirs.layers)
+        for layer in theirs.layers:
+            np.testing.assert_allclose(mine.layers[layer], theirs.layers[layer], atol=EXACT, rtol=rtol)
+        for layer in theirs.key_indices:
+            np.testing.assert_array_equal(mine.key_indices[layer], theirs.key_indices[layer])
