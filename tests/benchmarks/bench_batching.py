@@ -1,9 +1,10 @@
 """Dynamic batching: throughput of concurrent StreamAttention callers, batching on vs off,
 side by side in one run.
 
-    python tests/benchmarks/bench_batching.py [--tokens 16 32] [--clients 8] [--seconds 8] [--lone 40] [--delay-ms MS]
+    python tests/benchmarks/bench_batching.py [--tokens 16 32] [--clients 8] [--seconds 8] [--lone 40] [--delay-ms MS] [--device cpu]
 
-Two server processes of MiniLM (float32, no result cache), started by this script: one
+Two server processes of MiniLM (float32, no result cache, on --device: cpu by default,
+cuda in the GPU check), started by this script: one
 with the default batching (--max-batch-size 8, --max-batch-delay-ms 2), one with batching
 off (--max-batch-size 1). At each input length:
   throughput  --clients closed-loop callers (one channel each, in one asyncio loop), each
@@ -100,10 +101,11 @@ def main() -> None:
     parser.add_argument("--lone", type=int, default=40, help="sequential requests per turn of the lone caller")
     parser.add_argument("--delay-ms", type=float, help="--max-batch-delay-ms of the batching server (default: its default)")
     parser.add_argument("--model-dir", help="an encoder directory (default: the packaged MiniLM)")
+    parser.add_argument("--device", default="cpu", help="the servers' --device (cpu, cuda, ...)")
     arguments = parser.parse_args()
     path = model_dir(arguments.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    common = [f"--model=minilm={path}", "--device=cpu", "--dtype=float32", "--cache-bytes=0"]
+    common = [f"--model=minilm={path}", f"--device={arguments.device}", "--dtype=float32", "--cache-bytes=0"]
     port, flag = metrics_port_flag()
     servers: dict[str, RunningServer] = {
         "on": start_server(*common, flag, *([f"--max-batch-delay-ms={arguments.delay_ms}"] if arguments.delay_ms else [])),
@@ -142,7 +144,7 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
-    print(f"MiniLM, {arguments.clients} concurrent callers, head-mean attention of every layer, "
+    print(f"MiniLM on {arguments.device}, {arguments.clients} concurrent callers, head-mean attention of every layer, "
           f"{2 * arguments.seconds:g} s per server and length; lone caller: {2 * arguments.lone} requests")
     print(markdown_table(
         ["tokens", "off req/s", "on req/s", "throughput on/off", "goal", "mean batch", "lone p50 off (ms)",

