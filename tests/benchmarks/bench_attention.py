@@ -9,7 +9,11 @@ For MiniLM (6 layers x 12 heads) at each input length, medians of:
   server     StreamAttention through a real server over loopback with the real client,
              all layers and heads reassembled into numpy arrays (float32 and float16)
   first      time to the first chunk through the server
-and the payload bytes per layer in float32 and float16. Ratios are against eager.
+  floor      the same message sizes as the float32 server call, streamed by a bare
+             grpc.aio server of pre-serialized bytes and received with the raw stub
+             (transport_floor.py): gRPC over loopback alone
+and the payload bytes per layer in float32 and float16. Ratios are against eager; the
+last row is the float32 server call over max(method, floor) (goal: at most 1.3x).
 Everything runs on --device (cpu by default; cuda: in-process timings wait for the GPU),
 weights in float32; --model-dir replaces MiniLM by another BERT-like encoder directory
 (the GPU check's stand-in when the packaged MiniLM is not installed).
@@ -29,6 +33,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from conftest import start_server  # noqa: E402
 from timing import markdown_table, measure, median_ms, model_dir, model_label, synchronized  # noqa: E402
+from transport_floor import floor_stub  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 from introspect.config import ModelSpec  # noqa: E402
@@ -112,6 +117,7 @@ def main() -> None:
                             first_chunk.append(time.perf_counter() - started)
                             break
 
+                all_sizes = [m.ByteSize() for m in client.stream_attention(text, model="minilm", cache="bypass")]
                 bytes_per_layer = {}
                 for dtype in ("float32", "float16"):
                     sizes = [
@@ -131,9 +137,16 @@ def main() -> None:
                     ),
                 }
                 measure(run_first_chunk, arguments.repeats)
+                with floor_stub(all_sizes) as floor:
+                    timings["transport floor (same bytes)"] = measure(
+                        lambda: list(floor.StreamAttention(pb.StreamAttentionRequest())), arguments.repeats)
                 eager_ms = median_ms(timings["eager"])
                 for name, values in timings.items():
                     rows.append([tokens, name, f"{median_ms(values):.1f}", f"{median_ms(values) / eager_ms:.2f}x"])
+                bound = max(median_ms(timings["method"]), median_ms(timings["transport floor (same bytes)"]))
+                over = median_ms(timings["server f32"]) / bound
+                rows.append([tokens, "server f32 / max(method, floor)", f"{over:.2f}x",
+                             "met (<= 1.3x)" if over <= 1.3 else "not met (> 1.3x)"])
                 rows.append([tokens, "first chunk (server)", f"{median_ms(first_chunk[-arguments.repeats:]):.1f}",
                              f"{median_ms(first_chunk[-arguments.repeats:]) / eager_ms:.2f}x"])
                 rows.append([tokens, "payload per layer", f"f32 {bytes_per_layer['float32'] / 1e6:.2f} MB",

@@ -26,10 +26,7 @@ this process and the check is integrity.unseal (HMAC-SHA256) of it, each reporte
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,12 +43,12 @@ from introspect_contract import pb  # noqa: E402
 from introspect_contract import pb_grpc  # noqa: E402
 from services import RedisServer  # noqa: E402
 from timing import markdown_table, measure, measure_interleaved, percentile_ms  # noqa: E402
+from transport_floor import MAX_RECEIVE, floor_stub  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 HEADS = 12
 VALUE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 TARGET_MB = (1, 2, 4)
-MAX_RECEIVE = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
 def tokens_for(megabytes: float, layers: int, dtype: str) -> int:
@@ -59,50 +56,16 @@ def tokens_for(megabytes: float, layers: int, dtype: str) -> int:
     return round(math.sqrt(megabytes * 1e6 / (layers * HEADS * VALUE_BYTES[dtype])))
 
 
-def serve_bytes(sizes: list[int]) -> None:
-    """The floor server: streams messages of `sizes` bytes (pre-serialized chunks of
-    random data) for every StreamAttention call; prints its port."""
-    chunks = [pb.AttentionChunk(values=pb.Tensor(data=os.urandom(max(size - 16, 0)))) for size in sizes]
-    payloads = [pb.StreamAttentionResponse(chunk=chunk).SerializeToString() for chunk in chunks]
-
-    async def stream(request: pb.StreamAttentionRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
-        for payload in payloads:
-            yield payload
-
-    async def run() -> None:
-        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
-        handler = grpc.unary_stream_rpc_method_handler(stream, request_deserializer=pb.StreamAttentionRequest.FromString)
-        service = pb.DESCRIPTOR.services_by_name["Introspection"].full_name
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"StreamAttention": handler}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        print(port, flush=True)
-        await server.wait_for_termination()
-
-    asyncio.run(run())
-
-
 def raw_hit_and_floor_timings(
     address: str, request: pb.StreamAttentionRequest, sizes: list[int], repeats: int
 ) -> tuple[list[float], list[float]]:
     """Seconds per hit received with the raw stub (parsed messages, no assembly), and per
     call of the floor server streaming `sizes` through the raw stub, interleaved."""
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve-bytes", ",".join(map(str, sizes))], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        port = process.stdout.readline().strip()
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=MAX_RECEIVE) as floor_channel, \
-                grpc.insecure_channel(address, options=MAX_RECEIVE) as channel:
-            floor_stub, stub = pb_grpc.IntrospectionStub(floor_channel), pb_grpc.IntrospectionStub(channel)
-            hits, floor = measure_interleaved([lambda: list(stub.StreamAttention(request)),
-                                               lambda: list(floor_stub.StreamAttention(pb.StreamAttentionRequest()))],
-                                              repeats, warmup=3)
-            return hits, floor
-    finally:
-        process.kill()
-        process.wait()
+    with floor_stub(sizes) as floor, grpc.insecure_channel(address, options=MAX_RECEIVE) as channel:
+        stub = pb_grpc.IntrospectionStub(channel)
+        return measure_interleaved([lambda: list(stub.StreamAttention(request)),
+                                    lambda: list(floor.StreamAttention(pb.StreamAttentionRequest()))],
+                                   repeats, warmup=3)
 
 
 def redis_part_timings(redis_server: RedisServer, new_keys: set[bytes], repeats: int) -> tuple[list[float], list[float]]:
@@ -127,11 +90,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(VALUE_BYTES), default="float32", help="value dtype on the wire")
     parser.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024,
                         help="the servers' --max-message-bytes, which bounds chunk size (default: the server default)")
-    parser.add_argument("--serve-bytes", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.serve_bytes:
-        serve_bytes([int(size) for size in arguments.serve_bytes.split(",")])
-        return
     path = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     workdir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
