@@ -34,6 +34,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from . import hooks
+from .agreement import agree
 from .kinds import ModelKind
 from .prefix import PrefixKeys, verified_prefix_reuse
 
@@ -193,6 +194,12 @@ def verify_growth(registry: hooks.ModelHooks, kind: ModelKind, model: PreTrained
     return verified_growth(registry, run)
 
 
+def _first_row(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Row 0 of the padded probe batch, without its padding ([1, real tokens])."""
+    length = int(inputs["attention_mask"][0].sum())
+    return {name: value[:1, :length] for name, value in inputs.items()}
+
+
 def verify_prefix_reuse(registry: hooks.ModelHooks, kind: ModelKind, model: PreTrainedModel,
                         inputs: dict[str, torch.Tensor]) -> bool:
     """Whether a causal model's forwards of an input's tail can reuse the keys and values
@@ -201,8 +208,7 @@ def verify_prefix_reuse(registry: hooks.ModelHooks, kind: ModelKind, model: PreT
         return False
     from .methods.layer_stack import growing_batch, probe_growth  # the growing batch is part of what is verified
 
-    length = int(inputs["attention_mask"][0].sum())
-    row = {name: value[:1, :length] for name, value in inputs.items()}
+    row = _first_row(inputs)
 
     def run(arguments: Mapping[str, torch.Tensor], prefix: PrefixKeys, edit_from: int | None) -> torch.Tensor:
         with torch.inference_mode():
@@ -223,8 +229,7 @@ def verify_last_position_mlp(registry: hooks.ModelHooks, kind: ModelKind, model:
     on the last position alone (HookSet.last_position_only)."""
     if not (kind.causal and kind.has_lm_head and registry.modules.mlps is not None and "attention_mask" in inputs):
         return False
-    length = int(inputs["attention_mask"][0].sum())
-    row = {name: value[:1, :length] for name, value in inputs.items()}
+    row = _first_row(inputs)
     registry.last_position_mlp = True
     try:
         with torch.inference_mode():
@@ -235,8 +240,7 @@ def verify_last_position_mlp(registry: hooks.ModelHooks, kind: ModelKind, model:
         return False
     finally:
         registry.last_position_mlp = False
-    tolerance = torch.finfo(reference.dtype).eps ** 0.5 * max(1.0, float(reference.abs().max()))
-    return cut.shape == reference.shape and torch.allclose(cut, reference, rtol=0, atol=tolerance)
+    return agree(reference, cut)
 
 
 def unembedding(model: PreTrainedModel, kind: ModelKind, registry: hooks.ModelHooks,

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .agreement import agree
+
 
 class PrefixUnsupported(Exception):
     """The attention call has an input a recorded prefix cannot serve (a position bias)."""
@@ -118,8 +120,7 @@ def verified_prefix_reuse(run: GrownRun, arguments: Mapping[str, torch.Tensor]) 
             recorded = PrefixKeys.recording()
             whole = run(arguments, recorded, start if grow else None)[:, start:].float()
             suffix = run(suffix_arguments(arguments, start), recorded.from_position(start), 0 if grow else None).float()
-            tolerance = torch.finfo(whole.dtype).eps ** 0.5 * max(1.0, float(whole.abs().max()))
-            if suffix.shape != whole.shape or not torch.allclose(suffix, whole, rtol=0, atol=tolerance):
+            if not agree(whole, suffix):
                 return False
     except Exception:  # noqa: BLE001 - a model that cannot run a suffix runs every row from the start
         return False

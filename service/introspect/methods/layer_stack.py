@@ -31,10 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 
 from .. import hooks
+from ..agreement import agree
 from ..prefix import PrefixKeys
 
 HeadEdit = Callable[[int, torch.Tensor], torch.Tensor]
@@ -47,8 +49,6 @@ def growing_hooks(
     edit: HeadEdit,
     layer_copies: Mapping[int, int] | None = None,
     edits: Mapping[str, hooks.Hook] | None = None,
-    prefix: PrefixKeys | None = None,
-    last_position_only: bool = False,
 ) -> hooks.HookSet:
     """The hook set of a growing batch: `copies_at_layer[L]` copies of row 0 join at layer
     L's attention output projection (head edits), after the rows added at earlier layers,
@@ -58,14 +58,12 @@ def growing_hooks(
     `layer_copies[L]` further copies of row 0 join at `resid.pre` of layer L and run the
     whole of layer L (its attention included); at layer L they come before that layer's
     head-edit copies. `edits` (point -> hook, for resid.pre, attn.out, mlp.out and
-    resid.post) act at every layer after the batch has grown there, on all its rows.
-    `prefix` (prefix.py) records or serves a causal prefix's keys and values;
-    `last_position_only`: see HookSet."""
+    resid.post) act at every layer after the batch has grown there, on all its rows."""
     heads = {layer: copies for layer, copies in copies_at_layer.items() if copies}
     whole = {layer: copies for layer, copies in (layer_copies or {}).items() if copies}
     extra = dict(edits or {})
     if registry.growth == hooks.GROWTH_NONE:
-        return hooks.HookSet({**extra, hooks.ATTN_Z: edit}, prefix=prefix, last_position_only=last_position_only)
+        return hooks.HookSet({**extra, hooks.ATTN_Z: edit})
     at_projection = registry.z_at_projection
     joining = {layer: heads.get(layer, 0) + whole.get(layer, 0) for layer in heads.keys() | whole.keys()}
     edit_resid_pre = extra.pop(hooks.RESID_PRE, None)
@@ -89,7 +87,7 @@ def growing_hooks(
     if at_projection:
         points[hooks.ATTN_IN] = cut
         layers[hooks.ATTN_IN] = frozenset(heads)
-    return hooks.HookSet(points, layers, prefix, last_position_only)
+    return hooks.HookSet(points, layers)
 
 
 @contextmanager
@@ -104,11 +102,13 @@ def growing_batch(
 ) -> Iterator[int]:
     """Inside the block, a forward grows as `growing_hooks` says; the block gets the
     number of rows the forward must start with: 1, or every row where the model cannot
-    grow its batch mid-forward (the edits then see all rows at every layer)."""
+    grow its batch mid-forward (the edits then see all rows at every layer). `prefix`
+    and `last_position_only` are the HookSet switches of the same name."""
     added = sum(copies_at_layer.values()) + sum((layer_copies or {}).values())
     rows = 1 if registry.growth != hooks.GROWTH_NONE else 1 + added
-    with registry.active(growing_hooks(registry, copies_at_layer, edit, layer_copies, edits, prefix,
-                                       last_position_only)):
+    hookset = replace(growing_hooks(registry, copies_at_layer, edit, layer_copies, edits), prefix=prefix,
+                      last_position_only=last_position_only)
+    with registry.active(hookset):
         yield rows
 
 
@@ -147,11 +147,9 @@ def verified_growth(registry: hooks.ModelHooks, run: Callable[[int], torch.Tenso
             continue
     registry.growth = hooks.GROWTH_NONE
     reference = results[hooks.GROWTH_NONE]
-    tolerance = torch.finfo(reference.dtype).eps ** 0.5 * max(1.0, float(reference.abs().max()))
     for growth in (hooks.GROWTH_AT_PROJECTION, hooks.GROWTH_AT_LAYER_INPUT):
         grown = results.get(growth)
-        if grown is not None and grown.shape == reference.shape and torch.allclose(grown, reference, rtol=0,
-                                                                                    atol=tolerance):
+        if grown is not None and agree(reference, grown):
             return growth
     return hooks.GROWTH_NONE
 
