@@ -62,14 +62,24 @@ def _layer_mask(
     return None
 
 
-def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _masked(scores: torch.Tensor, mask: torch.Tensor | None, in_place: bool = False) -> torch.Tensor:
     """Scores with a `_layer_mask` applied: -inf where a boolean mask is False, plus an
-    additive mask."""
+    additive mask; `in_place` writes into `scores` (a tensor the caller owns)."""
     if mask is None:
         return scores
     if mask.dtype == torch.bool:
-        return scores.masked_fill(~mask, float("-inf"))
-    return scores + mask.float()
+        return scores.masked_fill_(~mask, float("-inf")) if in_place else scores.masked_fill(~mask, float("-inf"))
+    return scores.add_(mask.float()) if in_place else scores + mask.float()
+
+
+def _zero_unattended_rows(probabilities: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`probabilities` with the rows that had no key to attend to (NaN after the
+    softmax) set to 0, in place. Only a mask blocking a whole row makes one, so the mask
+    [batch, 1 or heads, rows, key] is searched, not the probabilities."""
+    if mask is None:
+        return probabilities
+    blocked = ~mask.any(dim=-1, keepdim=True) if mask.dtype == torch.bool else torch.isneginf(mask).all(dim=-1, keepdim=True)
+    return probabilities.masked_fill_(blocked, 0.0) if bool(blocked.any()) else probabilities
 
 
 def additive_mask(
@@ -115,21 +125,22 @@ def attention_probabilities(
             position_bias = position_bias[..., rows[0]:rows[1], :]
     key = repeat_kv(key, query.shape[1] // key.shape[1])
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)).mul_(scale)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if position_bias is not None:
         scores = scores + position_bias[..., : scores.shape[-1]].float()
     query_length, key_length = scores.shape[-2], scores.shape[-1]
-    scores = _masked(scores, _layer_mask(module, attention_mask, full_query_length, key_length, scores.device,
-                                         is_causal, rows))
-    if sinks is not None:
+    mask = _layer_mask(module, attention_mask, full_query_length, key_length, scores.device, is_causal, rows)
+    scores = _masked(scores, mask, in_place=True)
+    if sinks is not None:  # a finite sink logit in every row: no row is left with nothing to attend
         sink_column = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, query_length, 1)
         with_sinks = torch.cat([scores, sink_column], dim=-1)
-        probabilities = torch.softmax(with_sinks - with_sinks.amax(dim=-1, keepdim=True), dim=-1)[..., :-1]
-    else:
-        probabilities = torch.softmax(scores, dim=-1)
-    return torch.nan_to_num(probabilities, nan=0.0)
+        return torch.softmax(with_sinks - with_sinks.amax(dim=-1, keepdim=True), dim=-1)[..., :-1]
+    probabilities = torch.softmax(scores, dim=-1)
+    if position_bias is not None:  # a bias may block keys too
+        return torch.nan_to_num(probabilities, nan=0.0)
+    return _zero_unattended_rows(probabilities, mask)
 
 
 def introspect_attention(

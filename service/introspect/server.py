@@ -18,7 +18,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from introspect_contract import pb
-from introspect_contract import pb_grpc
 
 from typing import TYPE_CHECKING
 
@@ -196,7 +195,7 @@ async def serve(
     from .dataplane import DataPlane
     from .engine import Engine
     from .models import ModelRegistry
-    from .rpc.servicer import IntrospectionServicer
+    from .rpc.servicer import IntrospectionServicer, add_to_server
 
     transformers_logging.disable_progress_bar()
     registry = registry or await asyncio.to_thread(ModelRegistry.load, settings)
@@ -211,7 +210,7 @@ async def serve(
     server = grpc.aio.server(
         options=grpc_options(settings), interceptors=interceptors(settings, plane, metrics, cache, drain, authenticator)
     )
-    pb_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(plane, settings.max_message_bytes), server)
+    add_to_server(IntrospectionServicer(plane, settings.max_message_bytes), server)
     health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

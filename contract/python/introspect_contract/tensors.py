@@ -49,10 +49,15 @@ def to_wire_storage(values: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=_NUMPY_STORAGE[dtype])
 
 
+def storage_array(storage: np.ndarray, dtype: str) -> np.ndarray:
+    """An array already in wire storage (see to_wire_storage) as the contiguous
+    little-endian array its Tensor's data holds (the array itself when it is one)."""
+    return np.ascontiguousarray(storage, dtype=_NUMPY_STORAGE[dtype])
+
+
 def encode_storage(storage: np.ndarray, dtype: str) -> pb.Tensor:
     """Wraps an array already in wire storage (see to_wire_storage) into a Tensor message."""
-    data = np.ascontiguousarray(storage, dtype=_NUMPY_STORAGE[dtype]).tobytes()
-    return pb.Tensor(shape=list(storage.shape), dtype=WIRE_DTYPES[dtype], data=data)
+    return pb.Tensor(shape=list(storage.shape), dtype=WIRE_DTYPES[dtype], data=storage_array(storage, dtype).tobytes())
 
 
 def encode_tensor(values: np.ndarray, dtype: str = "float32") -> pb.Tensor:

@@ -136,15 +136,6 @@ def keyed_request(request: Message, model: str) -> bytes:
     return keyed.SerializeToString(deterministic=True)
 
 
-def _bytes_passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
-    def serialize(message: Any) -> bytes:
-        if isinstance(message, bytes) or serializer is None:
-            return message
-        return serializer(message)
-
-    return serialize
-
-
 class CacheInterceptor(HandlerInterceptor):
     """Puts a ResultCache in front of every cacheable RPC of one service."""
 
@@ -164,11 +155,8 @@ class CacheInterceptor(HandlerInterceptor):
         cacheable = self._methods.get(method)
         if cacheable is None or handler.unary_stream is None:
             return handler
-        return with_behavior(
-            handler,
-            functools.partial(self._serve, cacheable, handler.unary_stream),
-            _bytes_passthrough(handler.response_serializer),
-        )
+        # the handler's serializer passes bytes through (servicer.add_to_server)
+        return with_behavior(handler, functools.partial(self._serve, cacheable, handler.unary_stream))
 
     async def _serve(
         self, method: CacheableMethod, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext

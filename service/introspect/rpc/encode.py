@@ -26,6 +26,7 @@ from introspect_contract.tensors import encode_storage
 
 from ..models import ModelDescription
 from ..results import AttentionLayerResult, ImageLayout, SaliencyResult, StreamStart, WireArray
+from .splice import Spliced, with_tensors
 
 # Room for a chunk's fields other than tensor bytes (indices, head lists, framing).
 CHUNK_OVERHEAD_BYTES = 8 * 1024
@@ -117,9 +118,10 @@ def _row_bytes(*arrays: WireArray | None) -> int:
     return sum(array.values.shape[-1] * array.values.itemsize for array in arrays if array is not None)
 
 
-def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> Iterator[pb.AttentionChunk]:
+def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> Iterator[Spliced]:
     """Splits one layer's result into chunks under `max_message_bytes`: by heads while a
-    head's rows fit, else by query rows within one head."""
+    head's rows fit, else by query rows within one head. Chunks come spliced (splice.py):
+    the maps are copied once, when the response is serialized."""
     values = result.values.values  # [heads_or_1, query, keys_or_k], or [heads_or_1, grid_rows, grid_columns]
     heads_count, query_count = values.shape[0], values.shape[1]
     budget = chunk_budget(max_message_bytes)
@@ -148,15 +150,14 @@ def attention_chunks(result: AttentionLayerResult, max_message_bytes: int) -> It
             query_start=result.query_start + query_start,
             query_end=result.query_start + query_end,
             view=ATTENTION_VIEW.number(result.view),
-            values=encode_storage(values[head_start:head_end, rows], result.values.dtype),
             layer_complete=position == len(slices) - 1,
             grid_rows=result.grid_rows,
             grid_columns=result.grid_columns,
         )
+        tensors = {"values": (values[head_start:head_end, rows], result.values.dtype)}
         if result.key_indices is not None:
-            indices = result.key_indices.values[head_start:head_end, rows]
-            chunk.key_indices.CopyFrom(encode_storage(indices, result.key_indices.dtype))
-        yield chunk
+            tensors["key_indices"] = (result.key_indices.values[head_start:head_end, rows], result.key_indices.dtype)
+        yield with_tensors(chunk, tensors)
 
 
 def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[pb.SaliencyChunk]:
@@ -194,7 +195,7 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
         yield chunk
 
 
-PayloadEncoder = Callable[[Any, int], Iterable[Message]]
+PayloadEncoder = Callable[[Any, int], Iterable[Message | Spliced]]
 """(result, max message bytes) -> the payloads of the response messages that carry it."""
 
 
@@ -211,12 +212,17 @@ class StreamEncoding:
     response_type: type[Message]
     payloads: Mapping[type, tuple[str, PayloadEncoder]]
 
-    def messages(self, result: object, max_message_bytes: int) -> Iterator[Message]:
-        """The response messages that carry `result`."""
+    def messages(self, result: object, max_message_bytes: int) -> Iterator[Message | bytes]:
+        """The response messages that carry `result` (a spliced payload's response
+        already serialized)."""
         for result_type, (field, encoder) in self.payloads.items():
             if isinstance(result, result_type):
                 for payload in encoder(result, max_message_bytes):
-                    yield self.response_type(**{field: payload})
+                    if isinstance(payload, Spliced):
+                        number = self.response_type.DESCRIPTOR.fields_by_name[field].number
+                        yield payload.within(number).serialized()
+                    else:
+                        yield self.response_type(**{field: payload})
                 return
         raise TypeError(f"unexpected result {type(result).__name__}")  # pragma: no cover - not this RPC's kind
 

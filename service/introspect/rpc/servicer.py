@@ -66,3 +66,29 @@ class IntrospectionServicer(pb_grpc.IntrospectionServicer):
 
 for _method in METHODS:
     setattr(IntrospectionServicer, _method.rpc, _server_streaming(_method))
+
+
+def _serializer(message_type: type[Message]) -> Callable[[Message | bytes], bytes]:
+    """`message_type`'s serializer that passes already serialized responses (bytes:
+    spliced chunks, replayed cache entries) through as they are."""
+    serialize = message_type.SerializeToString
+
+    def serialized(message: Message | bytes) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return serialized
+
+
+def add_to_server(servicer: IntrospectionServicer, server: grpc.aio.Server) -> None:
+    """Registers `servicer` for introspect.v1.Introspection, as the generated
+    add_IntrospectionServicer_to_server does, with serializers that take bytes too."""
+    handlers = {}
+    for rpc in SERVICE.methods:
+        build = grpc.unary_stream_rpc_method_handler if rpc.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[rpc.name] = build(
+            getattr(servicer, rpc.name),
+            request_deserializer=GetMessageClass(rpc.input_type).FromString,
+            response_serializer=_serializer(GetMessageClass(rpc.output_type)),
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
