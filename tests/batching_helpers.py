@@ -42,20 +42,21 @@ def batches_of(before: dict[str, float], after: dict[str, float], size: int) -> 
 
 
 async def while_blocked(address: str, requests: list[dict[str, Any]], model: str = "minilm",
-                        cancel: Collection[int] = (), blocker_inputs: int = 16) -> list[Any]:
+                        cancel: Collection[int] = (), blocker_inputs: int = 16, method: str = "attention") -> list[Any]:
     """Sends `requests` at once while a long call of another key holds the worker, so they
     queue and are taken together; the requests at the indices in `cancel` are cancelled
     once their header (sent when their batch starts) has arrived. Returns each one's
-    result (None for a cancelled one, the exception for a failed one)."""
+    result (None for a cancelled one, the exception for a failed one). `method`: the
+    client's call (`attention`, `logit_lens`, `saliency`; its stream is `stream_<method>`)."""
     async with AsyncClient(address, timeout=300) as client:
         blocker = client.stream_attention([BLOCKER] * blocker_inputs, model="minilm", layers=[0],
                                           view="head_mean", truncate=True, cache="bypass").__aiter__()
         await blocker.__anext__()  # its header: the blocker runs
 
-        async def one(index: int, request: dict[str, Any]) -> AttentionResult | None:
+        async def one(index: int, request: dict[str, Any]) -> Any:
             if index not in cancel:
-                return await client.attention(model=model, **request)
-            stream = client.stream_attention(model=model, **request).__aiter__()
+                return await getattr(client, method)(model=model, **request)
+            stream = getattr(client, f"stream_{method}")(model=model, **request).__aiter__()
             await stream.__anext__()
             await stream.aclose()  # type: ignore[attr-defined]
             return None
@@ -71,10 +72,11 @@ async def while_blocked(address: str, requests: list[dict[str, Any]], model: str
     return list(results)
 
 
-def plain_results(address: str, requests: list[dict[str, Any]], model: str = "minilm") -> list[AttentionResult]:
-    """The requests one at a time."""
+def plain_results(address: str, requests: list[dict[str, Any]], model: str = "minilm",
+                  method: str = "attention") -> list[Any]:
+    """The requests one at a time (`method`: the client's call, as in while_blocked)."""
     with Client(address, timeout=300) as client:
-        return [client.attention(model=model, **request) for request in requests]
+        return [getattr(client, method)(model=model, **request) for request in requests]
 
 
 def assert_same(batched: AttentionResult, plain: AttentionResult, rtol: float = EXACT) -> None:
