@@ -14,7 +14,7 @@ introspect_batch_size shows the batch they ran in. tests/test_saliency.py checks
 unbatched results against autograd on plain transformers.
 
 Exactness: through the float32 server the results agree within FLOAT32_GRADIENTS (1e-5 of
-the largest value), not 1e-6: see its note. The float64 test checks the shared pass itself
+the largest value), not 1e-6: see its note in batching_helpers. The float64 test checks the shared pass itself
 within 1e-6 (identical in practice), so that a leak between rows cannot hide in the noise.
 """
 
@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from batching_helpers import EXACT, batch_sizes, batches_of, plain_results, while_blocked
+from batching_helpers import (
+    EXACT,
+    assert_close,
+    assert_same_saliency,
+    batch_sizes,
+    batches_of,
+    plain_results,
+    while_blocked,
+)
 from conftest import InProcessServer
 from introspect_client import targets
 from services import metrics_port_flag
@@ -59,13 +67,6 @@ CLASSIFIER: list[dict[str, Any]] = [
     {"input": TEXTS[1], "method": "gradient", "per_dimension": True, "target": targets.class_score(2)},
 ]
 CASES = {"gpt2": CAUSAL, "llama": CAUSAL, "minilm": ENCODER, "classifier": CLASSIFIER}
-FLOAT32_GRADIENTS = 1e-5  # batched vs alone in float32, relative per value and of the largest value.
-# A padded batch's other shapes change the order of float32 sums (EXACT's note in
-# batching_helpers); a backward passes through every layer twice, and the differences seen
-# here reach 5.7e-6 of the largest gradient (tiny LLaMA, per-dimension) and 1.4e-6 of a
-# target score (MiniLM). In float64 the same comparison is exact (the test below): no leak.
-
-
 @pytest.fixture(scope="module")
 def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
@@ -76,25 +77,6 @@ def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     yield batching.address, plain.address, port
     assert batching.stop() == 0
     assert plain.stop() == 0
-
-
-def assert_close(actual: Any, expected: Any, tolerance: float) -> None:
-    """Equal within `tolerance`, relative per value and of the largest value."""
-    expected = np.asarray(expected, dtype=np.float64)
-    scale = float(np.abs(expected).max()) or 1.0
-    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * scale)
-
-
-def assert_same_saliency(batched: Any, plain: Any, tolerance: float = FLOAT32_GRADIENTS) -> None:
-    """Equal tokens and method; scores, per-dimension attributions and target score within
-    `tolerance`."""
-    assert batched.token_ids == plain.token_ids and batched.method == plain.method
-    assert batched.batch_size == plain.batch_size
-    assert_close(batched.scores, plain.scores, tolerance)
-    assert (batched.per_dimension is None) == (plain.per_dimension is None)
-    if plain.per_dimension is not None:
-        assert_close(batched.per_dimension, plain.per_dimension, tolerance)
-    assert_close(batched.target_score, plain.target_score, tolerance)
 
 
 def test_in_float64_a_padded_pass_gives_each_row_exactly_its_own_gradients(model_dirs: dict[str, Path]) -> None:
