@@ -18,10 +18,11 @@ EXACT = 1e-6  # batched vs unbatched, absolute and relative. A padded batch's ot
 # inputs already do unbatched
 LONG_INPUTS = 1e-5  # relative, for inputs of hundreds of tokens (observed: 2.6e-6 at 0.4, 7
 # values in 2 million; error grows with the number of layers' sums it passes through)
-FLOAT32_GRADIENTS = 1e-5  # batched vs alone in float32, relative per value and of the largest value.
-# A padded batch's other shapes change the order of float32 sums (EXACT's note); a backward passes through every layer twice, and the differences seen
-# reach 5.7e-6 of the largest gradient (tiny LLaMA, per-dimension) and 1.4e-6 of a
-# target score (MiniLM). In float64 the same comparison is exact (tests/test_batching_saliency.py): no leak.
+FLOAT32_GRADIENTS = 1e-5  # batched vs alone in float32, relative per value and of the
+# largest value. A padded batch's other shapes change the order of float32 sums (EXACT's
+# note); a backward passes through every layer twice, and the differences seen reach
+# 5.7e-6 of the largest gradient (tiny LLaMA, per-dimension) and 1.4e-6 of a target score
+# (MiniLM). In float64 the same comparison is exact (tests/test_batching_saliency.py): no leak.
 BLOCKER = " ".join(["block"] * 600)  # truncated to MiniLM's 512 tokens
 
 

@@ -251,11 +251,12 @@ def _row_scores(model: LoadedModel, targets: list[BoundTarget], arguments: dict[
                 mask: torch.Tensor) -> torch.Tensor:
     """Each row's own target [rows] float32 from one forward of `arguments`; next-token
     targets compute logits from the earliest target position on only (as target_scores)."""
-    if all(target.kind in NEXT_TOKEN_TARGETS for target in targets):
-        first = min(int(target.position) for target in targets)  # type: ignore[arg-type]
+    positions = [target.position for target in targets]
+    if all(target.kind in NEXT_TOKEN_TARGETS for target in targets) and None not in positions:
+        first = min(position for position in positions if position is not None)
         logits = model.outputs(arguments, last_positions=mask.shape[1] - first)  # [rows, width - first, vocab]
-        return torch.cat([target.score_next_token_logits(logits[row:row + 1, int(target.position) - first])  # type: ignore[arg-type]
-                          for row, target in enumerate(targets)])
+        return torch.cat([target.score_next_token_logits(logits[row:row + 1, position - first])
+                          for row, (target, position) in enumerate(zip(targets, positions)) if position is not None])
     outputs = model.outputs(arguments)
     return torch.cat([target.score(outputs[row:row + 1], mask[row:row + 1]) for row, target in enumerate(targets)])
 
