@@ -112,6 +112,7 @@ def test_prometheus_scrapes_the_server_and_answers_promql(prometheus: Prometheus
     _eventually(prometheus, 'sum(introspect_requests_total{rpc="StreamAttention",model="gpt2",code="OK"})', OK_CALLS)
     _eventually(prometheus, 'sum(introspect_requests_total{code="NOT_FOUND",model="unknown"})', NOT_FOUND_CALLS)
     _eventually(prometheus, 'sum(introspect_cache_misses_total{backend="memory"})', 1)
+    _eventually(prometheus, 'sum(introspect_batch_size_count{model="gpt2"})', 2)  # the dashboard's batching row
     assert prometheus.scalar('up{job="introspect"}') == 1
 
 
@@ -129,7 +130,8 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 
 def test_dashboard_queries_run_on_prometheus(prometheus: PrometheusServer) -> None:
     titles = " | ".join(panel["title"] for panel in _dashboard()["panels"]).lower()
-    for wanted in ("latency quantiles", "throughput", "error", "cache hit ratio", "queued", "device memory"):
+    for wanted in ("latency quantiles", "throughput", "error", "cache hit ratio", "queued", "device memory",
+                   "batch size"):
         assert wanted in titles, f"no panel for {wanted}"
     queries = _dashboard_queries()
     assert len(queries) >= 12

@@ -105,12 +105,13 @@ class DataPlane:
 
 def _shared_call(model: LoadedModel, method: Method, query: object, options: object) -> SharedCall | None:
     """The call's work in the form that can share a forward with compatible calls of the
-    same model (batching.py), when the method has one."""
+    same model (batching.py), when the method has one and the call can (its key is not None)."""
     sharing = method.sharing
-    if sharing is None:
+    key = None if sharing is None else sharing.key(query, options)
+    if sharing is None or key is None:
         return None
     return SharedCall(
-        key=(model.name, method.name, sharing.key(query, options)),
+        key=(model.name, method.name, key),
         model=model.name,
         prepare=lambda outlet: sharing.prepare(model, query, options, outlet),
         fits=lambda parts: sharing.fits(model, parts),

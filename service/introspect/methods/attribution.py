@@ -16,7 +16,7 @@ cannot change the target (causal attention), so they are not computed and score 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..errors import require
 from ..models import LoadedModel, ModelDescription
 from ..requests import SaliencyQuery
 from ..results import EncodedInput, ImageLayout, SaliencyResult
-from ..targets import BoundTarget, bind_target, target_scores
+from ..targets import NEXT_TOKEN_TARGETS, BoundTarget, bind_target, target_scores
 from ..wire import to_wire
 from .reductions import bilinear_resize
 
@@ -211,6 +211,56 @@ class AttributionProblem:
         )
 
 
+def joint_scores_and_gradients(problems: Sequence[AttributionProblem]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward and backward for several problems of one model (dynamic batching): their
+    features in one batch, text right-padded (padding masked out: it changes no real
+    position's output), images of one size stacked; each row scored by its own target.
+    Rows are independent, so the gradient of the sum of the rows' scores is each row's own
+    gradient. Returns (scores [rows], d score / d features [rows, positions padded, dims]
+    float32; row i's are its first `problems[i].positions`); the graph is freed."""
+    first = problems[0]
+    model = first.model
+    rows = len(problems)
+    if first.image is not None:
+        features = torch.stack([problem.embeddings for problem in problems])  # one size: checked by the caller
+        mask = torch.cat([problem.attention_mask for problem in problems])
+    else:
+        width = max(problem.length for problem in problems)
+        features = first.embeddings.new_zeros(rows, width, first.embeddings.shape[-1])
+        mask = first.attention_mask.new_zeros(rows, width)
+        types = None if first.token_type_ids is None else first.token_type_ids.new_zeros(rows, width)
+        for row, problem in enumerate(problems):
+            features[row, :problem.length] = problem.embeddings
+            mask[row, :problem.length] = problem.attention_mask[0]
+            if types is not None and problem.token_type_ids is not None:
+                types[row, :problem.length] = problem.token_type_ids[0]
+    with torch.enable_grad():
+        leaf = features.to(model.model.dtype).detach().requires_grad_(True)
+        if first.image is not None:
+            arguments = first.forward_arguments(leaf)
+        else:
+            arguments = {"inputs_embeds": leaf, "attention_mask": mask}
+            if types is not None:
+                arguments["token_type_ids"] = types
+        scores = _row_scores(model, [problem.target for problem in problems], arguments, mask)
+        (gradients,) = torch.autograd.grad(scores.sum(), leaf)
+    return scores.detach(), gradients.float()
+
+
+def _row_scores(model: LoadedModel, targets: list[BoundTarget], arguments: dict[str, torch.Tensor],
+                mask: torch.Tensor) -> torch.Tensor:
+    """Each row's own target [rows] float32 from one forward of `arguments`; next-token
+    targets compute logits from the earliest target position on only (as target_scores)."""
+    positions = [target.position for target in targets]
+    if all(target.kind in NEXT_TOKEN_TARGETS for target in targets) and None not in positions:
+        first = min(position for position in positions if position is not None)
+        logits = model.outputs(arguments, last_positions=mask.shape[1] - first)  # [rows, width - first, vocab]
+        return torch.cat([target.score_next_token_logits(logits[row:row + 1, position - first])
+                          for row, (target, position) in enumerate(zip(targets, positions)) if position is not None])
+    outputs = model.outputs(arguments)
+    return torch.cat([target.score(outputs[row:row + 1], mask[row:row + 1]) for row, target in enumerate(targets)])
+
+
 def attribution_problem(model: LoadedModel, query: SaliencyQuery) -> AttributionProblem:
     """Encodes the query's input and binds its target (INVALID_ARGUMENT for a bad input
     or target)."""
@@ -377,3 +427,7 @@ class Technique:
     per_dimension: bool = False
     # (problem, options) -> what it needs of memory (budget.py), for its batch size
     footprint: Callable[[AttributionProblem, Any], Footprint] = one_pass_with_gradients
+    # (problem, options, score [], d score / d features [positions, dims]) -> its final
+    # result, for a technique that is one forward and backward on the input: its calls can
+    # then share that pass with other calls' (dynamic batching, methods/saliency.py)
+    from_gradients: Callable[[AttributionProblem, Any, torch.Tensor, torch.Tensor], SaliencyResult] | None = None

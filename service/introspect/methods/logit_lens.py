@@ -7,24 +7,30 @@ block's output into exactly the model's logits, so the last layer is the model's
 prediction and nothing is normed twice); the result is the top-k next tokens with their
 probabilities and the probability of one chosen token: the request's, or the model's own
 final prediction at each position. Streamed layer by layer.
+
+Concurrent calls share a forward (dynamic batching, batching.py): each call is a `_Part`
+(its input encoded and checked alone), `run_parts` runs one padded forward of several
+parts (a row each) and each part reads its own row; `run` is `run_parts` of one part.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import hooks
+from ..batching import Outlet
 from ..budget import Footprint, activation_bytes, output_bytes
 from ..engine import Sink
-from ..errors import InvalidInput, require
+from ..errors import Cancelled, InvalidInput, require
 from ..kinds import KINDS
 from ..models import LoadedModel, ModelDescription
 from ..requests import InputSpec
-from ..results import StreamStart, WireArray
+from ..results import EncodedInput, StreamStart, WireArray
 from ..wire import to_wire
-from .registry import Method
+from .registry import Method, Sharing
 from .selection import absolute_positions
 
 DEFAULT_TOP_K = 5
@@ -85,39 +91,129 @@ def prepare(description: ModelDescription, query: LogitLensQuery) -> LogitLensOp
     return LogitLensOptions(layers=layers, top_k=top_k, token_id=query.token_id)
 
 
-def run(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, sink: Sink) -> None:
-    """Encodes the input, then streams one result per chosen layer."""
-    unembedding = model.unembedding
-    if unembedding is None:
+@dataclass
+class _Part:
+    """One call's share of a logit-lens forward: its input, positions and chosen token,
+    where its results go, and the states it keeps until the final prediction is known."""
+
+    model: LoadedModel
+    options: LogitLensOptions
+    input: EncodedInput
+    positions: tuple[int, ...]
+    outlet: Outlet
+    index: torch.Tensor = field(init=False)  # [positions]
+    chosen: torch.Tensor | None = field(init=False)  # [positions]; None: the model's own prediction
+    collected: dict[int, torch.Tensor] = field(init=False, default_factory=dict)  # layer -> [positions, d_model]
+
+    def __post_init__(self) -> None:
+        device = self.model.device
+        self.index = torch.tensor(self.positions, device=device)
+        token_id = self.options.token_id
+        self.chosen = None if token_id is None else torch.full((len(self.positions),), token_id, device=device)
+
+    def start(self) -> None:
+        """Emits the stream's header."""
+        description = self.model.description
+        self.outlet.emit(StreamStart(description.name, description.fingerprint, (self.input,)))
+
+    def take(self, layer: int, residual: torch.Tensor) -> None:
+        """This call's lens of `layer` from its row of the residual stream [width, d_model]
+        (padded to the batch's width): emitted now when the chosen token is known, else kept."""
+        if layer not in self.options.layers or not self.outlet.open:
+            return
+        states = residual.index_select(0, self.index)  # [positions, d_model]
+        if self.chosen is None:
+            self.collected[layer] = states.clone()  # emitted once the final prediction is known
+            return
+        self.outlet.emit(_layer_result(self.model, layer, self.positions, _unembed(self.model, states),
+                                       self.chosen, self.options.top_k))
+
+    def finish(self, logits: torch.Tensor) -> None:
+        """Emits the kept layers against the model's own prediction, from this call's row of
+        the logits [width, vocab]."""
+        if self.chosen is not None:
+            return
+        chosen = logits.index_select(0, self.index).argmax(dim=-1)
+        for layer in self.options.layers:
+            if not self.outlet.open:
+                return
+            self.outlet.emit(_layer_result(self.model, layer, self.positions,
+                                           _unembed(self.model, self.collected.pop(layer)), chosen, self.options.top_k))
+
+
+def _unembed(model: LoadedModel, states: torch.Tensor) -> torch.Tensor:
+    assert model.unembedding is not None  # prepare_part checked it
+    return model.unembedding(states)
+
+
+def sharing_key(query: LogitLensQuery, options: LogitLensOptions) -> int | str:
+    """Calls share a forward when they need the same depth: the model's logits (the chosen
+    token is its own prediction), or the residual stream up to the same deepest layer (no
+    call waits for layers it would not compute alone)."""
+    return "logits" if options.token_id is None else options.layers[-1]
+
+
+def prepare_part(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, outlet: Outlet) -> _Part:
+    """Encodes one call's input and checks it against its positions and limits."""
+    if model.unembedding is None:
         raise InvalidInput("model", f"model {model.name!r}: its logits are not its output embeddings of its final "
                                     "norm (extra terms the lens cannot reproduce exactly)")
     assert query.input is not None
-    batch = model.encode_batch([query.input], query.truncate, field="input")
-    positions = absolute_positions(query.positions, batch.inputs[0].length, "positions")
-    model.budget.require(footprint(model.description, batch.inputs[0].length, len(positions), options))
-    sink.emit(StreamStart(model.description.name, model.description.fingerprint, batch.inputs))
-    index = torch.tensor(positions, device=model.device)
-    chosen = None if options.token_id is None else torch.full((len(positions),), options.token_id, device=model.device)
-    collected: dict[int, torch.Tensor] = {}
+    encoded = model.encode_all([query.input], query.truncate, field="input")[0]
+    positions = absolute_positions(query.positions, encoded.length, "positions")
+    model.budget.require(footprint(model.description, encoded.length, len(positions), options))
+    return _Part(model, options, encoded, positions, outlet)
+
+
+def parts_fit(model: LoadedModel, parts: Sequence[_Part]) -> bool:
+    """Whether one padded forward of every part's input fits --max-batch-tokens and the
+    memory budget (each part's kept states plus the merged batch's activations and logits)."""
+    width = max(part.input.length for part in parts)
+    fixed = sum(footprint(model.description, part.input.length, len(part.positions), part.options).fixed
+                for part in parts)
+    merged = footprint(model.description, width, 0, parts[0].options)
+    needed = fixed + len(parts) * merged.per_row
+    return len(parts) * width <= model.budget.batch_tokens and needed <= model.budget.bytes
+
+
+def run_parts(model: LoadedModel, parts: Sequence[_Part]) -> None:
+    """One padded forward of every part's input (a row each), each part's layers streamed
+    to its own outlet: as the forward reaches them when its chosen token is given (the
+    forward then stops after the deepest layer any part asks for), else once the logits
+    give the model's own prediction. It stops once every outlet is closed."""
+    batch = model.batch([part.input for part in parts])  # [parts, width]
+    for part in parts:
+        part.start()
+    layers = frozenset().union(*(part.options.layers for part in parts))
+    logits_needed = any(part.chosen is None for part in parts)
+    last_layer = max(layers)
 
     def at_layer(layer: int, residual: torch.Tensor) -> None:
-        sink.check()
-        states = residual[0].index_select(0, index)  # [positions, d_model]
-        if chosen is None:
-            collected[layer] = states.clone()  # emitted once the final prediction is known
-            return
-        sink.emit(_layer_result(model, layer, positions, unembedding(states), chosen, options.top_k))
-        if layer == options.layers[-1]:
+        # residual: [parts, width, d_model]
+        for row, part in enumerate(parts):
+            part.take(layer, residual[row])
+        if not any(part.outlet.open for part in parts):
+            raise Cancelled()
+        if layer == last_layer and not logits_needed:
             raise hooks.StopForward()
 
-    lens = hooks.HookSet({hooks.RESID_POST: at_layer}, {hooks.RESID_POST: frozenset(options.layers)})
+    lens = hooks.HookSet({hooks.RESID_POST: at_layer}, {hooks.RESID_POST: layers})
     with model.hooks.active(lens), torch.inference_mode():
-        logits = model.outputs(batch.model_inputs())  # [1, tokens, vocab]
-        if chosen is None:
-            chosen = logits[0].index_select(0, index).argmax(dim=-1)
-            for layer in options.layers:
-                sink.check()
-                sink.emit(_layer_result(model, layer, positions, unembedding(collected[layer]), chosen, options.top_k))
+        logits = model.outputs(batch.model_inputs())  # [parts, width, vocab]
+        for row, part in enumerate(parts):
+            part.finish(logits[row])
+
+
+def run(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, sink: Sink) -> None:
+    """Encodes the input, then streams one result per chosen layer."""
+    outlet = Outlet(sink)
+    try:
+        run_parts(model, [prepare_part(model, query, options, outlet)])
+    except Cancelled:
+        pass  # the outlet closed: cancelled, or its reader stalled
+    if outlet.error is not None:
+        raise outlet.error
+    outlet.check()
 
 
 def footprint(description: ModelDescription, tokens: int, positions: int, options: LogitLensOptions) -> Footprint:
@@ -156,4 +252,5 @@ METHOD = Method(
     prepare=prepare,
     run=run,
     payloads={LogitLensLayerResult: "layer"},
+    sharing=Sharing(key=sharing_key, prepare=prepare_part, fits=parts_fit, run=run_parts),
 )

@@ -20,8 +20,9 @@ class Sharing:
     """How calls of a method share one forward (dynamic batching, batching.py): the
     method's `run` split into a part per call and one run of several parts."""
 
-    # (query, options) -> what must be equal for calls of one model to share a forward
-    key: Callable[[Any, Any], Hashable]
+    # (query, options) -> what must be equal for calls of one model to share a forward;
+    # None: this call runs alone (`Method.run`), e.g. a technique of the method that cannot share
+    key: Callable[[Any, Any], Hashable | None]
     # (model, query, options, outlet) -> this call's part: inputs encoded, its own limits checked
     prepare: Callable[[LoadedModel, Any, Any, Outlet], Any]
     # (model, parts) -> whether the parts fit one forward (budget and --max-batch-tokens)

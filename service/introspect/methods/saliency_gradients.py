@@ -62,22 +62,28 @@ def prepare_gradient(description: ModelDescription, query: SaliencyQuery) -> Gra
 def gradient(problem: AttributionProblem, options: GradientOptions, check: Check) -> Iterator[SaliencyResult]:
     """L2 norm over the hidden dimension of d target / d input embedding, per token."""
     scores, gradients = problem.scores_and_gradients(problem.embeddings[None])
-    yield problem.result(
-        gradients[0].norm(dim=-1),
-        gradients[0] if options.per_dimension else None,
-        target_score=float(scores[0]),
-    )
+    yield gradient_result(problem, options, scores[0], gradients[0])
+
+
+def gradient_result(problem: AttributionProblem, options: GradientOptions, score: torch.Tensor,
+                    gradients: torch.Tensor) -> SaliencyResult:
+    """The gradient's result from the target `score` and its gradients [positions, dims]."""
+    return problem.result(gradients.norm(dim=-1), gradients if options.per_dimension else None,
+                          target_score=float(score))
 
 
 def gradient_x_input(problem: AttributionProblem, options: GradientOptions, check: Check) -> Iterator[SaliencyResult]:
     """Sum over the hidden dimension of gradient * input embedding, per token."""
     scores, gradients = problem.scores_and_gradients(problem.embeddings[None])
-    attributions = gradients[0] * problem.embeddings  # [length, hidden]
-    yield problem.result(
-        attributions.sum(dim=-1),
-        attributions if options.per_dimension else None,
-        target_score=float(scores[0]),
-    )
+    yield gradient_x_input_result(problem, options, scores[0], gradients[0])
+
+
+def gradient_x_input_result(problem: AttributionProblem, options: GradientOptions, score: torch.Tensor,
+                            gradients: torch.Tensor) -> SaliencyResult:
+    """Gradient x input's result from the target `score` and its gradients [positions, dims]."""
+    attributions = gradients * problem.embeddings  # [length, hidden]
+    return problem.result(attributions.sum(dim=-1), attributions if options.per_dimension else None,
+                          target_score=float(score))
 
 
 def prepare_smoothgrad(description: ModelDescription, query: SaliencyQuery) -> SmoothGradOptions:
@@ -127,8 +133,9 @@ def smoothgrad(problem: AttributionProblem, options: SmoothGradOptions, check: C
         )
 
 
-GRADIENT = Technique("gradient", prepare_gradient, gradient, per_dimension=True)
-GRADIENT_X_INPUT = Technique("gradient_x_input", prepare_gradient, gradient_x_input, per_dimension=True)
+GRADIENT = Technique("gradient", prepare_gradient, gradient, per_dimension=True, from_gradients=gradient_result)
+GRADIENT_X_INPUT = Technique("gradient_x_input", prepare_gradient, gradient_x_input, per_dimension=True,
+                             from_gradients=gradient_x_input_result)
 SMOOTHGRAD = Technique(
     "smoothgrad", prepare_smoothgrad, smoothgrad, per_dimension=True, footprint=smoothgrad_footprint
 )
