@@ -5,7 +5,8 @@ metrics endpoint shows, and the comparison with a non-batching server's results.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -119,3 +120,34 @@ def assert_same_saliency(batched: Any, plain: Any, tolerance: float = FLOAT32_GR
         assert (getattr(batched, name) is None) == (getattr(plain, name) is None)
         if getattr(plain, name) is not None:
             assert_close(getattr(batched, name), getattr(plain, name), tolerance)
+
+
+@contextmanager
+def batching_and_plain(*models: str) -> Iterator[tuple[str, str, int]]:
+    """Two in-process servers of `models` (serve flags), without the result cache: one
+    batching (8 calls, 2 ms), one not. Yields (batching address, plain address, the
+    batching server's metrics port); both must stop cleanly."""
+    from conftest import InProcessServer
+    from services import metrics_port_flag
+
+    port, flag = metrics_port_flag()
+    batching = InProcessServer(*models, "--cache-bytes=0", flag, "--max-batch-size=8", "--max-batch-delay-ms=2")
+    plain = InProcessServer(*models, "--cache-bytes=0", "--max-batch-size=1")
+    yield batching.address, plain.address, port
+    assert batching.stop() == 0
+    assert plain.stop() == 0
+
+
+def assert_cancel_leaves_the_others(servers: tuple[str, str, int], requests: list[dict[str, Any]], model: str,
+                                    method: str, same: Callable[[Any, Any], None]) -> None:
+    """`requests` sent as one batch with the second caller cancelling after its header:
+    one batch ran, the cancelled caller got nothing and every other caller's result is
+    `same` as the non-batching server's."""
+    batching, plain, port = servers
+    before = batch_sizes(port)
+    results = asyncio.run(while_blocked(batching, requests, model=model, cancel={1}, method=method))
+    assert batches_of(before, batch_sizes(port), len(requests)) == 1
+    assert results[1] is None
+    kept = [index for index in range(len(requests)) if index != 1]
+    for index, alone in zip(kept, plain_results(plain, [requests[index] for index in kept], model, method=method)):
+        same(results[index], alone)

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from batching_helpers import assert_same, batch_sizes, batches_of, plain_results, while_blocked
-from conftest import InProcessServer, reference_inputs, reference_model
-from services import metrics_port_flag
+from batching_helpers import assert_same, batch_sizes, batches_of, batching_and_plain, plain_results, while_blocked
+from conftest import reference_inputs, reference_model
 
 EAGER_TOLERANCE = 1e-4  # test_attention's, against transformers' eager attention
 TEXTS = [
@@ -48,13 +47,9 @@ MIXED: list[dict[str, Any]] = [
 @pytest.fixture(scope="module")
 def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
-    models = [f"--model=minilm={model_dirs['minilm']}", f"--model=gpt2={model_dirs['gpt2']}", "--cache-bytes=0"]
-    port, flag = metrics_port_flag()
-    batching = InProcessServer(*models, flag, "--max-batch-size=8", "--max-batch-delay-ms=2")
-    plain = InProcessServer(*models, "--max-batch-size=1")
-    yield batching.address, plain.address, port
-    assert batching.stop() == 0
-    assert plain.stop() == 0
+    models = [f"--model=minilm={model_dirs['minilm']}", f"--model=gpt2={model_dirs['gpt2']}"]
+    with batching_and_plain(*models) as servers:
+        yield servers
 
 
 def eager(model_dirs: dict[str, Path], name: str, text: str) -> np.ndarray:

@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import vision
-from batching_helpers import assert_same, assert_same_saliency, batch_sizes, batches_of, plain_results, while_blocked
-from conftest import InProcessServer, minilm_dir
+from batching_helpers import (
+    assert_same,
+    assert_same_saliency,
+    batch_sizes,
+    batches_of,
+    batching_and_plain,
+    plain_results,
+    while_blocked,
+)
+from conftest import minilm_dir
 from introspect_client import targets
-from services import metrics_port_flag
 
 MODELS = ("vit-classifier", "dinov2-encoder", "clip-dual")
 IMAGES = [vision.draw_image(seed, size) for seed, size in ((1, (64, 48)), (2, (40, 40)), (3, (80, 50)), (4, (33, 61)))]
@@ -55,13 +61,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
     cases = tuple(vision.VISION_CASES_BY_NAME[name] for name in MODELS)
     dirs = vision.build_all(tmp_path_factory.mktemp("vision"), cases)
-    models = [f"--model={name}={dirs[name]}" for name in MODELS] + [f"--model=minilm={minilm_dir()}", "--cache-bytes=0"]
-    port, flag = metrics_port_flag()
-    batching = InProcessServer(*models, flag, "--max-batch-size=8", "--max-batch-delay-ms=2")
-    plain = InProcessServer(*models, "--max-batch-size=1")
-    yield batching.address, plain.address, port
-    assert batching.stop() == 0
-    assert plain.stop() == 0
+    models = [f"--model={name}={dirs[name]}" for name in MODELS] + [f"--model=minilm={minilm_dir()}"]
+    with batching_and_plain(*models) as servers:
+        yield servers
 
 
 @pytest.mark.parametrize("model", ["vit-classifier", "dinov2-encoder"])

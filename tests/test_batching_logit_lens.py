@@ -20,10 +20,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from batching_helpers import EXACT, assert_close, batch_sizes, batches_of, plain_results, while_blocked
-from conftest import InProcessServer
-from services import metrics_port_flag
-
+from batching_helpers import (
+    EXACT,
+    assert_cancel_leaves_the_others,
+    assert_close,
+    batch_sizes,
+    batches_of,
+    batching_and_plain,
+    plain_results,
+    while_blocked,
+)
 TEXTS = [
     "Hi",
     "The quick brown fox jumps over the lazy dog.",
@@ -50,13 +56,9 @@ CHOSEN: list[dict[str, Any]] = [
 @pytest.fixture(scope="module")
 def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
-    models = [f"--model={name}={model_dirs[name]}" for name in ("minilm", "gpt2", "llama")] + ["--cache-bytes=0"]
-    port, flag = metrics_port_flag()
-    batching = InProcessServer(*models, flag, "--max-batch-size=8", "--max-batch-delay-ms=2")
-    plain = InProcessServer(*models, "--max-batch-size=1")
-    yield batching.address, plain.address, port
-    assert batching.stop() == 0
-    assert plain.stop() == 0
+    models = [f"--model={name}={model_dirs[name]}" for name in ("minilm", "gpt2", "llama")]
+    with batching_and_plain(*models) as servers:
+        yield servers
 
 
 def assert_same_lens(batched: Any, plain: Any) -> None:
@@ -89,14 +91,7 @@ def test_a_padded_mix_of_lens_calls_runs_as_one_batch_with_each_result_as_alone(
 
 
 def test_cancelling_one_lens_caller_leaves_the_others_intact(servers: tuple[str, str, int]) -> None:
-    batching, plain, port = servers
-    before = batch_sizes(port)
-    results = asyncio.run(while_blocked(batching, MIXED, model="gpt2", cancel={1}, method="logit_lens"))
-    assert batches_of(before, batch_sizes(port), len(MIXED)) == 1
-    assert results[1] is None
-    kept = [index for index in range(len(MIXED)) if index != 1]
-    for index, alone in zip(kept, plain_results(plain, [MIXED[index] for index in kept], "gpt2", method="logit_lens")):
-        assert_same_lens(results[index], alone)
+    assert_cancel_leaves_the_others(servers, MIXED, "gpt2", "logit_lens", assert_same_lens)
 
 
 def test_a_bad_lens_call_fails_alone(servers: tuple[str, str, int]) -> None:

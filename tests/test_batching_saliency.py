@@ -30,16 +30,16 @@ import pytest
 import torch
 from batching_helpers import (
     EXACT,
+    assert_cancel_leaves_the_others,
     assert_close,
     assert_same_saliency,
     batch_sizes,
     batches_of,
+    batching_and_plain,
     plain_results,
     while_blocked,
 )
-from conftest import InProcessServer
 from introspect_client import targets
-from services import metrics_port_flag
 
 TEXTS = [
     "Hi",
@@ -71,12 +71,8 @@ CASES = {"gpt2": CAUSAL, "llama": CAUSAL, "minilm": ENCODER, "classifier": CLASS
 def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
     models = [f"--model={name}={model_dirs[name]}" for name in ("minilm", "gpt2", "llama", "classifier")]
-    port, flag = metrics_port_flag()
-    batching = InProcessServer(*models, "--cache-bytes=0", flag, "--max-batch-size=8", "--max-batch-delay-ms=2")
-    plain = InProcessServer(*models, "--cache-bytes=0", "--max-batch-size=1")
-    yield batching.address, plain.address, port
-    assert batching.stop() == 0
-    assert plain.stop() == 0
+    with batching_and_plain(*models) as servers:
+        yield servers
 
 
 def test_in_float64_a_padded_pass_gives_each_row_exactly_its_own_gradients(model_dirs: dict[str, Path]) -> None:
@@ -132,14 +128,7 @@ def test_a_padded_mix_of_gradient_calls_runs_as_one_batch_with_each_result_as_al
 
 
 def test_cancelling_one_gradient_caller_leaves_the_others_intact(servers: tuple[str, str, int]) -> None:
-    batching, plain, port = servers
-    before = batch_sizes(port)
-    results = asyncio.run(while_blocked(batching, CAUSAL, model="gpt2", cancel={1}, method="saliency"))
-    assert batches_of(before, batch_sizes(port), len(CAUSAL)) == 1
-    assert results[1] is None
-    kept = [index for index in range(len(CAUSAL)) if index != 1]
-    for index, alone in zip(kept, plain_results(plain, [CAUSAL[index] for index in kept], "gpt2", method="saliency")):
-        assert_same_saliency(results[index], alone)
+    assert_cancel_leaves_the_others(servers, CAUSAL, "gpt2", "saliency", assert_same_saliency)
 
 
 def test_other_techniques_run_alone_and_a_bad_call_fails_alone(servers: tuple[str, str, int]) -> None:

@@ -100,6 +100,20 @@ class SharedCall:
     run: Callable[[Sequence[Any]], None]  # one forward for the parts; each emits to its outlet
 
 
+def run_alone(sink: Sink, prepare: Callable[[Outlet], Any], run: Callable[[Sequence[Any]], None]) -> None:
+    """A sharing method's work for one call on its own (batching off, or a lone call
+    in process): its part, prepared with `prepare`, run alone by `run`; a cancel ends it
+    quietly, and the error of its outlet (a stalled reader) is raised."""
+    outlet = Outlet(sink)
+    try:
+        run([prepare(outlet)])
+    except Cancelled:
+        pass  # the outlet closed: cancelled, or its reader stalled
+    if outlet.error is not None:
+        raise outlet.error
+    outlet.check()
+
+
 def run_together(members: Sequence[tuple[SharedCall, Sink]], observe: BatchSizes | None = None) -> list[BaseException | None]:
     """Runs the calls `members` (of one key) in as few forwards as fit; returns, per
     member, the error its caller gets (None: its stream ends normally or was cancelled).

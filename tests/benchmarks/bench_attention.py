@@ -13,7 +13,10 @@ For MiniLM (6 layers x 12 heads) at each input length, medians of:
              grpc.aio server of pre-serialized bytes and received with the raw stub
              (transport_floor.py): gRPC over loopback alone
 and the payload bytes per layer in float32 and float16. Ratios are against eager; the
-last row is the float32 server call over max(method, floor) (goal: at most 1.3x).
+float32 server call over max(method, floor) has a goal of at most 1.3x. CPU rows: the
+CPU time one call takes, in process (the method) and through the server (server and
+client processes together), and that time over this machine's cores: where client and
+server share the cores, no overlap of compute and sending can bring a call below it.
 Everything runs on --device (cpu by default; cuda: in-process timings wait for the GPU),
 weights in float32; --model-dir replaces MiniLM by another BERT-like encoder directory
 (the GPU check's stand-in when the packaged MiniLM is not installed).
@@ -22,8 +25,10 @@ weights in float32; --model-dir replaces MiniLM by another BERT-like encoder dir
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from conftest import start_server  # noqa: E402
-from timing import markdown_table, measure, median_ms, model_dir, model_label, synchronized  # noqa: E402
+from timing import cpu_seconds, markdown_table, measure, median_ms, model_dir, model_label, synchronized  # noqa: E402
 from transport_floor import floor_stub  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
@@ -64,6 +69,16 @@ class NullSink:
 
     def emit(self, item: object) -> None:
         """Drops the item."""
+
+
+def cpu_per_call(function: Callable[[], object], repeats: int, pid: int | None = None) -> float:
+    """Milliseconds of CPU time (this process, and process `pid` when given) per call of
+    `function`, over `repeats` calls."""
+    started = cpu_seconds(pid) if pid is not None else time.process_time()
+    for _ in range(repeats):
+        function()
+    ended = cpu_seconds(pid) if pid is not None else time.process_time()
+    return (ended - started) * 1000 / repeats
 
 
 def main() -> None:
@@ -140,6 +155,9 @@ def main() -> None:
                 with floor_stub(all_sizes) as floor:
                     timings["transport floor (same bytes)"] = measure(
                         lambda: list(floor.StreamAttention(pb.StreamAttentionRequest())), arguments.repeats)
+                method_cpu = cpu_per_call(run_method, arguments.repeats)
+                server_cpu = cpu_per_call(lambda: client.attention(text, model="minilm", cache="bypass"),
+                                          arguments.repeats, server.process.pid)
                 eager_ms = median_ms(timings["eager"])
                 for name, values in timings.items():
                     rows.append([tokens, name, f"{median_ms(values):.1f}", f"{median_ms(values) / eager_ms:.2f}x"])
@@ -147,6 +165,11 @@ def main() -> None:
                 over = median_ms(timings["server f32"]) / bound
                 rows.append([tokens, "server f32 / max(method, floor)", f"{over:.2f}x",
                              "met (<= 1.3x)" if over <= 1.3 else "not met (> 1.3x)"])
+                cores = os.cpu_count() or 1
+                rows.append([tokens, "CPU per call: method in process", f"{method_cpu:.1f}", ""])
+                rows.append([tokens, "CPU per call: server f32 (server + client)", f"{server_cpu:.1f}", ""])
+                rows.append([tokens, f"server f32 CPU / {cores} cores (bound here)", f"{server_cpu / cores:.1f}",
+                             f"{server_cpu / cores / eager_ms:.2f}x"])
                 rows.append([tokens, "first chunk (server)", f"{median_ms(first_chunk[-arguments.repeats:]):.1f}",
                              f"{median_ms(first_chunk[-arguments.repeats:]) / eager_ms:.2f}x"])
                 rows.append([tokens, "payload per layer", f"f32 {bytes_per_layer['float32'] / 1e6:.2f} MB",

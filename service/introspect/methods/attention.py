@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import hooks
-from ..batching import Outlet
+from ..batching import Outlet, run_alone
 from ..budget import DTYPE_BYTES, Footprint, activation_bytes, output_bytes
 from ..engine import HANDOFF_ITEMS, Sink
 from ..errors import Cancelled, require
@@ -280,14 +280,7 @@ def run_parts(model: LoadedModel, parts: Sequence[_Part]) -> None:
 
 def run(model: LoadedModel, query: AttentionQuery, options: AttentionOptions, sink: Sink) -> None:
     """Encodes the inputs, then streams each requested layer as the forward pass reaches it."""
-    outlet = Outlet(sink)
-    try:
-        run_parts(model, [prepare_part(model, query, options, outlet)])
-    except Cancelled:
-        pass  # the outlet closed: cancelled, or its reader stalled
-    if outlet.error is not None:
-        raise outlet.error
-    outlet.check()
+    run_alone(sink, lambda outlet: prepare_part(model, query, options, outlet), lambda parts: run_parts(model, parts))
 
 
 def footprint(description: ModelDescription, lengths: list[int], options: AttentionOptions,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import hooks
-from ..batching import Outlet
+from ..batching import Outlet, run_alone
 from ..budget import Footprint, activation_bytes, output_bytes
 from ..engine import Sink
 from ..errors import Cancelled, InvalidInput, require
@@ -206,14 +206,7 @@ def run_parts(model: LoadedModel, parts: Sequence[_Part]) -> None:
 
 def run(model: LoadedModel, query: LogitLensQuery, options: LogitLensOptions, sink: Sink) -> None:
     """Encodes the input, then streams one result per chosen layer."""
-    outlet = Outlet(sink)
-    try:
-        run_parts(model, [prepare_part(model, query, options, outlet)])
-    except Cancelled:
-        pass  # the outlet closed: cancelled, or its reader stalled
-    if outlet.error is not None:
-        raise outlet.error
-    outlet.check()
+    run_alone(sink, lambda outlet: prepare_part(model, query, options, outlet), lambda parts: run_parts(model, parts))
 
 
 def footprint(description: ModelDescription, tokens: int, positions: int, options: LogitLensOptions) -> Footprint:
