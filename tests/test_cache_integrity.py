@@ -27,7 +27,8 @@ from introspect.cache import CacheSecrets, MemoryBackend, Outcome, Policy, Redis
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 from introspect.cache.integrity import HEADER_BYTES
 from introspect_contract import pb
-from services import RedisServer, attention_request, chunks, metrics_port_flag, scrape, server_env, stream_attention, total
+from services import (RedisServer, attention_request, chunks, metrics_port_flag, scrape, server_env, stream_attention,
+                      total, wait_until)
 
 CURRENT, PREVIOUS, UNKNOWN = (f"{name}-secret-0123456789abcdef".encode() for name in ("current", "previous", "unknown"))
 PASSWORD = "redis-password-for-tests"
@@ -243,7 +244,8 @@ async def test_a_tampered_value_in_redis_is_recomputed_deleted_and_counted(
         "Tampered values are never served.", "gpt2", layers=[0], cache=pb.CACHE_POLICY_BYPASS))  # BYPASS: the model's numbers
     assert reference.cache == "bypass"
     assert (await stream_attention(running.address, request)).cache == "miss"
-    [key] = sync.keys("introspect:result:*")
+    # stored after the last message, in the background
+    [key] = wait_until(lambda: sync.keys("introspect:result:*"), 30, message="the result stored in redis")
     genuine = sync.get(key)
     cache_key = key.decode().rsplit(":", 1)[1]
     assert reference_checks(CURRENT, cache_key, genuine)
@@ -259,7 +261,8 @@ async def test_a_tampered_value_in_redis_is_recomputed_deleted_and_counted(
         assert reply.cache == "miss" and not reply.messages[0].header.cached
         assert chunks(reply.messages) == chunks(reference.messages)
         assert total(scrape(port), "introspect_cache_rejected_total", backend="redis") == before + 1
-        stored_again = sync.get(key)  # the bad value was deleted and the result stored again
+        # the bad value was deleted and the result stored again
+        stored_again = wait_until(lambda: sync.get(key), 30, message="the result stored again")
         assert reference_checks(CURRENT, cache_key, stored_again) and stored_again[HEADER_BYTES:] == body
 
     # Written under the previous secret (a replica not yet rotated): accepted.
@@ -320,7 +323,7 @@ async def test_rediss_speaks_tls_with_a_password_and_refuses_a_wrong_ca(tmp_path
     listening with TLS only: values round-trip sealed; a client trusting another CA gets
     nothing (unavailable, not an error)."""
     from certificates import Authority
-    from services import free_port, require_binary, stop_process, wait_until
+    from services import free_port, require_binary, stop_process
 
     authority, stranger = Authority("redis test CA"), Authority("another CA")
     cert, key = authority.issue("127.0.0.1", server=True).write(tmp_path, "redis")
