@@ -54,9 +54,11 @@ MIN_SECRET_BYTES = 16
 """Shortest secret a secret file may hold (a random 32-byte hex or base64 string is advised)."""
 
 _KDF_LABEL = b"introspect cache poly1305 key\x00"
-# Poly1305 holds the GIL while it hashes (about 8 GB/s here): values are hashed on the
-# event loop, in pieces of this size with the loop free between them.
-_PIECE_BYTES = 1024 * 1024
+# Poly1305 holds the GIL while it hashes (about 8 GB/s here, a thread would not free the
+# loop): values are hashed on the event loop, in pieces of this size (about 0.5 ms each)
+# with the loop free between them. Yielding after every MiB made a 4 MB check take
+# 1.1 ms instead of 0.8 ms inside the server.
+_PIECE_BYTES = 4 * 1024 * 1024
 _LENGTH = struct.Struct("<Q")
 
 
