@@ -55,8 +55,14 @@ def test_codec_round_trips_and_stores_incompressible_bodies_raw() -> None:
         value = codec.encode(messages)
         assert value[0] == kind
         assert codec.decode(value) == messages
+        frames = codec.frames(value)
+        assert [bytes(frame) for frame in frames] == messages
+        if kind == codec.RAW:  # views into the stored value itself, not copies
+            assert all(frame.obj is value for frame in frames)
     with pytest.raises(codec.CorruptValue):
         codec.decode(codec.encode(sparse)[:-3])
+    with pytest.raises(codec.CorruptValue):  # a bad last frame: nothing returned, not a partial list
+        codec.frames(codec.encode(dense)[:-3])
     with pytest.raises(codec.CorruptValue):
         codec.decode(b"\x07abc")
 

@@ -2,8 +2,11 @@
 files. Real parts: a redis-server started here with --requirepass, a real server process
 called over loopback, and the in-process memory backend behind a real ResultCache.
 
-The reference for a tag is HMAC-SHA256 computed here from the documented layout (the
-key's length as 8 little-endian bytes, the key, the value), not the service's helper.
+The reference for a stored value is computed here from the documented layout, not with
+the service's helpers: the format bytes, a 16-byte nonce, then Poly1305 (cryptography's)
+over the key's length as 8 little-endian bytes, the key and the value, under the one-time
+key HMAC-SHA256(secret, label + nonce). Values in the HMAC-SHA256 layout of earlier
+versions (tag, then value) are refused.
 """
 
 from __future__ import annotations
@@ -21,17 +24,39 @@ from pathlib import Path
 import pytest
 from conftest import RunningServer, start_server
 from introspect.cache import CacheSecrets, MemoryBackend, Outcome, Policy, RedisBackend, ResultCache, SealedBackend
-from introspect.cache.integrity import TAG_BYTES
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+from introspect.cache.integrity import HEADER_BYTES
 from introspect_contract import pb
-from services import RedisServer, attention_request, chunks, metrics_port_flag, scrape, server_env, stream_attention, total
+from services import (RedisServer, attention_request, chunks, metrics_port_flag, scrape, server_env, stream_attention,
+                      total, wait_until)
 
 CURRENT, PREVIOUS, UNKNOWN = (f"{name}-secret-0123456789abcdef".encode() for name in ("current", "previous", "unknown"))
 PASSWORD = "redis-password-for-tests"
 
 
-def reference_tag(secret: bytes, key: str, value: bytes) -> bytes:
-    """HMAC-SHA256 over len(key) (u64 LE), key, value."""
-    return hmac.new(secret, struct.pack("<Q", len(key.encode())) + key.encode() + value, hashlib.sha256).digest()
+FORMAT = b"\xa7IC2"
+LABEL = b"introspect cache poly1305 key\x00"
+
+
+def reference_seal(secret: bytes, key: str, value: bytes, nonce: bytes | None = None) -> bytes:
+    """Format 2: format, nonce, Poly1305(HMAC-SHA256(secret, label + nonce); len(key) (u64
+    LE), key, value), value."""
+    nonce = os.urandom(16) if nonce is None else nonce
+    one_time_key = hmac.new(secret, LABEL + nonce, hashlib.sha256).digest()
+    tag = Poly1305.generate_tag(one_time_key, struct.pack("<Q", len(key.encode())) + key.encode() + value)
+    return FORMAT + nonce + tag + value
+
+
+def reference_checks(secret: bytes, key: str, stored: bytes) -> bool:
+    """True when `stored` is format 2 and its tag is the reference one under `secret`."""
+    nonce, value = stored[4:20], stored[36:]
+    return stored[:4] == FORMAT and reference_seal(secret, key, value, nonce) == stored
+
+
+def legacy_seal(secret: bytes, key: str, value: bytes) -> bytes:
+    """The layout of earlier versions: HMAC-SHA256 over len(key) (u64 LE), key, value; then value."""
+    encoded = key.encode()
+    return hmac.new(secret, struct.pack("<Q", len(encoded)) + encoded + value, hashlib.sha256).digest() + value
 
 
 def flipped(stored: bytes, position: int = -1) -> bytes:
@@ -97,15 +122,27 @@ async def test_memory_backend_never_serves_a_tampered_value() -> None:
 
     assert await one() == (Outcome.MISS, computed)
     stored = await stored_value(inner, "key")
-    assert stored[:TAG_BYTES] == reference_tag(CURRENT, "key", stored[TAG_BYTES:])
+    assert reference_checks(CURRENT, "key", stored)
     assert await one() == (Outcome.HIT, computed) and computations == 1
 
     inner._entries["key"] = (flipped(stored), inner._entries["key"][1])
     assert await cache.backend.get("key") is None  # rejected and deleted
     assert "key" not in inner._entries and rejections.count == 1
-    inner._entries["key"] = (flipped(stored, TAG_BYTES + 3), float("inf"))
+    inner._entries["key"] = (flipped(stored, HEADER_BYTES + 3), float("inf"))
     assert await one() == (Outcome.MISS, computed) and computations == 2 and rejections.count == 2
-    assert await stored_value(inner, "key") == stored  # recomputed and stored afresh
+    restored = await stored_value(inner, "key")  # recomputed and stored afresh (a new nonce)
+    assert reference_checks(CURRENT, "key", restored) and restored[HEADER_BYTES:] == stored[HEADER_BYTES:]
+
+    # Every header byte counts (format, nonce, tag), and the earlier HMAC-SHA256 layout
+    # with a correct tag under the same secret is refused.
+    body = stored[HEADER_BYTES:]
+    for count, value in enumerate([flipped(restored, position) for position in (0, 4, 19, 20, 35)]
+                                  + [legacy_seal(CURRENT, "key", body)], start=3):
+        inner._entries["key"] = (value, float("inf"))
+        assert await cache.backend.get("key") is None and "key" not in inner._entries
+        assert rejections.count == count
+    inner._entries["key"] = (reference_seal(CURRENT, "key", body), float("inf"))  # written by another sealer
+    assert await one() == (Outcome.HIT, computed) and computations == 2
     await cache.close()
 
 
@@ -114,7 +151,8 @@ async def test_memory_values_are_hashed_once_per_stored_object(monkeypatch: pyte
 
     hashed: list[str] = []
     real_tag = integrity.tag
-    monkeypatch.setattr(integrity, "tag", lambda secret, key, value: hashed.append(key) or real_tag(secret, key, value))
+    monkeypatch.setattr(integrity, "tag",
+                        lambda secret, key, nonce, value: hashed.append(key) or real_tag(secret, key, nonce, value))
     inner = MemoryBackend(100)
     sealed = SealedBackend(inner, CacheSecrets(CURRENT))
     await sealed.set("a", b"x" * 40, 60)
@@ -131,6 +169,19 @@ async def test_memory_values_are_hashed_once_per_stored_object(monkeypatch: pyte
     await sealed.set("b", b"y" * 40, 60)
     await sealed.set("c", b"z" * 40, 60)  # evicts b (budget 100 bytes, 72 each)
     assert await sealed.get("b") is None and sealed._checked_objects.keys() == {"c"}  # nothing kept for b
+
+
+async def test_large_values_checked_in_pieces_agree_with_the_reference() -> None:
+    """Values over the piece size (4 MiB) are hashed in pieces with the loop free between
+    them: a reference-sealed 9 MB value is accepted, one flipped byte anywhere refused."""
+    body = os.urandom(9_000_000)
+    genuine = reference_seal(PREVIOUS, "big", body)
+    for position, accepted in ((None, True), (HEADER_BYTES + 5_000_000, False), (-1, False)):
+        inner = MemoryBackend(1 << 25)
+        sealed = SealedBackend(inner, CacheSecrets(CURRENT, PREVIOUS))
+        inner._entries["big"] = (genuine if position is None else flipped(genuine, position), float("inf"))
+        value = await sealed.get("big")
+        assert (value is not None and value == body) if accepted else value is None
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +204,12 @@ async def test_redis_values_rotate_and_unknown_or_tampered_ones_are_deleted(redi
     try:
         assert await old.set("k", b"written before the rotation", ttl_seconds=30)
         raw = sync.get("rot:result:k")
-        assert raw == reference_tag(PREVIOUS, "k", b"written before the rotation") + b"written before the rotation"
+        assert reference_checks(PREVIOUS, "k", raw) and raw[HEADER_BYTES:] == b"written before the rotation"
         assert await rotated.get("k") == b"written before the rotation" and rejections.count == 0
 
         assert await rotated.set("k", b"after", ttl_seconds=30)
-        assert sync.get("rot:result:k") == reference_tag(CURRENT, "k", b"after") + b"after"
+        raw = sync.get("rot:result:k")
+        assert reference_checks(CURRENT, "k", raw) and raw[HEADER_BYTES:] == b"after"
         assert await old.get("k") is None  # a replica without the new secret cannot read it
 
         assert await stranger.set("k", b"forged", ttl_seconds=30)
@@ -205,24 +257,29 @@ async def test_a_tampered_value_in_redis_is_recomputed_deleted_and_counted(
         "Tampered values are never served.", "gpt2", layers=[0], cache=pb.CACHE_POLICY_BYPASS))  # BYPASS: the model's numbers
     assert reference.cache == "bypass"
     assert (await stream_attention(running.address, request)).cache == "miss"
-    [key] = sync.keys("introspect:result:*")
+    # stored after the last message, in the background
+    [key] = wait_until(lambda: sync.keys("introspect:result:*"), 30, message="the result stored in redis")
     genuine = sync.get(key)
-    assert genuine[:TAG_BYTES] == reference_tag(CURRENT, key.decode().rsplit(":", 1)[1], genuine[TAG_BYTES:])
+    cache_key = key.decode().rsplit(":", 1)[1]
+    assert reference_checks(CURRENT, cache_key, genuine)
     assert (await stream_attention(running.address, request)).cache == "hit"
 
-    for value in (flipped(genuine), flipped(genuine, 0),  # the value's bytes, the tag's
-                  reference_tag(UNKNOWN, key.decode().rsplit(":", 1)[1], genuine[TAG_BYTES:]) + genuine[TAG_BYTES:]):
+    body = genuine[HEADER_BYTES:]
+    for value in (flipped(genuine), flipped(genuine, 0), flipped(genuine, 10),  # the value, format, nonce
+                  flipped(genuine, 30), reference_seal(UNKNOWN, cache_key, body),  # tag; another secret
+                  legacy_seal(CURRENT, cache_key, body)):  # the earlier HMAC-SHA256 layout
         before = total(scrape(port), "introspect_cache_rejected_total", backend="redis")
         sync.set(key, value)
         reply = await stream_attention(running.address, request)
         assert reply.cache == "miss" and not reply.messages[0].header.cached
         assert chunks(reply.messages) == chunks(reference.messages)
         assert total(scrape(port), "introspect_cache_rejected_total", backend="redis") == before + 1
-        assert sync.get(key) == genuine  # the bad value was deleted and the result stored again
+        # the bad value was deleted and the result stored again
+        stored_again = wait_until(lambda: sync.get(key), 30, message="the result stored again")
+        assert reference_checks(CURRENT, cache_key, stored_again) and stored_again[HEADER_BYTES:] == body
 
     # Written under the previous secret (a replica not yet rotated): accepted.
-    body = genuine[TAG_BYTES:]
-    sync.set(key, reference_tag(PREVIOUS, key.decode().rsplit(":", 1)[1], body) + body)
+    sync.set(key, reference_seal(PREVIOUS, cache_key, body))
     reply = await stream_attention(running.address, request)
     assert reply.cache == "hit" and chunks(reply.messages) == chunks(reference.messages)
 
@@ -279,7 +336,7 @@ async def test_rediss_speaks_tls_with_a_password_and_refuses_a_wrong_ca(tmp_path
     listening with TLS only: values round-trip sealed; a client trusting another CA gets
     nothing (unavailable, not an error)."""
     from certificates import Authority
-    from services import free_port, require_binary, stop_process, wait_until
+    from services import free_port, require_binary, stop_process
 
     authority, stranger = Authority("redis test CA"), Authority("another CA")
     cert, key = authority.issue("127.0.0.1", server=True).write(tmp_path, "redis")

@@ -20,7 +20,7 @@ float16) weigh about 1, 2 and 4 MB.
 
 Goals (p50): a memory hit (raw) at most 1.3x the floor; a Redis hit (raw) at most 1.2 x
 (floor + GET + integrity check), where GET is redis-py's GET of the stored value from
-this process and the check is integrity.unseal (HMAC-SHA256) of it, each reported.
+this process and the check is integrity.unseal (Poly1305, format 2) of it, each reported.
 """
 
 from __future__ import annotations

@@ -50,6 +50,13 @@ def is_compressed(value: bytes | memoryview) -> bool:
 
 def decode(value: bytes | memoryview) -> list[bytes]:
     """The messages of a value made by `encode`; CorruptValue if it is not one."""
+    return [bytes(frame) for frame in frames(value)]
+
+
+def frames(value: bytes | memoryview) -> list[memoryview]:
+    """The messages of a value made by `encode` as views into it (or into its decompressed
+    body), every length checked before any is returned; CorruptValue if it is not one.
+    Replaying copies each message only as it is sent."""
     if not value:
         raise CorruptValue("empty value")
     kind, payload = value[0], memoryview(value)[1:]
@@ -71,6 +78,6 @@ def decode(value: bytes | memoryview) -> list[bytes]:
         position += _LENGTH.size
         if position + length > len(body):
             raise CorruptValue("truncated message")
-        messages.append(bytes(body[position : position + length]))
+        messages.append(body[position : position + length])
         position += length
     return messages

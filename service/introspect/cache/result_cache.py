@@ -87,13 +87,16 @@ class Served:
 
 
 class _Replay(Served):
-    def __init__(self, messages: list[bytes]) -> None:
+    """A stored stream: views of its checked messages, each copied out as it is sent (the
+    first goes out before the rest are copied)."""
+
+    def __init__(self, frames: list[memoryview]) -> None:
         super().__init__(Outcome.HIT)
-        self._messages = messages
+        self._frames = frames
 
     async def messages(self) -> AsyncIterator[bytes]:  # type: ignore[override]
-        for message in self._messages:
-            yield message
+        for frame in self._frames:
+            yield bytes(frame)
 
 
 class _Computed(Served):
@@ -255,12 +258,12 @@ class ResultCache:
             return None
         try:
             if len(value) <= _INLINE_DECODE_BYTES or not codec.is_compressed(value):
-                messages = codec.decode(value)
+                frames = codec.frames(value)
             else:
-                messages = await asyncio.to_thread(codec.decode, value)
+                frames = await asyncio.to_thread(codec.frames, value)
         except codec.CorruptValue as error:
             log.warning("ignoring an unreadable value in the %s cache: %s", self.backend.name, error)
             self._observer.error("decode")
             return None
         self._observer.hit(rpc, coalesced)
-        return _Replay(messages)
+        return _Replay(frames)
