@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import websocket
 
@@ -56,7 +56,7 @@ class Browser:
 
     @classmethod
     def start(cls, width: int = 1400, height: int = 1000) -> Browser:
-        profile = tempfile.TemporaryDirectory(prefix="introspect-chromium-")
+        profile = tempfile.TemporaryDirectory(prefix="introspect-chromium-", ignore_cleanup_errors=True)
         process = subprocess.Popen(
             [chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
@@ -207,7 +207,7 @@ class Browser:
                 self._process.wait()
             self._profile.cleanup()
 
-    def __enter__(self) -> Browser:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

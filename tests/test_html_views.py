@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from browser import Browser
 from conftest import InProcessServer
-
 from introspect_client import AttentionResult, Client, InputAttention, targets
 from introspect_client.cli import main
 from introspect_client.html import to_html, write_html

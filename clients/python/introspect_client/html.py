@@ -144,8 +144,8 @@ def _ablation_sections(result: AblationResult) -> list[dict[str, Any]]:
     if joint is not None:
         heads = " ".join(f"{layer}:{head}" for layer, head in joint.heads)
         facts += [f"heads ablated together: {heads}",
-                  f"target score with them ablated: {joint.ablated_score:.6g} "
-                  f"({joint.ablated_score - result.baseline_score:+.6g})",
+                  (f"target score with them ablated: {joint.ablated_score:.6g} "
+                   f"({joint.ablated_score - result.baseline_score:+.6g})"),
                   f"{result.output_change_metric}: {joint.output_change:.6g}"]
         if joint.base_continuation_tokens:
             facts += ["continuation: " + " ".join(joint.base_continuation_tokens),
