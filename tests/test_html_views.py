@@ -297,6 +297,36 @@ def test_token_text_is_never_markup(browser: Browser, tmp_path: Path) -> None:
     assert browser.errors == []
 
 
+def test_a_query_row_range_lists_only_its_queries(browser: Browser, tmp_path: Path) -> None:
+    tokens = [f"t{index}" for index in range(6)]
+    maps = np.random.default_rng(1).random((1, 3, 6)).astype(np.float32)  # rows 2..4 of head_max
+    item = InputAttention(tokens=tokens, token_ids=list(range(6)), truncated=False, original_length=6,
+                          view="head_max", layers={3: maps}, query_start=2)
+    show(browser, to_html(item), tmp_path)
+    assert texts(browser, ".hv-left .tok") == tokens[2:5] and texts(browser, ".hv-right .tok") == tokens
+    assert browser.evaluate("[...document.querySelectorAll('.head-box')].map((b) => b.parentNode.textContent)") \
+        == ["head_max"]
+    browser.hover(".hv-left .tok[data-index='3']")
+    np.testing.assert_allclose(values(browser, ".hv-right .tok"), maps[0, 1], atol=1e-4)
+    browser.hover(".hv-right .tok[data-index='5']")
+    np.testing.assert_allclose(values(browser, ".hv-left .tok"), maps[0, :, 5], atol=1e-4)
+    browser.hover(".mv-cell[data-layer='3'] canvas", (4 + 0.5) / 6, (2 + 0.5) / 3)
+    shown = info(browser, ".model-info")
+    assert (shown["query"], shown["key"]) == ("4", "4")
+    assert float(shown["value"]) == pytest.approx(float(maps[0, 2, 4]), abs=1e-4)
+    assert browser.errors == []
+
+
+def test_a_large_page_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import introspect_client.html as html_module
+
+    item = InputAttention(tokens=["a", "b"], token_ids=[1, 2], truncated=False, original_length=2,
+                          view="head_mean", layers={0: np.full((1, 2, 2), 0.5, np.float32)})
+    monkeypatch.setattr(html_module, "LARGE_PAGE_BYTES", 1000)
+    with pytest.warns(UserWarning, match="fewer layers or query rows"):
+        to_html(item)
+
+
 def test_cli_html_flag(html_server: InProcessServer, browser: Browser, tmp_path: Path,
                        capsys: pytest.CaptureFixture[str]) -> None:
     server = ["--server", html_server.address]
