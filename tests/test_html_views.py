@@ -129,13 +129,16 @@ def test_attention_head_view_and_model_view(html_client: Client, browser: Browse
                                atol=ATTENTION_TOLERANCE)
     assert info(browser, ".head-info")["side"] == "query" and item.tokens[3] in info(browser, ".head-info")["text"]
 
-    # one head: its row, one line per weight of 0.01 or more
+    # one head: its row, one line per weight of 2% or more of the row's largest
     browser.click(".no-heads")
     browser.click(".head-box[data-head='7']")
     browser.hover(".hv-left .tok[data-index='3']")
     row = eager[4][7, 3, :]
     np.testing.assert_allclose(values(browser, ".hv-right .tok"), row, atol=ATTENTION_TOLERANCE)
-    assert browser.evaluate("document.querySelectorAll('.head-view svg line').length") == int((row >= 0.01).sum())
+    drawn = browser.evaluate("document.querySelectorAll('.head-view svg line').length")
+    cut = 0.02 * row.max()  # within the page's rounding of the threshold, either way
+    assert int((row >= cut + ATTENTION_TOLERANCE).sum()) <= drawn <= int((row >= cut - ATTENTION_TOLERANCE).sum())
+    assert drawn > 0
 
     # another layer, another token; then a key token: its column over the queries
     browser.evaluate("(() => { const s = document.querySelector('.layer-select'); s.value = '1';"

@@ -423,17 +423,25 @@ _SCRIPT = r"""
       while (svg.firstChild) svg.removeChild(svg.firstChild);
       clearTokens();
       const chosen = selected(), values = matrix();
+      // a line per (head, query, key) whose weight is 2% or more of the largest weight drawn
+      // (the query's row, the key's column, or the whole map), as opaque as that fraction
+      let linePeak = 1e-12;
+      const rowsDrawn = focus !== null && focus.side === "query" ? [focus.index - start] : [...Array(rows).keys()];
+      for (const head of chosen) for (const row of rowsDrawn) for (let key = 0; key < tokens.length; key++) {
+        const weight = values[head][row][key];
+        if (weight !== null && (focus === null || focus.side === "query" || key === focus.index)) linePeak = Math.max(linePeak, weight);
+      }
       const lines = (row, key) => {
         chosen.forEach((head) => {
           const weight = values[head][row][key];
-          if (weight === null || weight < 0.01) return;
+          if (weight === null || weight / linePeak < 0.02) return;
           const line = document.createElementNS(svgNS, "line");
           line.setAttribute("x1", "0"); line.setAttribute("x2", "220");
           line.setAttribute("y1", String(rowHeight * row + rowHeight / 2));
           line.setAttribute("y2", String(rowHeight * key + rowHeight / 2));
           line.setAttribute("stroke", headColour(head, heads.length));
           line.setAttribute("stroke-width", "2");
-          line.setAttribute("stroke-opacity", String(Math.min(1, weight)));
+          line.setAttribute("stroke-opacity", (weight / linePeak).toFixed(3));
           svg.appendChild(line);
         });
       };
@@ -450,26 +458,28 @@ _SCRIPT = r"""
         for (const head of chosen) total += values[head][row][key];
         return total / chosen.length;
       };
-      const paint = (token, value) => {
-        token.setAttribute("data-value", String(value));
-        token.setAttribute("title", fmt(value));
-        token.style.background = colour.replace("hsl", "hsla").replace(")", "," + Math.min(1, value).toFixed(3) + ")");
+      // the highlight's strength is the weight over the largest weight shown (the number is the weight)
+      const paintAll = (tokensShown, weights) => {
+        const peak = Math.max(1e-12, ...weights.filter((value) => value !== null));
+        weights.forEach((value, index) => {
+          if (value === null) return;
+          const token = tokensShown[index];
+          token.setAttribute("data-value", String(value));
+          token.setAttribute("title", fmt(value));
+          token.style.background = colour.replace("hsl", "hsla").replace(")", "," + (0.85 * value / peak).toFixed(3) + ")");
+        });
       };
       if (focus.side === "query") {
         const row = focus.index - start;
         queries[row].classList.add("focus");
-        for (let key = 0; key < tokens.length; key++) {
-          lines(row, key);
-          const value = mean(row, key);
-          if (value !== null) paint(keys[key], value);
-        }
+        const weights = [];
+        for (let key = 0; key < tokens.length; key++) { lines(row, key); weights.push(mean(row, key)); }
+        paintAll(keys, weights);
       } else {
         keys[focus.index].classList.add("focus");
-        for (let row = 0; row < rows; row++) {
-          lines(row, focus.index);
-          const value = mean(row, focus.index);
-          if (value !== null) paint(queries[row], value);
-        }
+        const weights = [];
+        for (let row = 0; row < rows; row++) { lines(row, focus.index); weights.push(mean(row, focus.index)); }
+        paintAll(queries, weights);
       }
       setInfo(info, focus.side + " " + focus.index + " \u201c" + tokens[focus.index] + "\u201d, layer " +
               spec.layers[Number(layerSelect.value)] + ", " + (chosen.length ? chosen.map((h) => heads[h]).join(" ") : "no heads") +
@@ -504,8 +514,10 @@ _SCRIPT = r"""
         const values = spec.values[layerIndex][head];
         const context = canvas.getContext("2d");
         const image = context.createImageData(tokens.length, rows);
+        let peak = 1e-12;  // each map's colours run up to its own largest weight
+        for (const line of values) for (const value of line) if (value !== null) peak = Math.max(peak, value);
         for (let row = 0; row < rows; row++) for (let key = 0; key < tokens.length; key++) {
-          const value = values[row][key] === null ? 0 : Math.min(1, Math.max(0, values[row][key]));
+          const value = values[row][key] === null ? 0 : Math.min(1, Math.max(0, values[row][key] / peak));
           const offset = 4 * (row * tokens.length + key);
           image.data[offset] = Math.round(255 - 225 * value);
           image.data[offset + 1] = Math.round(255 - 180 * value);
