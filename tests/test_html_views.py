@@ -277,6 +277,10 @@ def test_vision_overlays(html_client: Client, browser: Browser, tmp_path: Path) 
         [f"L1 H{head}" for head in range(grids.shape[0])]
     browser.hover(".panel[data-panel='3'] canvas", (4 + 0.5) / 6, (1 + 0.5) / 4)
     assert float(info(browser, ".overlay-info")["value"]) == pytest.approx(float(grids[3, 1, 4]), abs=1e-4)
+
+    distance = html_client.attention(image=image, model=VISION_MODEL, view="mean_distance")[0]
+    show(browser, to_html(distance), tmp_path)
+    check_grid(browser, "mean_distance", distance.stacked(), (1, 2))  # [layers, heads], pixels
     assert browser.errors == []
 
 
