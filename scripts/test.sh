@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs everything the suite needs on a fresh machine, then runs it.
 #   - Debian packages redis-server and prometheus (real servers the suite starts itself)
+#   - Debian's chromium: the HTML view tests drive it headless over the DevTools protocol
 #   - kubectl (kustomize v5 inside) to render deploy/kubernetes/overlays: the `kubectl`
 #     package of the Kubernetes apt repository (pkgs.k8s.io) or Google Cloud's; Debian's
 #     own kubernetes-client is too old (kustomize v2) for the manifests
@@ -14,6 +15,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   sudo_cmd=()

@@ -21,6 +21,7 @@ from .ablation import (
 )
 from .client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SERVICE_CONFIG, AsyncClient, Client
 from .errors import IntrospectError
+from .html import to_html, write_html
 from .image_inputs import ImageLike, make_image_input
 from .image_layout import ImageLayout, bilinear_resize
 from .inputs import InputLike, InputsLike, make_input, make_inputs
@@ -104,4 +105,6 @@ __all__ = [
     "pb",
     "saliency_request",
     "targets",
+    "to_html",
+    "write_html",
 ]

@@ -249,7 +249,7 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
 
     flags.write_outputs(
         args, out, lambda: _ablation_json(result, args.mode, args.value), draw,
-        lambda: _ablation_summary(result, args.top),
+        lambda: _ablation_summary(result, args.top), flags.html_writer(result),
     )
 
 

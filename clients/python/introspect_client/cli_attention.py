@@ -162,4 +162,5 @@ def run_attention(args: argparse.Namespace, client: Client, out: TextIO) -> None
             return _grid_summary(values.mean(axis=0), title)
         return _summary(item, values.mean(axis=0), title)  # one head (or reduced view): itself
 
-    flags.write_outputs(args, out, lambda: _attention_json(result), draw, summary)
+    flags.write_outputs(args, out, lambda: _attention_json(result), draw, summary,
+                        flags.html_writer(result, args.image))

@@ -127,9 +127,27 @@ def add_request_arguments(parser: argparse.ArgumentParser, *, truncate: bool = T
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, png_help: str, json_help: str) -> None:
-    """--png FILE and --json (read by `write_outputs`)."""
+    """--png FILE, --html FILE and --json (read by `write_outputs`)."""
     parser.add_argument("--png", default=None, metavar="FILE", help=png_help)
+    add_html_argument(parser)
     parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def add_html_argument(parser: argparse.ArgumentParser) -> None:
+    """--html FILE (read by `write_outputs`)."""
+    parser.add_argument("--html", default=None, metavar="FILE",
+                        help="write an interactive, self-contained HTML view of the result to FILE")
+
+
+def html_writer(result: Any, image: Any = None) -> Callable[[str], None]:
+    """What --html FILE does: writes the result's HTML view (introspect_client.html)."""
+
+    def write(path: str) -> None:
+        from .html import write_html
+
+        write_html(result, path, image=image)
+
+    return write
 
 
 def write_outputs(
@@ -138,14 +156,17 @@ def write_outputs(
     document: Callable[[], Any],
     draw: Callable[[str], None],
     summary: Callable[[], str],
+    html: Callable[[str], None] | None = None,
 ) -> None:
-    """--json prints the document, --png FILE draws to FILE (and says so unless --json);
-    without either, prints the summary."""
+    """--json prints the document, --png FILE draws to FILE and --html FILE writes the
+    page `html` writes (each says so unless --json); without any, prints the summary."""
+    html_path = getattr(args, "html", None)
     if args.json:
         print(json.dumps(document()), file=out)
-    if args.png:
-        draw(args.png)
-        if not args.json:
-            print(f"wrote {args.png}", file=out)
-    if not args.json and not args.png:
+    for path, write in ((args.png, draw), (html_path, html)):
+        if path and write is not None:
+            write(path)
+            if not args.json:
+                print(f"wrote {path}", file=out)
+    if not args.json and not args.png and not html_path:
         print(summary(), file=out)

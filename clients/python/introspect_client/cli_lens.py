@@ -33,6 +33,7 @@ def add_lens_command(commands: Any, client_options: argparse.ArgumentParser) -> 
                         help="token whose probability is tracked (default: the final prediction)")
     flags.add_request_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add_html_argument(parser)
     parser.set_defaults(run=run_lens, png=None)  # no picture: write_outputs prints the table or JSON
 
 
@@ -80,4 +81,5 @@ def run_lens(args: argparse.Namespace, client: Client, out: TextIO) -> None:
         cache=args.cache,
         timeout=args.timeout,
     )
-    flags.write_outputs(args, out, lambda: _document(result), lambda path: None, lambda: _summary(result))
+    flags.write_outputs(args, out, lambda: _document(result), lambda path: None, lambda: _summary(result),
+                        flags.html_writer(result))

@@ -167,4 +167,5 @@ def run_patch(args: argparse.Namespace, client: Client, out: TextIO) -> None:
 
         save_figure(patching_figure(result), path)
 
-    flags.write_outputs(args, out, lambda: result_json(result), draw, lambda: summary(result, args.top))
+    flags.write_outputs(args, out, lambda: result_json(result), draw, lambda: summary(result, args.top),
+                        flags.html_writer(result))

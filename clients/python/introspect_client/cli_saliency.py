@@ -151,4 +151,5 @@ def run_saliency(args: argparse.Namespace, client: Client, out: TextIO) -> None:
 
         save_figure(figure_for(result, image=args.image, title=title), path)
 
-    flags.write_outputs(args, out, lambda: _document(result, args.method), draw, lambda: _summary(result, title))
+    flags.write_outputs(args, out, lambda: _document(result, args.method), draw, lambda: _summary(result, title),
+                        flags.html_writer(result, args.image))
