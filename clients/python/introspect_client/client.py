@@ -276,6 +276,11 @@ class Client(_ClientBase):
         with translate_rpc_errors():
             return self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout)).model
 
+    def server_info(self, *, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        """The server's version and the contract version it implements (GetServerInfo)."""
+        with translate_rpc_errors():
+            return self._stub.GetServerInfo(pb.GetServerInfoRequest(), **self._call_kwargs(timeout))
+
     def stream_attention(
         self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
     ) -> Iterator[pb.StreamAttentionResponse]:
@@ -551,6 +556,11 @@ class AsyncClient(_ClientBase):
         """Description of the model `name` ("" for the server's default model)."""
         with translate_rpc_errors():
             return (await self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout))).model
+
+    async def server_info(self, *, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        """The server's version and the contract version it implements (GetServerInfo)."""
+        with translate_rpc_errors():
+            return await self._stub.GetServerInfo(pb.GetServerInfoRequest(), **self._call_kwargs(timeout))
 
     def stream_attention(
         self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
