@@ -44,6 +44,7 @@ from .cli_saliency import add_saliency_command
 from .cli_connection import DEFAULT_SERVER, SERVER_ENV, add_connection_arguments, client_of
 from .client import Client
 from .errors import IntrospectError
+from .progress import StreamProgress
 
 __all__ = ["DEFAULT_SERVER", "SERVER_ENV", "build_parser", "main"]
 
@@ -53,6 +54,9 @@ def _client_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     add_connection_arguments(parent, environ, defaults=False)
     parent.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="deadline of the call")
+    parent.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress lines on stderr (layers done, refinements with their delta); "
+                             "default: on when stderr is a terminal")
     return parent
 
 
@@ -306,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(arguments)
     try:
         with client_of(args) as client:
+            if args.progress or (args.progress is None and sys.stderr.isatty()):
+                client.on_message = StreamProgress(sys.stderr)
             args.run(args, client, sys.stdout)
     except (IntrospectError, ValueError, ImportError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -189,6 +189,8 @@ class _ClientBase:
             )
         self._channel = channel
         self._stub = pb_grpc.IntrospectionStub(self._channel)
+        # Called with every message of every stream (e.g. progress.StreamProgress), or None.
+        self.on_message: Callable[[Any], None] | None = None
 
     @staticmethod
     def _open_channel(
@@ -234,6 +236,10 @@ class Client(_ClientBase):
             and cannot be given). `close()` leaves a given channel open.
 
     Every gRPC error is raised as `IntrospectError`; invalid option names as ValueError.
+
+    `on_message` (attribute, default None): a callable given every streamed message as
+    it arrives, e.g. `progress.StreamProgress(sys.stderr)` for a line per layer or
+    refinement.
 
     Failover: a call that fails UNAVAILABLE before its response starts is retried by
     gRPC (service config). A stream that ends UNAVAILABLE after it started (a replica
@@ -511,7 +517,10 @@ class Client(_ClientBase):
         call = method(request, **self._call_kwargs(timeout))
         try:
             with translate_rpc_errors():
-                yield from call
+                for message in call:
+                    if self.on_message is not None:
+                        self.on_message(message)
+                    yield message
         finally:
             call.cancel()
 
@@ -667,6 +676,8 @@ class AsyncClient(_ClientBase):
         try:
             with translate_rpc_errors():
                 async for message in call:
+                    if self.on_message is not None:
+                        self.on_message(message)
                     yield message
         finally:
             call.cancel()
