@@ -274,7 +274,7 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
     )
 
     def draw(path: str) -> None:
-        from .plot import head_heatmap
+        from .plot import head_figure, save_figure
 
         if result.importance is not None:
             grid, label, what = result.importance, "d target / d head gate", "head importance"
@@ -282,7 +282,7 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
             assert result.target_delta is not None
             grid, label, what = result.target_delta, "change of the target score", f"{args.value} ablation"
         title = f"{result.model}: {what}, target {args.target or 'the model default'}"
-        head_heatmap(grid, title, path, value_label=label)
+        save_figure(head_figure(grid, title, value_label=label), path)
 
     flags.write_outputs(
         args, out, lambda: _ablation_json(result, args.mode, args.value), draw,
