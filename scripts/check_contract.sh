@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Contract checks, offline (buf from package.json: `npm ci --no-audit --no-fund`):
+#   0. buf format: the .proto files are laid out as `buf format -w` writes them (the diff
+#      is printed when they are not);
 #   1. buf lint over protos/ (buf.yaml: STANDARD, exceptions explained there);
 #   2. buf breaking against every released contract committed under protos/released/
 #      (images made by `buf build -o protos/released/introspect-vX.Y.Z.binpb` at release);
@@ -12,6 +14,12 @@ if [[ ! -x $buf ]]; then
   echo "buf not found at $buf: run 'npm ci --no-audit --no-fund' at the repository root" >&2
   exit 2
 fi
+
+if ! "$buf" format -d --exit-code; then
+  echo "buf format: the contract is not formatted: run '$buf format -w'" >&2
+  exit 1
+fi
+echo "buf format: ok"
 
 "$buf" lint
 echo "buf lint: ok"

@@ -163,8 +163,19 @@ def test_a_tokens_file_broken_on_reload_keeps_the_previous_callers_with_one_erro
 
 def test_health_is_open_without_a_token(served: Served) -> None:
     with grpc.insecure_channel(served.running.address) as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
-    assert response.status == health_pb2.HealthCheckResponse.SERVING
+        for service in ("", "introspect.v1.Introspection/minilm"):
+            request = health_pb2.HealthCheckRequest(service=service)
+            response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_get_server_info_needs_a_token_like_list_models(served: Served) -> None:
+    with served.client(None) as client, pytest.raises(IntrospectError) as refused:
+        client.server_info()
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.message == served.code_of(None)[1]
+    with served.client(TOKENS["alice"]) as client:
+        assert client.server_info().contract_version
 
 
 def retry_delay(error: grpc.RpcError) -> float:

@@ -65,7 +65,8 @@ def test_generated_code_is_fresh() -> None:
 
 
 def test_contract_passes_buf_lint_and_breaking() -> None:
-    """buf lint, and buf breaking against the released contract (and the latest v* tag).
+    """buf format (no diff), buf lint, and buf breaking against the released contract
+    (and the latest v* tag).
     Never skipped: a missing buf fails here (scripts/test.sh installs it with npm ci)."""
     script = ROOT / "scripts" / "check_contract.sh"
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300)
@@ -74,6 +75,8 @@ def test_contract_passes_buf_lint_and_breaking() -> None:
         + result.stdout
         + result.stderr
     )
+    assert "buf format: ok" in result.stdout
+    assert "buf lint: ok" in result.stdout
     assert "buf breaking against protos/released/" in result.stdout
 
 

@@ -265,8 +265,18 @@ def _check_tls(settings: Settings) -> None:
         raise ValueError("health_port must differ from port")
 
 
+def version_line() -> str:
+    """What `introspect serve --version` prints: the server's version and the contract's."""
+    from introspect_contract import CONTRACT_VERSION
+
+    from . import __version__
+
+    return f"introspect {__version__} (contract introspect.v1 {CONTRACT_VERSION})"
+
+
 def parse_serve_arguments(argv: Sequence[str] | None = None) -> Settings:
     """Parses `introspect serve` arguments into Settings."""
     parser = argparse.ArgumentParser(prog="introspect serve")
+    parser.add_argument("--version", action="version", version=version_line())
     add_serve_arguments(parser)
     return build_settings(vars(parser.parse_args(argv)))

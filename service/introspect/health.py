@@ -1,12 +1,17 @@
 """The gRPC health service, with a drain: on the way down every service reports
 NOT_SERVING to Check and Watch, and open Watch streams get that status and then end
 (grpc_health's servicer keeps them open until the server stops, which holds a graceful
-stop for its whole grace)."""
+stop for its whole grace).
+
+Service names: "" (the whole server), "introspect.v1.Introspection" (the service), and
+one per loaded model, "introspect.v1.Introspection/<model>" (health_service_names). A
+model's name is always qualified by the service so that it can never be taken for
+another gRPC service's name; an unknown name (a model not loaded) answers NOT_FOUND."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,6 +19,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 Status = health_pb2.HealthCheckResponse.ServingStatus
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_service_names(service: str, models: Iterable[str]) -> list[str]:
+    """The names the server reports on: "", `service`, and `service`/MODEL per model."""
+    return ["", service, *(f"{service}/{model}" for model in models)]
 
 
 class DrainingHealth(health_pb2_grpc.HealthServicer):

@@ -4,9 +4,11 @@ orderly shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -16,7 +18,6 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from introspect_contract import pb
 
 from typing import TYPE_CHECKING
@@ -26,7 +27,8 @@ from .auth import authenticator as build_authenticator
 from .cache import ResultCache, build_result_cache
 from .callers import CallerLogFilter
 from .config import Settings, parse_serve_arguments
-from .health import SERVING, DrainingHealth
+from . import reflection
+from .health import SERVING, DrainingHealth, health_service_names
 from .metrics import Metrics, ServerState, cuda_memory_allocated
 from .quotas import CallerQuotas, Quota
 from .rpc.authenticating import AuthInterceptor
@@ -123,11 +125,48 @@ def load_tls(settings: Settings) -> ReloadingTls | None:
 
 
 def listen(server: grpc.aio.Server, address: str, tls: ReloadingTls | None) -> int:
-    """Adds the gRPC port, over TLS when configured; returns the bound port."""
-    port = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
+    """Adds the gRPC port, over TLS when configured; returns the bound port (StartupError
+    when it cannot be bound: in use, or an address this host does not have)."""
+    try:
+        port = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"could not listen on {address}")
+        raise StartupError(f"cannot listen on {address}: {port_problem(address) or 'the bind failed'}")
     return port
+
+
+def port_problem(address: str) -> str:
+    """Why `address` (HOST:PORT) cannot be bound, in a few words: "the port is in use",
+    the operating system's reason, or "" when it can be bound now."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as error:
+        return str(error)
+    for family, kind, protocol, _, sockaddr in infos:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return "the port is in use (another server listens there?)"
+                return error.strerror or str(error)
+    return ""
+
+
+def check_ports_free(settings: Settings) -> None:
+    """StartupError naming the address when the gRPC port (or --health-port) cannot be
+    bound: checked before the models load, so that a busy port stops the server at once."""
+    ports = [settings.port, settings.health_port or 0]
+    for port in ports:
+        if port:
+            address = f"{settings.host}:{port}"
+            problem = port_problem(address)
+            if problem:
+                raise StartupError(f"cannot listen on {address}: {problem}")
 
 
 async def start_health_port(settings: Settings, health: DrainingHealth) -> grpc.aio.Server | None:
@@ -184,6 +223,7 @@ async def serve(
     quiet_caller_left_records()
     # the files the server starts with are checked before torch and transformers are
     # imported: a bad one stops the server within a second, with one line naming it
+    check_ports_free(settings)
     tls = load_tls(settings)
     authenticator = build_authenticator(settings.auth_tokens_file, caller_defaults(settings))
     metrics = Metrics()
@@ -213,16 +253,14 @@ async def serve(
     add_to_server(IntrospectionServicer(plane, settings.max_message_bytes), server)
     health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    reflection.enable((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     port = listen(server, f"{settings.host}:{settings.port}", tls)
     if cache is not None:
         await cache.start()
     metrics_http = start_metrics(settings, metrics, plane, cache, tls)
     await server.start()
     health_server = await start_health_port(settings, health_servicer)
-    for service in ("", SERVICE_NAME):
+    for service in health_service_names(SERVICE_NAME, [model.name for model in registry]):
         health_servicer.set(service, SERVING)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     # Tests and scripts read this line to learn the port when --port 0 was asked.

@@ -56,6 +56,7 @@ def _pixels() -> pb.Input:
 VALID: dict[str, Message] = {
     "ListModels": pb.ListModelsRequest(),
     "GetModel": pb.GetModelRequest(name=MODEL),
+    "GetServerInfo": pb.GetServerInfoRequest(),
     "StreamAttention": pb.StreamAttentionRequest(model=MODEL, inputs=[_text()], layers=[0], heads=[0, 1], top_k=2,
                                                  query_start=1, query_end=-1),
     "StreamSaliency": pb.StreamSaliencyRequest(

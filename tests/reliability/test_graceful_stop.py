@@ -1,8 +1,8 @@
 """A graceful stop, on a real server process: SIGTERM while a Watch stream is open, one
 short call is in flight and one long call waits behind it (one worker per device).
 
-What is checked: health says NOT_SERVING for the drain (Check, and Watch, whose stream
-then ends), a new call is refused UNAVAILABLE, the short call completes with the result
+What is checked: health says NOT_SERVING for the drain (Check for the server, the service
+and a model, and Watch, whose stream then ends), a new call is refused UNAVAILABLE, the short call completes with the result
 a reference computation gives, the long one is cancelled at the grace (CANCELLED or
 UNAVAILABLE, never INTERNAL), and the process exits 0 soon after the grace.
 """
@@ -68,6 +68,7 @@ async def test_sigterm_drains_health_finishes_short_calls_and_cancels_long_ones_
             assert await watch.read() == grpc.aio.EOF and await watch.code() == grpc.StatusCode.OK
             assert await _check(server.address) == NOT_SERVING
             assert await _check(server.address, "introspect.v1.Introspection") == NOT_SERVING
+            assert await _check(server.address, "introspect.v1.Introspection/gpt2") == NOT_SERVING
             with pytest.raises(IntrospectError) as refused:
                 await client.saliency("refused", model="gpt2", target=CASES["gpt2"].target, method="gradient")
             assert refused.value.code == grpc.StatusCode.UNAVAILABLE, refused.value

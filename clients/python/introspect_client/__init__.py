@@ -50,7 +50,11 @@ from .saliency import (
     saliency_request,
 )
 
+# The distribution's version: the client, the CLI and the server are one package.
+__version__ = "0.1.0"
+
 __all__ = [
+    "__version__",
     "ABLATION_MODES",
     "ABLATION_VALUES",
     "BASELINES",

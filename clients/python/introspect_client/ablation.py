@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -164,6 +164,12 @@ class AblationResult(SingleInputResult):
     joint: JointAblationResult | None = None
     importance: np.ndarray | None = None
     batch_size: int = 0
+
+    def to_xarray(self) -> Any:
+        """The [layer, head] grids as an xarray.Dataset (needs xarray)."""
+        from .xarray_views import ablation_dataset
+
+        return ablation_dataset(self)
 
 
 class AblationAssembler(HeaderFirst):

@@ -1,6 +1,8 @@
 """The `introspect` command line.
 
     introspect serve [server flags]        run the server (needs the server extra: torch)
+    introspect --version                   this package's version and its contract's
+    introspect info [--json]               the server's version and contract version
     introspect models [--json]             list the server's models
     introspect attention --text TEXT ...   one layer's attention map: summary, --json, --png
     introspect saliency --text TEXT ...    token attributions of a target: summary, --json, --png
@@ -12,7 +14,8 @@ attention, saliency and ablate take --image PATH (a PNG, JPEG or WebP file) inst
     introspect patch --clean TEXT --corrupted TEXT ...  circuits (patching, logit attribution,
                                            knockout): summary, --json, --png
 
-Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051),
+Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051;
+the connection flags go before or after the command),
 over TLS with --tls-ca/--tls-cert/--tls-key, with a bearer token from --token or
 --token-file (and $INTROSPECT_TLS_CA, ..., $INTROSPECT_TOKEN, $INTROSPECT_TOKEN_FILE).
 Errors print `error: <message>` to stderr and exit with status 1.
@@ -31,7 +34,8 @@ import numpy as np
 from google.protobuf import json_format
 
 from . import cli_flags as flags
-from introspect_contract import pb
+from introspect_contract import CONTRACT_VERSION, pb
+from . import __version__
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
 from .cli_attention import add_attention_command
 from .cli_lens import add_lens_command
@@ -40,6 +44,7 @@ from .cli_saliency import add_saliency_command
 from .cli_connection import DEFAULT_SERVER, SERVER_ENV, add_connection_arguments, client_of
 from .client import Client
 from .errors import IntrospectError
+from .progress import StreamProgress
 
 __all__ = ["DEFAULT_SERVER", "SERVER_ENV", "build_parser", "main"]
 
@@ -47,19 +52,25 @@ __all__ = ["DEFAULT_SERVER", "SERVER_ENV", "build_parser", "main"]
 def _client_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """Flags every client subcommand takes."""
     parent = argparse.ArgumentParser(add_help=False)
-    add_connection_arguments(parent, environ)
+    add_connection_arguments(parent, environ, defaults=False)
     parent.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="deadline of the call")
+    parent.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress lines on stderr (layers done, refinements with their delta); "
+                             "default: on when stderr is a terminal")
     return parent
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The argument parser of `introspect` (the environment supplies the defaults of the
     connection flags: --server, TLS, token)."""
-    client_options = _client_options(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    client_options = _client_options(environ)
     parser = argparse.ArgumentParser(
         prog="introspect",
         description="Look inside transformer models served by an introspect server.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
+    add_connection_arguments(parser, environ)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "serve",
@@ -77,12 +88,38 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     models.set_defaults(run=_run_models)
 
+    info = flags.add_client_command(
+        commands, client_options, "info", "the server's version and contract version",
+        "Print the server's version and the contract version it implements (GetServerInfo),\n"
+        "beside this client's; --json prints the response.",
+    )
+    info.add_argument("--json", action="store_true", help="print the GetServerInfo response as JSON")
+    info.set_defaults(run=_run_info)
+
     add_attention_command(commands, client_options)
     add_saliency_command(commands, client_options)
     _add_ablate_parser(commands, client_options)
     add_lens_command(commands, client_options)
     add_patch_command(commands, client_options)
     return parser
+
+
+def version_line() -> str:
+    """What --version prints: the package's version and the contract's."""
+    return f"introspect {__version__} (contract introspect.v1 {CONTRACT_VERSION})"
+
+
+def _run_info(args: argparse.Namespace, client: Client, out: TextIO) -> None:
+    info = client.server_info(timeout=args.timeout)
+    if args.json:
+        document = json_format.MessageToDict(
+            info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        print(json.dumps(document, indent=2), file=out)
+        return
+    print(f"server   {args.server}: introspect {info.server_version} (contract introspect.v1 {info.contract_version})",
+          file=out)
+    print(f"client   {version_line()}", file=out)
 
 
 def _models_table(models: Sequence[pb.ModelInfo]) -> str:
@@ -237,7 +274,7 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
     )
 
     def draw(path: str) -> None:
-        from .plot import head_heatmap
+        from .plot import head_figure, save_figure
 
         if result.importance is not None:
             grid, label, what = result.importance, "d target / d head gate", "head importance"
@@ -245,7 +282,7 @@ def _run_ablate(args: argparse.Namespace, client: Client, out: TextIO) -> None:
             assert result.target_delta is not None
             grid, label, what = result.target_delta, "change of the target score", f"{args.value} ablation"
         title = f"{result.model}: {what}, target {args.target or 'the model default'}"
-        head_heatmap(grid, title, path, value_label=label)
+        save_figure(head_figure(grid, title, value_label=label), path)
 
     flags.write_outputs(
         args, out, lambda: _ablation_json(result, args.mode, args.value), draw,
@@ -273,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(arguments)
     try:
         with client_of(args) as client:
+            if args.progress or (args.progress is None and sys.stderr.isatty()):
+                client.on_message = StreamProgress(sys.stderr)
             args.run(args, client, sys.stdout)
     except (IntrospectError, ValueError, ImportError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

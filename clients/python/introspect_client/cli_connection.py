@@ -22,31 +22,42 @@ TOKEN_ENV = "INTROSPECT_TOKEN"
 TOKEN_FILE_ENV = "INTROSPECT_TOKEN_FILE"
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+def add_connection_arguments(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], *, defaults: bool = True
+) -> None:
     """--server, --tls-ca, --tls-cert, --tls-key, --token and --token-file, their
-    defaults taken from `environ`."""
+    defaults taken from `environ`.
+
+    The command line takes them before the subcommand (on the main parser, with the
+    defaults) and after it (on each subcommand, `defaults=False`: a flag given there
+    overrides the main parser's value, one not given leaves it as it is)."""
+
+    def default(value: str | None) -> str | None:
+        return value if defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--server",
-        default=environ.get(SERVER_ENV) or DEFAULT_SERVER,
+        default=default(environ.get(SERVER_ENV) or DEFAULT_SERVER),
         metavar="TARGET",
         help=f"server address: HOST:PORT, dns:///NAME:PORT or ipv4:A:P,B:P "
              f"(default: ${SERVER_ENV}, else {DEFAULT_SERVER})",
     )
     tls = parser.add_argument_group("TLS (any of these turns TLS on)")
-    tls.add_argument("--tls-ca", default=environ.get(TLS_CA_ENV) or None, metavar="FILE",
+    tls.add_argument("--tls-ca", default=default(environ.get(TLS_CA_ENV) or None), metavar="FILE",
                      help=f"PEM CA bundle that signed the server's certificate (default: ${TLS_CA_ENV}; "
                           "unset with --tls-cert: the system's roots)")
-    tls.add_argument("--tls-cert", default=environ.get(TLS_CERT_ENV) or None, metavar="FILE",
+    tls.add_argument("--tls-cert", default=default(environ.get(TLS_CERT_ENV) or None), metavar="FILE",
                      help=f"PEM client certificate for mutual TLS (default: ${TLS_CERT_ENV}); needs --tls-key")
-    tls.add_argument("--tls-key", default=environ.get(TLS_KEY_ENV) or None, metavar="FILE",
+    tls.add_argument("--tls-key", default=default(environ.get(TLS_KEY_ENV) or None), metavar="FILE",
                      help=f"PEM private key of --tls-cert (default: ${TLS_KEY_ENV})")
     auth = parser.add_argument_group("authentication").add_mutually_exclusive_group()
-    auth.add_argument("--token", default=None, metavar="TOKEN",
+    auth.add_argument("--token", default=default(None), metavar="TOKEN",
                       help=f"bearer token sent with every call (default: ${TOKEN_ENV}); "
                            "--token-file keeps it out of the process list")
-    auth.add_argument("--token-file", default=None, metavar="FILE",
+    auth.add_argument("--token-file", default=default(None), metavar="FILE",
                       help=f"file holding the bearer token (default: ${TOKEN_FILE_ENV})")
-    parser.set_defaults(token_env=environ.get(TOKEN_ENV) or None, token_file_env=environ.get(TOKEN_FILE_ENV) or None)
+    if defaults:
+        parser.set_defaults(token_env=environ.get(TOKEN_ENV) or None, token_file_env=environ.get(TOKEN_FILE_ENV) or None)
 
 
 def _read(path: str, what: str) -> bytes:

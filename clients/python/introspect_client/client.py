@@ -189,6 +189,8 @@ class _ClientBase:
             )
         self._channel = channel
         self._stub = pb_grpc.IntrospectionStub(self._channel)
+        # Called with every message of every stream (e.g. progress.StreamProgress), or None.
+        self.on_message: Callable[[Any], None] | None = None
 
     @staticmethod
     def _open_channel(
@@ -235,6 +237,10 @@ class Client(_ClientBase):
 
     Every gRPC error is raised as `IntrospectError`; invalid option names as ValueError.
 
+    `on_message` (attribute, default None): a callable given every streamed message as
+    it arrives, e.g. `progress.StreamProgress(sys.stderr)` for a line per layer or
+    refinement.
+
     Failover: a call that fails UNAVAILABLE before its response starts is retried by
     gRPC (service config). A stream that ends UNAVAILABLE after it started (a replica
     killed or drained mid-stream) is restarted once by the assembled methods
@@ -275,6 +281,11 @@ class Client(_ClientBase):
         """Description of the model `name` ("" for the server's default model)."""
         with translate_rpc_errors():
             return self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout)).model
+
+    def server_info(self, *, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        """The server's version and the contract version it implements (GetServerInfo)."""
+        with translate_rpc_errors():
+            return self._stub.GetServerInfo(pb.GetServerInfoRequest(), **self._call_kwargs(timeout))
 
     def stream_attention(
         self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
@@ -506,7 +517,10 @@ class Client(_ClientBase):
         call = method(request, **self._call_kwargs(timeout))
         try:
             with translate_rpc_errors():
-                yield from call
+                for message in call:
+                    if self.on_message is not None:
+                        self.on_message(message)
+                    yield message
         finally:
             call.cancel()
 
@@ -551,6 +565,11 @@ class AsyncClient(_ClientBase):
         """Description of the model `name` ("" for the server's default model)."""
         with translate_rpc_errors():
             return (await self._stub.GetModel(pb.GetModelRequest(name=name), **self._call_kwargs(timeout))).model
+
+    async def server_info(self, *, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        """The server's version and the contract version it implements (GetServerInfo)."""
+        with translate_rpc_errors():
+            return await self._stub.GetServerInfo(pb.GetServerInfoRequest(), **self._call_kwargs(timeout))
 
     def stream_attention(
         self, inputs: InputsLike | None = None, *, timeout: float | None = None, **options: Unpack[AttentionOptions]
@@ -657,6 +676,8 @@ class AsyncClient(_ClientBase):
         try:
             with translate_rpc_errors():
                 async for message in call:
+                    if self.on_message is not None:
+                        self.on_message(message)
                     yield message
         finally:
             call.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,13 @@ class InputAttention:
             raise ValueError("the result holds no layers")
         return np.stack([self.layers[layer] for layer in sorted(self.layers)])
 
+    def to_xarray(self) -> Any:
+        """The layers as an xarray.DataArray with named axes ("layer", "head", "query",
+        "key") and the tokens as coordinates (xarray_views says more; needs xarray)."""
+        from .xarray_views import attention_dataarray
+
+        return attention_dataarray(self)
+
 
 @dataclass
 class AttentionResult:
@@ -82,6 +90,10 @@ class AttentionResult:
 
     def __iter__(self) -> Iterator[InputAttention]:
         return iter(self.inputs)
+
+    def to_xarray(self) -> list[Any]:
+        """One xarray.DataArray per input (InputAttention.to_xarray), in request order."""
+        return [item.to_xarray() for item in self.inputs]
 
 
 @dataclass(frozen=True)

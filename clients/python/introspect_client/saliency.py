@@ -17,7 +17,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -257,6 +257,13 @@ class SaliencyResult(SingleInputResult):
     pixel_scores: np.ndarray | None = None  # [height, width]
     upsampled_scores: np.ndarray | None = None  # [height, width]
     by_method: dict[str, SaliencyResult] = field(default_factory=dict)
+
+    def to_xarray(self) -> Any:
+        """The token scores as an xarray.DataArray ("token", with the token strings as
+        the coordinate "token_text"); with per_dimension a Dataset (needs xarray)."""
+        from .xarray_views import saliency_dataarray
+
+        return saliency_dataarray(self)
 
 
 _MAPS = ("grid_scores", "pixel_scores", "upsampled_scores")

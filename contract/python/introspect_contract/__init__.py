@@ -5,10 +5,15 @@ The client (`introspect_client`) and the server (`introspect`) both import this 
 and never each other. It needs grpcio, protobuf and numpy, not torch.
 
     from introspect_contract import pb, pb_grpc, tensors
+
+CONTRACT_VERSION is the contract's version, as the header of introspect.proto states it
+(a test keeps the two equal); servers report it in GetServerInfo.
 """
 
 from . import introspect_pb2 as pb
 from . import introspect_pb2_grpc as pb_grpc
 from . import tensors
 
-__all__ = ["pb", "pb_grpc", "tensors"]
+CONTRACT_VERSION = "0.3.0"
+
+__all__ = ["CONTRACT_VERSION", "pb", "pb_grpc", "tensors"]

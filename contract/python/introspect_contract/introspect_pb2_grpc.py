@@ -48,6 +48,11 @@ class IntrospectionStub:
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=introspect_dot_v1_dot_introspect__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/introspect.v1.Introspection/GetServerInfo',
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
         self.StreamAttention = channel.unary_stream(
                 '/introspect.v1.Introspection/StreamAttention',
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamAttentionRequest.SerializeToString,
@@ -91,6 +96,14 @@ class IntrospectionServicer:
 
     def GetModel(self, request, context):
         """Describes one loaded model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """The server's version and the contract version it implements (cheap, no model work;
+        the same authentication as ListModels).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +159,11 @@ def add_IntrospectionServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=introspect_dot_v1_dot_introspect__pb2.GetModelRequest.FromString,
                     response_serializer=introspect_dot_v1_dot_introspect__pb2.GetModelResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.GetServerInfoResponse.SerializeToString,
             ),
             'StreamAttention': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamAttention,
@@ -231,6 +249,33 @@ class Introspection:
             '/introspect.v1.Introspection/GetModel',
             introspect_dot_v1_dot_introspect__pb2.GetModelRequest.SerializeToString,
             introspect_dot_v1_dot_introspect__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/introspect.v1.Introspection/GetServerInfo',
+            introspect_dot_v1_dot_introspect__pb2.GetServerInfoRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,6 +1,6 @@
 """The Introspection servicer: decode, hand to the data plane, encode, stream out.
 
-ListModels and GetModel are written here; every server-streaming RPC is made from the
+ListModels, GetModel and GetServerInfo are written here; every server-streaming RPC is made from the
 method registry (methods.METHODS): its request decodes into the method's query type and
 its results encode into the response's payload fields, both by field name. An RPC of the
 contract with no registered method answers UNIMPLEMENTED (the generated base class).
@@ -14,9 +14,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from introspect_contract import pb
+from introspect_contract import CONTRACT_VERSION, pb
 from introspect_contract import pb_grpc
 
+from .. import __version__
 from ..dataplane import DataPlane
 from ..methods import METHODS, Method
 from . import decode, encode
@@ -62,6 +63,12 @@ class IntrospectionServicer(pb_grpc.IntrospectionServicer):
     @translate_errors
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=encode.model_info(self._plane.get_model(request.name)))
+
+    @translate_errors
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        return pb.GetServerInfoResponse(server_version=__version__, contract_version=CONTRACT_VERSION)
 
 
 for _method in METHODS:
