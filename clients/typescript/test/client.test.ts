@@ -3,10 +3,14 @@
  * with what the Python client gets for the same requests.
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { after, before, describe, test } from "node:test";
 import { fromJson, type DescMessage, type JsonObject } from "@bufbuild/protobuf";
 import { IntrospectClient, IntrospectError, pb, status, type AttentionResult } from "../src/index.js";
-import { assertClose, plain, pythonReference, startServer, type Fixture, type ReferenceCase } from "./fixture.js";
+import { assertClose, PACKAGE_ROOT, plain, pythonReference, startServer, type Fixture, type ReferenceCase } from "./fixture.js";
 
 const LONG = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat, " +
   "and a small bird sings from the old oak tree near the river bank in the early morning light.";
@@ -206,4 +210,43 @@ describe("IntrospectClient against a real server", () => {
     assert.equal(error.code, status.CANCELLED);
     assert.equal((await client.listModels()).length, 2); // the channel still works
   });
+
+  test("the README example (examples/quickstart.ts, shown in docs/clients.md) runs", async () => {
+    const { stdout } = await promisify(execFile)(process.execPath, [join(PACKAGE_ROOT, "dist", "examples", "quickstart.js")], {
+      env: { ...process.env, INTROSPECT_SERVER: fixture.address, INTROSPECT_TLS_CA: fixture.caPath, INTROSPECT_TOKEN: fixture.token,
+        NODE_NO_WARNINGS: "1" },
+      timeout: 120_000,
+    });
+    assert.match(stdout, /\[ 'gpt2', 'minilm' \]/);
+    assert.match(stdout, /\[ 2, 9, 9 \]/);
+    assert.match(stdout, /Float32Array\(9\)/);
+    assert.match(stdout, /INVALID_ARGUMENT/);
+    assert.match(stdout, /field: 'layers'/);
+  });
+});
+
+test("docs/clients.md shows examples/quickstart.ts verbatim under ## TypeScript", () => {
+  const docs = readFileSync(join(PACKAGE_ROOT, "..", "..", "docs", "clients.md"), "utf8");
+  const section = docs.slice(docs.indexOf("\n## TypeScript"));
+  assert.ok(docs.includes("\n## TypeScript"), "no ## TypeScript section");
+  const block = /```ts\n([\s\S]*?)```/.exec(section);
+  assert.ok(block, "no ```ts block in the TypeScript section");
+  const example = readFileSync(join(PACKAGE_ROOT, "examples", "quickstart.ts"), "utf8").replace('"../src/index.js"', '"@introspect/client"');
+  assert.equal(block[1], example);
+});
+
+test("the README's TypeScript excerpt is lines of examples/quickstart.ts", () => {
+  const readme = readFileSync(join(PACKAGE_ROOT, "..", "..", "README.md"), "utf8");
+  const section = readme.slice(readme.indexOf("### TypeScript client"));
+  const block = /```ts\n([\s\S]*?)```/.exec(section);
+  assert.ok(block, "no ```ts block in the README's TypeScript section");
+  const example = readFileSync(join(PACKAGE_ROOT, "examples", "quickstart.ts"), "utf8").split("\n");
+  for (const line of block[1].replace('"@introspect/client"', '"../src/index.js"').split("\n")) {
+    if (!line.trim()) continue;
+    if (line.startsWith("import ")) {
+      assert.ok(example.some((other) => other.startsWith("import {") && other.includes("../src/index.js")), line);
+      continue;
+    }
+    assert.ok(example.includes(line), `README line not in examples/quickstart.ts: ${line}`);
+  }
 });
