@@ -3,7 +3,7 @@
  *
  * gRPC hands `bytes` fields over as views into larger Node Buffers at arbitrary (often
  * odd) byte offsets, so the decoder never builds a typed array over the message's buffer:
- * it reads through a DataView into a freshly allocated, aligned array. Node 20 has no
+ * it copies into a freshly allocated, aligned one, or reads through a DataView. Node 20 has no
  * Float16Array: float16 and bfloat16 decode to float32 (exactly; every value of both is a
  * float32 value).
  */
@@ -25,6 +25,17 @@ export interface DecodedTensor<A extends TensorArray = TensorArray> {
 /** Raised for tensors that cannot be decoded (unknown dtype, wrong byte length, bad shape). */
 export class TensorDecodeError extends Error {
   override name = "TensorDecodeError";
+}
+
+/** Whether this machine stores numbers little-endian (the wire's order): then float32 and
+ * int32 decode by one copy into a fresh, aligned buffer instead of element by element. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** A copy of `bytes` in a buffer of its own (offset 0, so aligned for any typed array). */
+function alignedCopy(bytes: Uint8Array): ArrayBuffer {
+  const copy = new Uint8Array(bytes.byteLength);
+  copy.set(bytes);
+  return copy.buffer;
 }
 
 const ITEM_BYTES: Record<DtypeName, number> = { float32: 4, float16: 2, bfloat16: 2, int32: 4, uint8: 1 };
@@ -72,12 +83,24 @@ function shapeOf(shape: readonly (bigint | number)[]): number[] {
   });
 }
 
+/** Options of decodeBytes. */
+export interface DecodeOptions {
+  /** Read element by element through a DataView even on a little-endian machine (the
+   * path big-endian machines take; the tests run both). */
+  dataView?: boolean;
+}
+
 /**
  * Decodes raw little-endian bytes of `dtype` and `shape`. `bytes` may start at any byte
- * offset of its buffer. Throws TensorDecodeError when the byte length is not
- * prod(shape) x the element size, or the dtype is unknown.
+ * offset of its buffer; the result never shares memory with it. Throws TensorDecodeError
+ * when the byte length is not prod(shape) x the element size, or the dtype is unknown.
  */
-export function decodeBytes(bytes: Uint8Array, shape: readonly (bigint | number)[], dtype: number | DtypeName): DecodedTensor {
+export function decodeBytes(
+  bytes: Uint8Array,
+  shape: readonly (bigint | number)[],
+  dtype: number | DtypeName,
+  options: DecodeOptions = {},
+): DecodedTensor {
   const name = typeof dtype === "number" ? dtypeName(dtype) : dtype;
   if (!(name in ITEM_BYTES)) throw new TensorDecodeError(`unknown tensor dtype ${String(dtype)}`);
   const dims = shapeOf(shape);
@@ -89,6 +112,10 @@ export function decodeBytes(bytes: Uint8Array, shape: readonly (bigint | number)
     );
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (LITTLE_ENDIAN && !options.dataView) {
+    if (name === "float32") return { shape: dims, dtype: name, data: new Float32Array(alignedCopy(bytes)) };
+    if (name === "int32") return { shape: dims, dtype: name, data: new Int32Array(alignedCopy(bytes)) };
+  }
   let data: TensorArray;
   switch (name) {
     case "float32": {

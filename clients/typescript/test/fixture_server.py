@@ -4,7 +4,9 @@ the packaged MiniLM and a tiny random-weight GPT-2 (for the causal-LM RPCs).
 
 Run: python fixture_server.py WORKDIR. Prints one line `FIXTURE {json}` (the CA path, the
 token, the model directories), then the server's own output, whose ready line is
-`introspect serving ... on HOST:PORT`. SIGTERM stops the server.
+`introspect serving ... on HOST:PORT`. SIGTERM stops the server. The server runs in this
+process (introspect.server.main, as `python -m introspect` does), so torch and
+transformers are imported once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import json
 import os
 import sys
 from pathlib import Path
+
+os.environ["PYTHONUNBUFFERED"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -53,16 +60,14 @@ def main() -> None:
     tokens.write_text(f'[callers.tsclient]\ntoken_sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"\n')
     print("FIXTURE " + json.dumps({"ca": str(ca), "token": TOKEN, "minilm": str(minilm), "gpt2": str(gpt2)}), flush=True)
     arguments = [
-        sys.executable, "-m", "introspect", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
+        "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
         f"--model=minilm={minilm}", f"--model=gpt2={gpt2}",
         f"--tls-cert={cert}", f"--tls-key={key}", f"--auth-tokens-file={tokens}",
         "--cache-bytes=0", "--max-message-bytes=65536", "--metrics-port=0", "--health-port=0",
     ]
-    os.environ["PYTHONUNBUFFERED"] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.execv(sys.executable, arguments)
+    from introspect.server import main as serve
+
+    sys.exit(serve(arguments))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor, json_format
-
 from introspect_client import Client
 from introspect_contract import pb
 from introspect_contract.tensors import DTYPE_NAMES, decode_tensor

@@ -18,11 +18,14 @@ function le32(values: number[], write: (view: DataView, offset: number, value: n
 }
 
 const FLOATS = [1.5, -2.25, 0, 3.140625, -0.0078125, 65504];
+/** Both decoding paths of float32 and int32: one copy into an aligned buffer
+ * (little-endian machines) and element by element through a DataView (big-endian ones). */
+const PATHS = [{ dataView: false }, { dataView: true }];
 
-test("float32 at every byte offset", () => {
+for (const path of PATHS) test(`float32 at every byte offset (dataView: ${path.dataView})`, () => {
   const bytes = le32(FLOATS, (view, offset, value) => view.setFloat32(offset, value, true));
   for (let offset = 0; offset < 8; offset++) {
-    const decoded = decodeBytes(at(offset, bytes), [2n, 3n], pb.Dtype.FLOAT32);
+    const decoded = decodeBytes(at(offset, bytes), [2n, 3n], pb.Dtype.FLOAT32, path);
     assert.deepEqual(decoded.shape, [2, 3]);
     assert.equal(decoded.dtype, "float32");
     assert.ok(decoded.data instanceof Float32Array);
@@ -30,9 +33,9 @@ test("float32 at every byte offset", () => {
   }
 });
 
-test("int32 at an odd offset", () => {
+for (const path of PATHS) test(`int32 at an odd offset (dataView: ${path.dataView})`, () => {
   const values = [0, -1, 2147483647, -2147483648, 42, 7];
-  const decoded = decodeBytes(at(3, le32(values, (view, offset, value) => view.setInt32(offset, value, true))), [6], pb.Dtype.INT32);
+  const decoded = decodeBytes(at(3, le32(values, (view, offset, value) => view.setInt32(offset, value, true))), [6], pb.Dtype.INT32, path);
   assert.ok(decoded.data instanceof Int32Array);
   assert.deepEqual(Array.from(decoded.data), values);
 });
@@ -51,7 +54,7 @@ test("float16: normal, subnormal, signed zero, infinities and NaN, at an odd off
   assert.equal(float16ToNumber(0x3555), 0.333251953125);
 });
 
-test("bfloat16: the upper 16 bits of float32, at an odd offset", () => {
+for (const path of PATHS) test(`bfloat16: the upper 16 bits of float32, at an odd offset (dataView: ${path.dataView})`, () => {
   const values = [1, -2.5, 3.140625, 1e30, -Infinity];
   const words = values.map((value) => {
     const view = new DataView(new ArrayBuffer(4));
@@ -59,17 +62,21 @@ test("bfloat16: the upper 16 bits of float32, at an odd offset", () => {
     return view.getUint32(0, true) >>> 16;
   });
   const bytes = words.flatMap((word) => [word & 0xff, word >> 8]);
-  const decoded = decodeBytes(at(5, bytes), [5], pb.Dtype.BFLOAT16);
+  const decoded = decodeBytes(at(5, bytes), [5], pb.Dtype.BFLOAT16, path);
   assert.deepEqual(Array.from(decoded.data).slice(0, 3), [1, -2.5, 3.140625]);
   assert.ok(Math.abs(decoded.data[3] / 1e30 - 1) < 1e-2);
   assert.equal(decoded.data[4], -Infinity);
 });
 
 test("decoded arrays never alias the message's buffer", () => {
-  const source = at(1, [1, 2, 3, 4]);
-  const decoded = decodeBytes(source, [4], pb.Dtype.UINT8);
-  source[0] = 99;
-  assert.deepEqual(Array.from(decoded.data), [1, 2, 3, 4]);
+  for (const dtype of [pb.Dtype.UINT8, pb.Dtype.FLOAT32, pb.Dtype.INT32, pb.Dtype.BFLOAT16, pb.Dtype.FLOAT16]) {
+    const source = at(1, [1, 2, 3, 4]);
+    const decoded = decodeBytes(source, dtype === pb.Dtype.UINT8 ? [4] : dtype === pb.Dtype.FLOAT32 || dtype === pb.Dtype.INT32 ? [1] : [2], dtype);
+    const before = Array.from(decoded.data);
+    source[0] = 99;
+    assert.deepEqual(Array.from(decoded.data), before, `dtype ${dtype}`);
+    assert.notEqual(decoded.data.buffer, source.buffer);
+  }
 });
 
 test("a byte length that does not match shape x dtype is refused with a clear error", () => {
