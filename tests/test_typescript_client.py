@@ -22,7 +22,7 @@ NODE_TIMEOUT_SECONDS = 300
 
 def _run(*command: str, timeout: float = NODE_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        command, cwd=PACKAGE, capture_output=True, text=True, timeout=timeout,
+        command, check=False, cwd=PACKAGE, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "INTROSPECT_PYTHON": sys.executable, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
     )
     print(done.stdout)
