@@ -192,7 +192,8 @@ export class IntrospectClient {
           const [metadata, callOptions] = this.callArguments(options);
           const call = this.channel.makeUnaryRequest(path, serialize, deserialize, request, metadata, callOptions,
             (error, response) => (error ? reject(toIntrospectError(error)) : resolve(response)));
-          options?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
+          if (options?.signal?.aborted) call.cancel();
+          else options?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
         });
     }
     if (method.methodKind === "server_streaming") {
@@ -203,7 +204,8 @@ export class IntrospectClient {
           const [metadata, callOptions] = callArguments(options);
           const call = channel.makeServerStreamRequest(path, serialize, deserialize, request, metadata, callOptions);
           const abort = () => call.cancel();
-          options?.signal?.addEventListener("abort", abort, { once: true });
+          if (options?.signal?.aborted) call.cancel();
+          else options?.signal?.addEventListener("abort", abort, { once: true });
           try {
             for await (const message of call) yield message;
           } catch (error) {

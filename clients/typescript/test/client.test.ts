@@ -208,6 +208,8 @@ describe("IntrospectClient against a real server", () => {
     };
     const error = await rejection(consume());
     assert.equal(error.code, status.CANCELLED);
+    const early = await rejection(client.listModels({ signal: AbortSignal.abort() }));
+    assert.equal(early.code, status.CANCELLED);
     assert.equal((await client.listModels()).length, 2); // the channel still works
   });
 
