@@ -7,6 +7,8 @@
 #     own kubernetes-client is too old (kustomize v2) for the manifests
 #   - a virtual environment in .venv with the CPU build of torch and the dev extras
 #   - buf (contract lint and breaking-change checks), pinned in package-lock.json
+#   - the TypeScript client's packages (clients/typescript/package-lock.json); its node tests
+#     run inside pytest (tests/test_typescript_client.py)
 # Extra arguments go to pytest (e.g. scripts/test.sh -k attention); the exit code is pytest's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,7 @@ if ((${#missing[@]})); then
 fi
 
 npm ci --no-audit --no-fund
+(cd clients/typescript && npm ci --no-audit --no-fund)
 
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
