@@ -907,12 +907,13 @@ class StreamPatchingResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., baseline: _Optional[_Union[PatchingBaseline, _Mapping]] = ..., layer: _Optional[_Union[PatchingLayer, _Mapping]] = ..., correlation: _Optional[_Union[PatchingCorrelation, _Mapping]] = ..., logit_attribution: _Optional[_Union[LogitAttribution, _Mapping]] = ..., knockout: _Optional[_Union[KnockoutResult, _Mapping]] = ...) -> None: ...
 
 class StreamShapleyHeadsRequest(_message.Message):
-    __slots__ = ("model", "input", "truncate", "target", "heads", "value", "max_standard_error", "max_permutations", "seed", "batch_size", "sample", "cache")
+    __slots__ = ("model", "input", "truncate", "target", "heads", "all_heads", "value", "max_standard_error", "max_permutations", "seed", "batch_size", "sample", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
+    ALL_HEADS_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     MAX_STANDARD_ERROR_FIELD_NUMBER: _ClassVar[int]
     MAX_PERMUTATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -925,6 +926,7 @@ class StreamShapleyHeadsRequest(_message.Message):
     truncate: bool
     target: Target
     heads: _containers.RepeatedCompositeFieldContainer[HeadRef]
+    all_heads: bool
     value: AblationValue
     max_standard_error: float
     max_permutations: int
@@ -932,7 +934,7 @@ class StreamShapleyHeadsRequest(_message.Message):
     batch_size: int
     sample: bool
     cache: CachePolicy
-    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., value: _Optional[_Union[AblationValue, str]] = ..., max_standard_error: _Optional[float] = ..., max_permutations: _Optional[int] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ..., sample: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., all_heads: _Optional[bool] = ..., value: _Optional[_Union[AblationValue, str]] = ..., max_standard_error: _Optional[float] = ..., max_permutations: _Optional[int] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ..., sample: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
 
 class ShapleyBaseline(_message.Message):
     __slots__ = ("heads", "full_score", "empty_score", "num_layers", "num_heads", "exact", "batch_size")

@@ -64,6 +64,7 @@ class ShapleyHeadsQuery:
     target: TargetSpec | None
     truncate: bool = False
     heads: tuple[tuple[int, int], ...] = ()
+    all_heads: bool = False
     value: str = "zero"
     max_standard_error: float = 0.0
     max_permutations: int = 0
@@ -128,8 +129,10 @@ def prepare(description: ModelDescription, query: ShapleyHeadsQuery) -> ShapleyH
     repeated = sorted({head for head, count in Counter(query.heads).items() if count > 1})
     require(not repeated, "heads", f"(layer, head) pairs {repeated} appear more than once")
     every = [(layer, head) for layer in range(description.num_layers) for head in range(description.num_heads)]
-    heads = tuple(sorted(query.heads)) or tuple(every)
-    require(len(heads) >= 1, "heads", "the set of heads is empty")
+    require(not (query.all_heads and query.heads), "all_heads", "give heads or all_heads, not both")
+    require(bool(query.heads) or query.all_heads, "heads",
+            "the set of heads is empty: name (layer, head) pairs, or set all_heads for every head")
+    heads = tuple(every) if query.all_heads else tuple(sorted(query.heads))
     error = query.max_standard_error
     require(math.isfinite(error) and error >= 0, "max_standard_error",
             f"must be a finite number >= 0 (0 runs to max_permutations), got {error}")
