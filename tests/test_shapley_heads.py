@@ -144,3 +144,26 @@ def test_bad_requests_name_their_field(client: Client, options: dict, field: str
         client.shapley_heads(SHORT, model="gpt2", **options)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [name for name, _ in caught.value.field_violations] == [field], caught.value
+
+
+def test_cli_json_png_and_html(address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from introspect_client.cli import main
+    from introspect_client.html import to_html
+
+    heads = ["0:1", "1:2", "2:3"]
+    base = ["--server", address, "shapley", "--text", SHORT, "--model", "gpt2", "--heads", *heads]
+    assert main([*base, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["exact"] and document["heads"] == [[0, 1], [1, 2], [2, 3]] and len(document["values"]) == 3
+    png, page = tmp_path / "bars.png", tmp_path / "view.html"
+    assert main([*base, "--sample", "--max-permutations", "20", "--png", str(png), "--html", str(page)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert "Shapley value" in text and "±" in text
+    assert main(base) == 0
+    assert "Shapley head values (exact)" in capsys.readouterr().out
+    with Client(address) as client:
+        result = client.shapley_heads(SHORT, model="gpt2", target=targets.next_token(), heads=[(0, 1), (2, 3)])
+    assert "L2" in to_html(result)
