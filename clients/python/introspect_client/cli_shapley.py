@@ -83,8 +83,8 @@ def summary(result: ShapleyHeadsResult, top: int) -> str:
     """The heads with the largest absolute values."""
     how = "exact" if result.exact else f"{result.permutations} permutations" + (
         ", converged" if result.converged else "")
-    lines = [f"{result.model}: Shapley head values ({how}); score {result.full_score:.6g} with every chosen head, "
-             f"{result.empty_score:.6g} without"]
+    lines = [(f"{result.model}: Shapley head values ({how}); score {result.full_score:.6g} with every chosen head, "
+              f"{result.empty_score:.6g} without")]
     for index in np.argsort(-np.abs(result.values))[:top]:
         layer, head = result.heads[index]
         lines.append(f"  {layer}:{head}  {result.values[index]:+.6g} ± {result.standard_errors[index]:.2g}")
