@@ -76,6 +76,10 @@ VALID: dict[str, Message] = {
         heads=[pb.HeadRef(layer=0, head=1)], continuation_tokens=2,
     ),
     "StreamLogitLens": pb.StreamLogitLensRequest(model=MODEL, input=_text(), top_k=2, positions=[-1]),
+    "StreamShapleyHeads": pb.StreamShapleyHeadsRequest(
+        model=MODEL, input=_text(), target=_next_token(), heads=[pb.HeadRef(layer=0, head=1), pb.HeadRef(layer=2, head=3)],
+        max_permutations=4, seed=1,
+    ),
     "StreamPatching": pb.StreamPatchingRequest(
         model=MODEL, pairs=[_token_pair()], method=pb.PATCHING_METHOD_ACTIVATION, target=_next_token(),
         points=[pb.PATCH_POINT_RESID_PRE], layers=[0], positions=[-1],

@@ -53,6 +53,7 @@ CALLS: dict[str, Start] = {
     "per_head_ablation": lambda c, t: c.stream_ablation(TEXT, mode="per_head", timeout=t, **NORM),
     "importance": lambda c, t: c.stream_ablation(TEXT, mode="importance", timeout=t, **NORM),
     "logit_lens": lambda c, t: c.stream_logit_lens(TEXT, model="gpt2", truncate=True, timeout=t),
+    "shapley_heads": lambda c, t: c.stream_shapley_heads(TEXT, heads="all", max_permutations=20000, timeout=t, **NORM),
     "image_ig_4096": lambda c, t: image_integrated_gradients(c, t),
     "patching_head_position": lambda c, t: c.stream_patch(
         PATCH_CLEAN, PATCH_CORRUPTED, points=["head_position"], timeout=t, target=targets.embedding_norm()),

@@ -37,6 +37,13 @@ from .patching import (
 from .patching_results import PairPatching, PatchingAssembler, PatchingMap, PatchingResult
 from .options import CACHE_POLICIES, VALUE_DTYPES, VIEWS, AttentionOptions, attention_request
 from .results import AttentionAssembler, AttentionResult, InputAttention
+from .shapley import (
+    ShapleyEstimate,
+    ShapleyHeadsAssembler,
+    ShapleyHeadsOptions,
+    ShapleyHeadsResult,
+    shapley_heads_request,
+)
 from .saliency import (
     BASELINES,
     CAM_METHODS,
@@ -98,6 +105,10 @@ __all__ = [
     "SaliencyAssembler",
     "SaliencyOptions",
     "SaliencyResult",
+    "ShapleyEstimate",
+    "ShapleyHeadsAssembler",
+    "ShapleyHeadsOptions",
+    "ShapleyHeadsResult",
     "ablation_request",
     "attention_request",
     "bilinear_resize",
@@ -108,6 +119,7 @@ __all__ = [
     "patching_request",
     "pb",
     "saliency_request",
+    "shapley_heads_request",
     "targets",
     "to_html",
     "write_html",

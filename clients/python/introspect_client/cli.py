@@ -13,6 +13,7 @@ attention, saliency and ablate take --image PATH (a PNG, JPEG or WebP file) inst
     introspect lens --text TEXT ...        the logit lens (LM heads): table, --json
     introspect patch --clean TEXT --corrupted TEXT ...  circuits (patching, logit attribution,
                                            knockout): summary, --json, --png
+    introspect shapley --text TEXT ...     Shapley head values: summary, --json, --png (bars)
 
 Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051;
 the connection flags go before or after the command),
@@ -41,6 +42,7 @@ from .cli_attention import add_attention_command
 from .cli_lens import add_lens_command
 from .cli_patching import add_patch_command
 from .cli_saliency import add_saliency_command
+from .cli_shapley import add_shapley_command
 from .cli_connection import DEFAULT_SERVER, SERVER_ENV, add_connection_arguments, client_of
 from .client import Client
 from .errors import IntrospectError
@@ -101,6 +103,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     _add_ablate_parser(commands, client_options)
     add_lens_command(commands, client_options)
     add_patch_command(commands, client_options)
+    add_shapley_command(commands, client_options)
     return parser
 
 

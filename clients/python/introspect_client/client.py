@@ -34,6 +34,7 @@ from .patching import PatchingOptions, patching_request
 from .patching_results import PatchingAssembler, PatchingResult
 from .results import AttentionAssembler, AttentionResult
 from .saliency import SaliencyAssembler, SaliencyOptions, SaliencyResult, saliency_request
+from .shapley import ShapleyHeadsAssembler, ShapleyHeadsOptions, ShapleyHeadsResult, shapley_heads_request
 
 MIB = 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
@@ -373,6 +374,34 @@ class Client(_ClientBase):
         request = ablation_request(input, **options)  # checks the options
         return self._assembled(self._stub.StreamHeadAblation, request, timeout, AblationAssembler)
 
+    def stream_shapley_heads(
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[ShapleyHeadsOptions]
+    ) -> Iterator[pb.StreamShapleyHeadsResponse]:
+        """The raw StreamShapleyHeads messages as they arrive: a header, the baseline, the
+        running estimates (sampling) and the final values.
+
+        Takes the same arguments as `shapley_heads`; leaving the loop early cancels the call.
+        """
+        request = shapley_heads_request(input, **options)
+        return self._stream(self._stub.StreamShapleyHeads, request, timeout)
+
+    def shapley_heads(
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[ShapleyHeadsOptions]
+    ) -> ShapleyHeadsResult:
+        """Shapley values of attention heads for a target score (Held & Yang 2023).
+
+        Args:
+            input: a text, a (text, text_pair) tuple, a sequence of token ids or an image.
+            timeout: deadline in seconds (default: the client's).
+            model, target, heads, value, max_standard_error, max_permutations, seed,
+            batch_size, sample, truncate, cache: see `shapley_heads_request`.
+
+        Returns a ShapleyHeadsResult: `values` and `standard_errors` per chosen head
+        (`grid()` lays them out [layers, heads]), exact with 12 heads or fewer.
+        """
+        request = shapley_heads_request(input, **options)  # checks the options
+        return self._assembled(self._stub.StreamShapleyHeads, request, timeout, ShapleyHeadsAssembler)
+
     def stream_saliency(
         self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]
     ) -> Iterator[pb.StreamSaliencyResponse]:
@@ -598,6 +627,20 @@ class AsyncClient(_ClientBase):
         """Head ablation, importance or joint ablation; see `Client.ablate` for the arguments."""
         request = ablation_request(input, **options)  # checks the options
         return await self._assembled(self._stub.StreamHeadAblation, request, timeout, AblationAssembler)
+
+    def stream_shapley_heads(
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[ShapleyHeadsOptions]
+    ) -> AsyncIterator[pb.StreamShapleyHeadsResponse]:
+        """The raw StreamShapleyHeads messages as they arrive (`async for`); see `Client.shapley_heads`."""
+        request = shapley_heads_request(input, **options)
+        return self._stream(self._stub.StreamShapleyHeads, request, timeout)
+
+    async def shapley_heads(
+        self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[ShapleyHeadsOptions]
+    ) -> ShapleyHeadsResult:
+        """Shapley head values; see `Client.shapley_heads` for the arguments."""
+        request = shapley_heads_request(input, **options)  # checks the options
+        return await self._assembled(self._stub.StreamShapleyHeads, request, timeout, ShapleyHeadsAssembler)
 
     def stream_saliency(
         self, input: InputLike | None = None, *, timeout: float | None = None, **options: Unpack[SaliencyOptions]

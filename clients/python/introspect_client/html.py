@@ -18,6 +18,8 @@ What each result becomes:
   or the gradients); a joint ablation: its scores.
 - patching: per pair (and the mean) a layer x position or layer x head grid per map
   (head_position: layer x head at a chosen position).
+- Shapley head values: a layer x head grid of the values (heads not chosen blank), the
+  value and its standard error on hover.
 - logit lens: a layer x position grid of the tracked token's probability, the top token
   in each cell and the top-k on hover.
 
@@ -47,13 +49,15 @@ from .logit_lens import LogitLensResult
 from .patching_results import HEAD_POINTS, POSITION_POINTS, PairPatching, PatchingResult
 from .results import AttentionResult, InputAttention
 from .saliency import SaliencyResult
+from .shapley import ShapleyHeadsResult
 
 __all__ = ["to_html", "write_html"]
 
 LARGE_PAGE_BYTES = 20_000_000
 """Pages larger than this warn (a long input's attention over many layers and heads)."""
 
-Result = AttentionResult | InputAttention | SaliencyResult | AblationResult | PatchingResult | LogitLensResult
+Result = (AttentionResult | InputAttention | SaliencyResult | AblationResult | PatchingResult | LogitLensResult
+          | ShapleyHeadsResult)
 
 
 def _rounded(values: Any, digits: int = 4, decimals: int | None = None) -> Any:
@@ -220,6 +224,21 @@ def _lens_sections(result: LogitLensResult) -> list[dict[str, Any]]:
                   label="probability", tips=tips, cells=cells)]
 
 
+def _shapley_sections(result: ShapleyHeadsResult) -> list[dict[str, Any]]:
+    how = "exact (every coalition)" if result.exact else (
+        f"{result.permutations} sampled permutations" + (", converged" if result.converged else ""))
+    facts = [f"target score with every chosen head kept: {result.full_score:.6g}",
+             f"with every chosen head ablated: {result.empty_score:.6g}",
+             f"{len(result.heads)} heads, {how}, {result.evaluations} coalitions evaluated"]
+    values, errors = result.grid("values"), result.grid("standard_errors")
+    tips = [[None if math.isnan(float(value)) else f"{float(value):.4g} \u00b1 {float(error):.2g}"
+             for value, error in zip(value_row, error_row)] for value_row, error_row in zip(values, errors)]
+    return [{"type": "facts", "title": f"{result.model}: Shapley head values", "facts": facts},
+            _grid("Shapley value of each head (\u00b1 standard error on hover)", "shapley", values,
+                  [f"L{layer}" for layer in range(result.num_layers)],
+                  [f"H{head}" for head in range(result.num_heads)], label="Shapley value", tips=tips)]
+
+
 def sections_of(result: Result, *, image: ImageLike | None = None, index: int = 0) -> list[dict[str, Any]]:
     """The page's sections (the JSON the page renders) for a result."""
     if isinstance(result, AttentionResult):
@@ -234,6 +253,8 @@ def sections_of(result: Result, *, image: ImageLike | None = None, index: int = 
         return _patching_sections(result)
     if isinstance(result, LogitLensResult):
         return _lens_sections(result)
+    if isinstance(result, ShapleyHeadsResult):
+        return _shapley_sections(result)
     raise TypeError(f"no HTML view of {type(result).__name__}")
 
 

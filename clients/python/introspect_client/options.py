@@ -85,7 +85,8 @@ def shared_fields(model: str, truncate: bool, cache: str) -> dict[str, Any]:
 
 
 def set_target(
-    request: pb.StreamSaliencyRequest | pb.StreamHeadAblationRequest | pb.StreamPatchingRequest,
+    request: pb.StreamSaliencyRequest | pb.StreamHeadAblationRequest | pb.StreamPatchingRequest
+    | pb.StreamShapleyHeadsRequest,
     target: pb.Target | None,
 ) -> None:
     """Copies `target` into `request`; None leaves it unset. TypeError for anything but a

@@ -278,3 +278,22 @@ def scalar_mappable(norm: Any, colormap: Any) -> Any:
     from matplotlib.cm import ScalarMappable
 
     return ScalarMappable(norm=norm, cmap=colormap)
+
+
+def head_value_bars(values: np.ndarray, errors: np.ndarray, labels: Sequence[str], title: str, *,
+                    value_label: str = "Shapley value") -> Any:
+    """Horizontal bars of per-head values with standard-error bars, one per label (top to bottom)."""
+    values = np.asarray(values, dtype=np.float64)
+    errors = np.nan_to_num(np.asarray(errors, dtype=np.float64))
+    count = len(values)
+    figure = new_figure(7.0, min(max(0.22 * count + 1.2, 2.5), 40.0))
+    axes = figure.add_subplot()
+    positions = np.arange(count)
+    colours = ["#b2182b" if value < 0 else "#2166ac" for value in values]
+    axes.barh(positions, values, xerr=errors, color=colours, ecolor="black", capsize=2)
+    axes.set_yticks(positions, list(labels), fontsize=7 if count > 30 else 9)
+    axes.invert_yaxis()
+    axes.axvline(0, color="grey", linewidth=0.8)
+    axes.set_xlabel(value_label)
+    axes.set_title(title)
+    return figure

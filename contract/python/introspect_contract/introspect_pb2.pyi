@@ -905,3 +905,91 @@ class StreamPatchingResponse(_message.Message):
     logit_attribution: LogitAttribution
     knockout: KnockoutResult
     def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., baseline: _Optional[_Union[PatchingBaseline, _Mapping]] = ..., layer: _Optional[_Union[PatchingLayer, _Mapping]] = ..., correlation: _Optional[_Union[PatchingCorrelation, _Mapping]] = ..., logit_attribution: _Optional[_Union[LogitAttribution, _Mapping]] = ..., knockout: _Optional[_Union[KnockoutResult, _Mapping]] = ...) -> None: ...
+
+class StreamShapleyHeadsRequest(_message.Message):
+    __slots__ = ("model", "input", "truncate", "target", "heads", "all_heads", "value", "max_standard_error", "max_permutations", "seed", "batch_size", "sample", "cache")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    ALL_HEADS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STANDARD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_PERMUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: Input
+    truncate: bool
+    target: Target
+    heads: _containers.RepeatedCompositeFieldContainer[HeadRef]
+    all_heads: bool
+    value: AblationValue
+    max_standard_error: float
+    max_permutations: int
+    seed: int
+    batch_size: int
+    sample: bool
+    cache: CachePolicy
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., truncate: _Optional[bool] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., all_heads: _Optional[bool] = ..., value: _Optional[_Union[AblationValue, str]] = ..., max_standard_error: _Optional[float] = ..., max_permutations: _Optional[int] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ..., sample: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+
+class ShapleyBaseline(_message.Message):
+    __slots__ = ("heads", "full_score", "empty_score", "num_layers", "num_heads", "exact", "batch_size")
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    FULL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    heads: _containers.RepeatedCompositeFieldContainer[HeadRef]
+    full_score: float
+    empty_score: float
+    num_layers: int
+    num_heads: int
+    exact: bool
+    batch_size: int
+    def __init__(self, heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., full_score: _Optional[float] = ..., empty_score: _Optional[float] = ..., num_layers: _Optional[int] = ..., num_heads: _Optional[int] = ..., exact: _Optional[bool] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class ShapleyEstimate(_message.Message):
+    __slots__ = ("values", "standard_errors", "permutations", "evaluations")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    STANDARD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PERMUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    values: Tensor
+    standard_errors: Tensor
+    permutations: int
+    evaluations: int
+    def __init__(self, values: _Optional[_Union[Tensor, _Mapping]] = ..., standard_errors: _Optional[_Union[Tensor, _Mapping]] = ..., permutations: _Optional[int] = ..., evaluations: _Optional[int] = ...) -> None: ...
+
+class ShapleyFinal(_message.Message):
+    __slots__ = ("values", "standard_errors", "permutations", "evaluations", "exact", "converged")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    STANDARD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PERMUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    values: Tensor
+    standard_errors: Tensor
+    permutations: int
+    evaluations: int
+    exact: bool
+    converged: bool
+    def __init__(self, values: _Optional[_Union[Tensor, _Mapping]] = ..., standard_errors: _Optional[_Union[Tensor, _Mapping]] = ..., permutations: _Optional[int] = ..., evaluations: _Optional[int] = ..., exact: _Optional[bool] = ..., converged: _Optional[bool] = ...) -> None: ...
+
+class StreamShapleyHeadsResponse(_message.Message):
+    __slots__ = ("header", "baseline", "estimate", "final")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    baseline: ShapleyBaseline
+    estimate: ShapleyEstimate
+    final: ShapleyFinal
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., baseline: _Optional[_Union[ShapleyBaseline, _Mapping]] = ..., estimate: _Optional[_Union[ShapleyEstimate, _Mapping]] = ..., final: _Optional[_Union[ShapleyFinal, _Mapping]] = ...) -> None: ...

@@ -78,6 +78,11 @@ class IntrospectionStub:
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingRequest.SerializeToString,
                 response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingResponse.FromString,
                 _registered_method=True)
+        self.StreamShapleyHeads = channel.unary_stream(
+                '/introspect.v1.Introspection/StreamShapleyHeads',
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsResponse.FromString,
+                _registered_method=True)
 
 
 class IntrospectionServicer:
@@ -147,6 +152,15 @@ class IntrospectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamShapleyHeads(self, request, context):
+        """Shapley values of attention heads for a target score (Held & Yang 2023, "Shapley Head
+        Pruning"): exact over all coalitions of up to 12 chosen heads, else estimated from
+        antithetic permutations, streamed with standard errors until they are small enough.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +203,11 @@ def add_IntrospectionServicer_to_server(servicer, server):
                     servicer.StreamPatching,
                     request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingRequest.FromString,
                     response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamPatchingResponse.SerializeToString,
+            ),
+            'StreamShapleyHeads': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamShapleyHeads,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -411,6 +430,33 @@ class Introspection:
             '/introspect.v1.Introspection/StreamPatching',
             introspect_dot_v1_dot_introspect__pb2.StreamPatchingRequest.SerializeToString,
             introspect_dot_v1_dot_introspect__pb2.StreamPatchingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamShapleyHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/introspect.v1.Introspection/StreamShapleyHeads',
+            introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsResponse.FromString,
             options,
             channel_credentials,
             insecure,
