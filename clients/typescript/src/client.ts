@@ -171,6 +171,10 @@ export class IntrospectClient {
   streamPatching(...args: Parameters<IntrospectClient["rpc"]["streamPatching"]>) {
     return this.rpc.streamPatching(...args);
   }
+  /** The raw StreamShapleyHeads messages: a header, the baseline, estimates, the final values. */
+  streamShapleyHeads(...args: Parameters<IntrospectClient["rpc"]["streamShapleyHeads"]>) {
+    return this.rpc.streamShapleyHeads(...args);
+  }
 
   /** Attention maps of one input or a batch, assembled into one Float32Array per (input, layer). */
   async attention(request: MessageInitShape<typeof StreamAttentionRequestSchema>, options?: CallOptions): Promise<AttentionResult> {

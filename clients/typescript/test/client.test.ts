@@ -56,6 +56,9 @@ const RPCS: { name: string; rpc: string; schema: DescMessage; request: JsonObjec
   { name: "patching", rpc: "StreamPatching", schema: pb.StreamPatchingRequestSchema,
     request: { model: "gpt2", pairs: [{ clean: { text: { text: "The cat sat on the" } }, corrupted: { text: { text: "The dog sat on the" } } }],
       target: { nextToken: {} }, method: "PATCHING_METHOD_ACTIVATION", metric: "PATCHING_METRIC_TARGET", direction: "PATCH_DIRECTION_DENOISING" } },
+  { name: "shapley_heads", rpc: "StreamShapleyHeads", schema: pb.StreamShapleyHeadsRequestSchema,
+    request: { model: "gpt2", input: { text: { text: "The cat sat on the" } }, target: { nextToken: {} },
+      heads: [{ layer: 0, head: 1 }, { layer: 1, head: 2 }, { layer: 2, head: 0 }] } },
 ];
 
 /** An AttentionResult as the plain JSON test/reference.py makes of the Python client's. */
