@@ -275,6 +275,19 @@ def vision_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def batching_servers(model_dirs: dict[str, Path], vision_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
+    """(batching server's address, non-batching server's address, the batching server's
+    metrics port): one pair for every dynamic-batching test module (batching_helpers.
+    batching_and_plain), serving the text models they use and three vision cases."""
+    from batching_helpers import batching_and_plain
+
+    models = [f"--model={name}={model_dirs[name]}" for name in ("minilm", "gpt2", "llama", "classifier")]
+    models += [f"--model={name}={vision_dirs[name]}" for name in ("vit-classifier", "dinov2-encoder", "clip-dual")]
+    with batching_and_plain(*models) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
 def vision_server(vision_dirs: dict[str, Path]) -> Iterator[InProcessServer]:
     """One server for the session serving every vision case that introspect serves, under
     its case name (e.g. "vit-classifier")."""

@@ -14,14 +14,13 @@ tolerance).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from batching_helpers import assert_same, batch_sizes, batches_of, batching_and_plain, plain_results, while_blocked
+from batching_helpers import assert_same, batch_sizes, batches_of, plain_results, while_blocked
 from conftest import reference_inputs, reference_model
 
 EAGER_TOLERANCE = 1e-4  # test_attention's, against transformers' eager attention
@@ -45,11 +44,9 @@ MIXED: list[dict[str, Any]] = [
 
 
 @pytest.fixture(scope="module")
-def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
+def servers(batching_servers: tuple[str, str, int]) -> tuple[str, str, int]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
-    models = [f"--model=minilm={model_dirs['minilm']}", f"--model=gpt2={model_dirs['gpt2']}"]
-    with batching_and_plain(*models) as servers:
-        yield servers
+    return batching_servers
 
 
 def eager(model_dirs: dict[str, Path], name: str, text: str) -> np.ndarray:

@@ -15,7 +15,6 @@ within FLOAT32_GRADIENTS, see batching_helpers).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,11 +24,9 @@ from batching_helpers import (
     assert_same_saliency,
     batch_sizes,
     batches_of,
-    batching_and_plain,
     plain_results,
     while_blocked,
 )
-from conftest import minilm_dir
 from introspect_client import targets
 
 MODELS = ("vit-classifier", "dinov2-encoder", "clip-dual")
@@ -57,13 +54,9 @@ def saliency_requests(model: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, int]]:
+def servers(batching_servers: tuple[str, str, int]) -> tuple[str, str, int]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
-    cases = tuple(vision.VISION_CASES_BY_NAME[name] for name in MODELS)
-    dirs = vision.build_all(tmp_path_factory.mktemp("vision"), cases)
-    models = [f"--model={name}={dirs[name]}" for name in MODELS] + [f"--model=minilm={minilm_dir()}"]
-    with batching_and_plain(*models) as servers:
-        yield servers
+    return batching_servers
 
 
 @pytest.mark.parametrize("model", ["vit-classifier", "dinov2-encoder"])

@@ -14,8 +14,6 @@ tests/test_logit_lens.py checks the unbatched lens against plain transformers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,6 @@ from batching_helpers import (
     assert_close,
     batch_sizes,
     batches_of,
-    batching_and_plain,
     plain_results,
     while_blocked,
 )
@@ -54,11 +51,9 @@ CHOSEN: list[dict[str, Any]] = [
 
 
 @pytest.fixture(scope="module")
-def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
+def servers(batching_servers: tuple[str, str, int]) -> tuple[str, str, int]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
-    models = [f"--model={name}={model_dirs[name]}" for name in ("minilm", "gpt2", "llama")]
-    with batching_and_plain(*models) as servers:
-        yield servers
+    return batching_servers
 
 
 def assert_same_lens(batched: Any, plain: Any) -> None:

@@ -21,7 +21,6 @@ within 1e-6 (identical in practice), so that a leak between rows cannot hide in 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ from batching_helpers import (
     assert_same_saliency,
     batch_sizes,
     batches_of,
-    batching_and_plain,
     plain_results,
     while_blocked,
 )
@@ -68,11 +66,9 @@ CLASSIFIER: list[dict[str, Any]] = [
 ]
 CASES = {"gpt2": CAUSAL, "llama": CAUSAL, "minilm": ENCODER, "classifier": CLASSIFIER}
 @pytest.fixture(scope="module")
-def servers(model_dirs: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
+def servers(batching_servers: tuple[str, str, int]) -> tuple[str, str, int]:
     """(batching server's address, non-batching server's address, batching server's metrics port)."""
-    models = [f"--model={name}={model_dirs[name]}" for name in ("minilm", "gpt2", "llama", "classifier")]
-    with batching_and_plain(*models) as servers:
-        yield servers
+    return batching_servers
 
 
 def test_in_float64_a_padded_pass_gives_each_row_exactly_its_own_gradients(model_dirs: dict[str, Path]) -> None:
