@@ -1,0 +1,211 @@
+"""StreamQueryKeyEmbeddings through the session server and the real client, against an
+independent reference: the post-rotary queries and keys recomputed from the model's own
+modules in plain transformers (the q_proj / k_proj outputs, hooked, with transformers'
+`apply_rotary_pos_emb` and the model's rotary embedding applied here for llama; BERT's
+query / key linear outputs), each input run alone (no padding), AttentionViz's
+normalisation in numpy, and scikit-learn's PCA (compared up to the sign of each axis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from conftest import reference_model
+from introspect_client import Client, IntrospectError
+from introspect_contract import pb, pb_grpc
+from sklearn.decomposition import PCA
+
+LLAMA_INPUTS = [[101, 1996, 3007, 1997, 2605, 2003, 3000, 1012, 102], [101, 7592, 2088, 102]]
+BERT_INPUTS = ["the cat sat on the mat", "hello world"]
+TOLERANCE = 2e-4
+
+
+def llama_qk(model_dirs: dict[str, Path], ids: list[int], layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Post-rotary queries [heads, T, d] and keys [kv_heads, T, d] of one input at `layer`,
+    from the q_proj / k_proj outputs and transformers' rotary functions."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = reference_model(model_dirs, "llama")
+    attention = model.model.layers[layer].self_attn
+    captured: dict[str, torch.Tensor] = {}
+    handles = [attention.q_proj.register_forward_hook(lambda m, a, out: captured.__setitem__("q", out)),
+               attention.k_proj.register_forward_hook(lambda m, a, out: captured.__setitem__("k", out)),
+               attention.register_forward_pre_hook(lambda m, a, kw: captured.__setitem__("x", kw["hidden_states"]),
+                                                   with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([ids]), use_cache=False)
+            positions = torch.arange(len(ids))[None]
+            cos, sin = model.model.rotary_emb(captured["x"], positions)
+            head_dim = model.config.head_dim
+            q = captured["q"].view(1, len(ids), -1, head_dim).transpose(1, 2)
+            k = captured["k"].view(1, len(ids), -1, head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return q[0].double().numpy(), k[0].double().numpy()
+
+
+def bert_qk(model_dirs: dict[str, Path], text: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's queries and keys [heads, T, d] of one input at `layer` (the linear outputs)."""
+    from conftest import reference_inputs
+
+    model = reference_model(model_dirs, "classifier")
+    attention = model.bert.encoder.layer[layer].attention.self
+    captured: dict[str, torch.Tensor] = {}
+    handles = [attention.query.register_forward_hook(lambda m, a, out: captured.__setitem__("q", out)),
+               attention.key.register_forward_hook(lambda m, a, out: captured.__setitem__("k", out))]
+    try:
+        with torch.no_grad():
+            model(**reference_inputs(model_dirs, "classifier", text))
+    finally:
+        for handle in handles:
+            handle.remove()
+    heads = model.config.num_attention_heads
+    split = lambda x: x[0].view(x.shape[1], heads, -1).transpose(0, 1).double().numpy()  # noqa: E731
+    return split(captured["q"]), split(captured["k"])
+
+
+def normalised(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """AttentionViz's normalisation in numpy: keys translated onto the queries' mean, then
+    queries x c and keys / c with c = sqrt(mean |k| / mean |q|); [2T, d], queries first."""
+    keys = keys - keys.mean(axis=0) + queries.mean(axis=0)
+    c = np.sqrt(np.linalg.norm(keys, axis=1).mean() / np.linalg.norm(queries, axis=1).mean())
+    return np.concatenate([queries * c, keys / c])
+
+
+def assert_pca_matches(coordinates: np.ndarray, vectors: np.ndarray, ratios: list[float]) -> None:
+    """The coordinates equal scikit-learn's PCA of `vectors`, each axis up to its sign."""
+    pca = PCA(n_components=2, svd_solver="full")
+    expected = pca.fit_transform(vectors)
+    for axis in range(2):
+        sign = np.sign(expected[:, axis] @ coordinates[:, axis]) or 1.0
+        np.testing.assert_allclose(coordinates[:, axis], sign * expected[:, axis], atol=TOLERANCE, rtol=1e-4)
+    np.testing.assert_allclose(ratios, pca.explained_variance_ratio_, atol=1e-5)
+
+
+def test_llama_grouped_query_rotary_queries_and_keys(client: Client, model_dirs: dict[str, Path]) -> None:
+    result = client.query_key_embeddings(LLAMA_INPUTS, model="llama", layers=[2, 0], heads=[3, 0],
+                                         include_vectors=True)
+    lengths = [len(ids) for ids in LLAMA_INPUTS]
+    assert result.num_tokens == sum(lengths)
+    assert result.input_indices == [0] * lengths[0] + [1] * lengths[1]
+    assert result.positions == list(range(lengths[0])) + list(range(lengths[1]))
+    assert result.tokens == result.inputs[0]["tokens"] + result.inputs[1]["tokens"]
+    assert result.labels()[result.num_tokens] == (0, 0, result.tokens[0], "key")
+    assert [(p.layer, p.head, p.key_head) for p in result.projections] == [(0, 3, 1), (0, 0, 0), (2, 3, 1), (2, 0, 0)]
+    for projection in result.projections:
+        per_input = [llama_qk(model_dirs, ids, projection.layer) for ids in LLAMA_INPUTS]
+        queries = np.concatenate([q[projection.head] for q, _ in per_input])
+        keys = np.concatenate([k[projection.head // 2] for _, k in per_input])  # 4 query heads, 2 kv heads
+        expected = normalised(queries, keys)
+        assert projection.vectors is not None and projection.vectors.shape == expected.shape
+        np.testing.assert_allclose(projection.vectors, expected, atol=TOLERANCE, rtol=1e-4)
+        np.testing.assert_allclose(projection.query_mean_norm, np.linalg.norm(queries, axis=1).mean(), rtol=1e-4)
+        # after the scaling both have one mean norm
+        norms = np.linalg.norm(projection.vectors, axis=1)
+        np.testing.assert_allclose(norms[: result.num_tokens].mean(), norms[result.num_tokens:].mean(), rtol=1e-4)
+        assert projection.projection == "pca" and projection.coordinates.shape == (2 * result.num_tokens, 2)
+        assert_pca_matches(projection.coordinates, expected, projection.explained_variance_ratio)
+
+
+def test_bert_every_layer_and_head(client: Client, model_dirs: dict[str, Path]) -> None:
+    result = client.query_key_embeddings(BERT_INPUTS, model="classifier")
+    assert [(p.layer, p.head) for p in result.projections] == [(layer, head) for layer in range(2) for head in range(4)]
+    assert all(p.vectors is None and p.key_head == p.head for p in result.projections)
+    for projection in result.projections:
+        per_input = [bert_qk(model_dirs, text, projection.layer) for text in BERT_INPUTS]
+        queries = np.concatenate([q[projection.head] for q, _ in per_input])
+        keys = np.concatenate([k[projection.head] for _, k in per_input])
+        assert_pca_matches(projection.coordinates, normalised(queries, keys), projection.explained_variance_ratio)
+
+
+def test_tsne_projection(client: Client) -> None:
+    result = client.query_key_embeddings(BERT_INPUTS, model="classifier", layers=1, heads=2, projection="tsne")
+    (projection,) = result.projections
+    assert projection.projection == "tsne" and projection.explained_variance_ratio == []
+    assert projection.coordinates.shape == (2 * result.num_tokens, 2) and np.isfinite(projection.coordinates).all()
+
+
+def test_vectors_split_under_a_small_message_limit(small_message_server) -> None:  # type: ignore[no-untyped-def]
+    from introspect_client import Client as Connected
+
+    text = " ".join(["word"] * 250)  # ~252 tokens: 504 points x 32 dims x 4 bytes > one 64 KiB message
+    with Connected(small_message_server.address) as small:
+        messages = list(small.stream_query_key_embeddings(text, layers=0, heads=1, include_vectors=True))
+        result = small.query_key_embeddings(text, layers=0, heads=1, include_vectors=True)
+    assert sum(message.WhichOneof("payload") == "vectors" for message in messages) > 1
+    (projection,) = result.projections
+    assert projection.vectors is not None and projection.vectors.shape == (2 * result.num_tokens, 32)
+    assert_pca_matches(projection.coordinates, projection.vectors.astype(np.float64),
+                       projection.explained_variance_ratio)
+
+
+def refusal(address: str, request: pb.StreamQueryKeyEmbeddingsRequest) -> tuple[grpc.StatusCode, str]:
+    """(status code, the field violation's field) of a call that must fail."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as raised:
+        list(pb_grpc.IntrospectionStub(channel).StreamQueryKeyEmbeddings(request))
+    status = rpc_status.from_call(raised.value)
+    assert status is not None and status.details
+    violations = error_details_pb2.BadRequest()
+    status.details[0].Unpack(violations)
+    return raised.value.code(), violations.field_violations[0].field
+
+
+def test_empty_and_too_many_inputs_name_the_field(address: str) -> None:
+    assert refusal(address, pb.StreamQueryKeyEmbeddingsRequest(model="llama")) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "inputs")
+    many = [pb.Input(token_ids=pb.TokenIds(ids=[101, 102]))] * 33
+    assert refusal(address, pb.StreamQueryKeyEmbeddingsRequest(model="llama", inputs=many)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "inputs")
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "fragment"),
+    [
+        ({"layers": [3]}, "layers", "out of range"),
+        ({"heads": [4]}, "heads", "out of range"),
+        ({"heads": [-1]}, "heads", "out of range"),
+    ],
+)
+def test_invalid_requests_name_the_field(client: Client, options: dict[str, object], field: str, fragment: str) -> None:
+    with pytest.raises(IntrospectError) as raised:
+        client.query_key_embeddings(LLAMA_INPUTS, model="llama", **options)  # type: ignore[arg-type]
+    assert raised.value.code.name == "INVALID_ARGUMENT"
+    assert [violation for violation, _ in raised.value.field_violations] == [field]
+    assert fragment in str(raised.value)
+
+
+def test_missing_optional_projection_package_is_refused(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from introspect.methods import query_key
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(query_key.importlib.util, "find_spec", lambda name, *a: None if name == "umap" else real(name, *a))
+    with pytest.raises(IntrospectError) as raised:
+        client.query_key_embeddings(BERT_INPUTS, model="classifier", projection="umap")
+    assert raised.value.code.name == "INVALID_ARGUMENT"
+    assert [violation for violation, _ in raised.value.field_violations] == ["projection"]
+    assert "umap-learn" in str(raised.value)
+
+
+def test_too_many_tokens_and_vectors_name_the_field(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from introspect.methods import query_key
+
+    monkeypatch.setattr(query_key, "MAX_TOKENS", 10)
+    with pytest.raises(IntrospectError) as raised:
+        client.query_key_embeddings(LLAMA_INPUTS, model="llama", cache="bypass")
+    assert [violation for violation, _ in raised.value.field_violations] == ["inputs"]
+    monkeypatch.setattr(query_key, "MAX_TOKENS", 2048)
+    monkeypatch.setattr(query_key, "MAX_VECTOR_BYTES", 1000)
+    with pytest.raises(IntrospectError) as raised:
+        client.query_key_embeddings(LLAMA_INPUTS, model="llama", include_vectors=True, cache="bypass")
+    assert [violation for violation, _ in raised.value.field_violations] == ["include_vectors"]
