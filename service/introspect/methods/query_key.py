@@ -57,8 +57,9 @@ MAX_INPUTS = 32
 """Inputs in one request."""
 MAX_TOKENS = 2048
 """Tokens of all inputs together (each gives a query and a key point): PCA."""
-MAX_NONLINEAR_TOKENS = 1024
-"""Tokens of all inputs together for UMAP and t-SNE (superlinear in the points)."""
+MAX_NONLINEAR_TOKENS = 256
+"""Tokens of all inputs together for UMAP and t-SNE: superlinear in the points, and a cancel
+waits for the projection running (seconds for 512 points of t-SNE on a loaded CPU)."""
 MIN_NONLINEAR_TOKENS = 4
 """UMAP's neighbourhoods and t-SNE's perplexity need a few points."""
 MAX_VECTOR_BYTES = 16 * 1024 * 1024
