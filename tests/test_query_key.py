@@ -209,3 +209,37 @@ def test_too_many_tokens_and_vectors_name_the_field(client: Client, monkeypatch:
     with pytest.raises(IntrospectError) as raised:
         client.query_key_embeddings(LLAMA_INPUTS, model="llama", include_vectors=True, cache="bypass")
     assert [violation for violation, _ in raised.value.field_violations] == ["include_vectors"]
+
+
+def test_cli_json_png_and_html_view(address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from browser import Browser
+    from introspect_client.cli import main
+
+    png, page = tmp_path / "qk.png", tmp_path / "qk.html"
+    arguments = ["qk", "--server", address, "--model", "llama", "--text", "the cat sat", "--text", "a dog",
+                 "--layer", "1", "--head", "0", "--head", "3"]
+    assert main([*arguments, "--json", "--png", str(png), "--html", str(page)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    count = len(document["tokens"])
+    assert [(item["layer"], item["head"], item["key_head"]) for item in document["projections"]] == [(1, 0, 0), (1, 3, 1)]
+    assert np.asarray(document["projections"][0]["coordinates"]).shape == (2 * count, 2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(arguments) == 0
+    assert "layer 1 head 3 (key head 1): pca" in capsys.readouterr().out
+
+    with Browser.start() as browser:
+        browser.open(page)
+        assert browser.evaluate("document.body.dataset.ready") == "true", browser.errors
+        assert browser.evaluate("document.querySelectorAll('svg.scatter-plot circle').length") == count
+        assert browser.evaluate("document.querySelectorAll('svg.scatter-plot path[data-kind=\"key\"]').length") == count
+        last = 2 * count - 1  # the last token's key ([CLS] at position 0 has one point per input, on top of each other)
+        browser.hover(f"svg.scatter-plot path[data-index='{last}']")
+        shown = browser.evaluate("document.querySelector('.scatter-info').textContent")
+        position = document["positions"][-1]
+        assert shown.startswith(f"key \u201c{document['tokens'][-1]}\u201d input 1 position {position}"), shown
+        browser.evaluate("(() => { const s = document.querySelector('.panel-select'); s.value = '1';"
+                         " s.dispatchEvent(new Event('change')); })()")
+        assert browser.evaluate("document.querySelectorAll('svg.scatter-plot circle').length") == count
+        assert browser.errors == []
