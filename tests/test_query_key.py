@@ -109,6 +109,10 @@ def test_llama_grouped_query_rotary_queries_and_keys(client: Client, model_dirs:
         # after the scaling both have one mean norm
         norms = np.linalg.norm(projection.vectors, axis=1)
         np.testing.assert_allclose(norms[: result.num_tokens].mean(), norms[result.num_tokens:].mean(), rtol=1e-4)
+        # neither step changes a softmax row: per query, scores shift by one constant
+        count = result.num_tokens
+        shift = projection.vectors[:count].astype(np.float64) @ projection.vectors[count:].T - queries @ keys.T
+        np.testing.assert_allclose(shift - shift[:, :1], 0.0, atol=1e-3)
         assert projection.projection == "pca" and projection.coordinates.shape == (2 * result.num_tokens, 2)
         assert_pca_matches(projection.coordinates, expected, projection.explained_variance_ratio)
 
@@ -122,6 +126,16 @@ def test_bert_every_layer_and_head(client: Client, model_dirs: dict[str, Path]) 
         queries = np.concatenate([q[projection.head] for q, _ in per_input])
         keys = np.concatenate([k[projection.head] for _, k in per_input])
         assert_pca_matches(projection.coordinates, normalised(queries, keys), projection.explained_variance_ratio)
+
+
+def test_a_cached_replay_equals_the_computed_stream(client: Client) -> None:
+    options = {"model": "llama", "layers": 1, "heads": 2, "include_vectors": True}
+    computed = client.query_key_embeddings(BERT_INPUTS, cache="refresh", **options)  # type: ignore[arg-type]
+    replayed = client.query_key_embeddings(BERT_INPUTS, **options)  # type: ignore[arg-type]
+    assert not computed.cached and replayed.cached
+    assert replayed.tokens == computed.tokens and len(replayed.projections) == 1
+    np.testing.assert_array_equal(replayed.projections[0].coordinates, computed.projections[0].coordinates)
+    np.testing.assert_array_equal(replayed.projections[0].vectors, computed.projections[0].vectors)  # type: ignore[arg-type]
 
 
 def test_tsne_projection(client: Client) -> None:
