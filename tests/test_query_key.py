@@ -66,7 +66,10 @@ def bert_qk(model_dirs: dict[str, Path], text: str, layer: int) -> tuple[np.ndar
         for handle in handles:
             handle.remove()
     heads = model.config.num_attention_heads
-    split = lambda x: x[0].view(x.shape[1], heads, -1).transpose(0, 1).double().numpy()  # noqa: E731
+
+    def split(values: torch.Tensor) -> np.ndarray:  # [1, T, heads * d] -> [heads, T, d]
+        return values[0].view(values.shape[1], heads, -1).transpose(0, 1).double().numpy()
+
     return split(captured["q"]), split(captured["k"])
 
 

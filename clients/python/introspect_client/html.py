@@ -47,8 +47,8 @@ from .ablation import AblationResult
 from .image_inputs import ImageLike
 from .image_layout import ImageLayout
 from .logit_lens import LogitLensResult
-from .query_key import QueryKeyEmbeddingsResult
 from .patching_results import HEAD_POINTS, POSITION_POINTS, PairPatching, PatchingResult
+from .query_key import QueryKeyEmbeddingsResult
 from .results import AttentionResult, InputAttention
 from .saliency import SaliencyResult
 
