@@ -260,3 +260,16 @@ def test_cli_json_png_and_html_view(address: str, tmp_path: Path, capsys: pytest
                          " s.dispatchEvent(new Event('change')); })()")
         assert browser.evaluate("document.querySelectorAll('svg.scatter-plot circle').length") == count
         assert browser.errors == []
+
+
+async def test_async_client_equals_the_sync_client(client: Client, address: str) -> None:
+    from introspect_client import AsyncClient
+
+    expected = client.query_key_embeddings(BERT_INPUTS, model="classifier", layers=0, heads=1)
+    async with AsyncClient(address) as async_client:
+        result = await async_client.query_key_embeddings(BERT_INPUTS, model="classifier", layers=0, heads=1)
+        kinds = [message.WhichOneof("payload") async for message in
+                 async_client.stream_query_key_embeddings(BERT_INPUTS, model="classifier", layers=0, heads=1)]
+    assert kinds == ["header", "points", "projection"]
+    assert result.labels() == expected.labels()
+    np.testing.assert_array_equal(result.projections[0].coordinates, expected.projections[0].coordinates)

@@ -15,6 +15,8 @@ scaling), per (layer, head) over the tokens of all inputs together, in float64:
    (each query's scores all shift by q . (mean(q) - mean(k)), which no softmax row sees);
 2. scaling: c = sqrt(mean |k| / mean |q|) with the norms after step 1; q <- c q,
    k <- k / c, so both have mean norm sqrt(mean |q| mean |k|) (dot products unchanged).
+   The centroids are then c mean(q) and mean(q) / c: they coincide exactly only when
+   c = 1 (the paper's order; scaling first would not keep both properties either).
 
 Projection of the 2T normalised vectors (T queries, then the T keys), jointly:
 
