@@ -273,3 +273,50 @@ async def test_async_client_equals_the_sync_client(client: Client, address: str)
     assert kinds == ["header", "points", "projection"]
     assert result.labels() == expected.labels()
     np.testing.assert_array_equal(result.projections[0].coordinates, expected.projections[0].coordinates)
+
+
+@pytest.mark.parametrize("model_type", ["glm", "smollm3"])
+def test_the_points_give_eager_attention_on_other_position_schemes(tmp_path: Path, model_type: str) -> None:
+    """Interleaved partial rotary (glm) and rotary skipped on some layers (smollm3): the
+    normalised vectors, which leave every softmax row as it was, give transformers' eager
+    attention probabilities: softmax(q k^T / sqrt(head_dim)) under the causal mask."""
+    from architectures import CASES, build_tiny_model, minilm_tokenizer
+    from introspect.config import ModelSpec
+    from introspect.methods import method_for
+    from introspect.methods.query_key import QueryKeyProjectionResult, QueryKeyQuery
+    from introspect.models import load_model
+    from introspect.requests import InputSpec
+    from introspect.results import QueryKeyVectorsResult
+    from transformers import AutoModelForCausalLM
+
+    (case,) = [case for case in CASES if case.model_type == model_type]
+    path = build_tiny_model(case, tmp_path, minilm_tokenizer())
+    model = load_model(ModelSpec(model_type, path), torch.device("cpu"), "float32")
+    emitted: list[object] = []
+
+    class Sink:
+        def emit(self, item: object) -> None:
+            emitted.append(item)
+
+        def check(self) -> None:
+            pass
+
+    ids = LLAMA_INPUTS[0]
+    query = QueryKeyQuery(model=model_type, inputs=(InputSpec(token_ids=tuple(ids)),), include_vectors=True)
+    method = method_for(query)
+    method.run(model, query, method.prepare(model.description, query), Sink())
+    projections = [item for item in emitted if isinstance(item, QueryKeyProjectionResult)]
+    vectors = [item for item in emitted if isinstance(item, QueryKeyVectorsResult)]
+    description = model.description
+    assert len(projections) == len(vectors) == description.num_layers * description.num_heads
+    reference = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = reference(torch.tensor([ids]), output_attentions=True, use_cache=False).attentions
+    count = len(ids)
+    causal = np.tril(np.ones((count, count), dtype=bool))
+    for item in vectors:
+        points = item.vectors.values.astype(np.float64)
+        scores = np.where(causal, points[:count] @ points[count:].T / np.sqrt(description.head_dim), -np.inf)
+        probabilities = np.exp(scores - scores.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(probabilities, attentions[item.layer][0, item.head].double().numpy(), atol=1e-4)
