@@ -8,6 +8,8 @@ Points (L is the 0-based layer; shapes name their axes):
 | `resid.pre`   | input of block L (the residual stream before it)                | [batch, pos, d_model]            |
 | `attn.in`     | hidden states entering block L's attention module               | [batch, pos, d_model]            |
 | `attn.mask`   | additive score mask before the softmax (float32; -inf blocks)   | [batch, 1 or head, query, key]   |
+| `attn.q`      | post-rotary queries as the attention function gets them²        | [batch, head, query, head_dim]   |
+| `attn.k`      | post-rotary keys as the attention function gets them²           | [batch, kv_head, key, head_dim]  |
 | `attn.probs`  | softmax attention probabilities (float32), inside attention¹    | [batch, head, query, key]        |
 | `attn.z`      | per-head attention output, before the output projection         | [batch, query, head, head_dim]   |
 | `attn.out`    | output of block L's attention output projection                 | [batch, pos, d_model]            |
@@ -16,8 +18,13 @@ Points (L is the 0-based layer; shapes name their axes):
 
 ¹ With `HookSet.probability_rows` set, only those query rows, read-only (probe.py computes
 just them; the layer's output comes from SDPA): [batch, head, rows, key].
+² Read-only (a returned value is ignored), in the model's dtype, after any position
+embedding the attention module applies (rotary included), `attn.q` before `attn.k` in
+each call; keys have the model's key/value heads (fewer than the query heads under
+grouped-query attention: query head h reads key head h // (head / kv_head)). With a
+prefix (prefix.py) the keys include its recorded keys.
 
-`attn.mask`, `attn.probs` and `attn.z` come from the registered attention function (see probe.py), so
+`attn.mask`, `attn.q`, `attn.k`, `attn.probs` and `attn.z` come from the registered attention function (see probe.py), so
 the forward never turns to eager attention; the others from module hooks installed once
 at load, inert unless a call has activated a HookSet in its context. `attn.z` is taken
 at the input of the attention output projection where that input is the attention
@@ -59,12 +66,14 @@ from .prefix import PrefixKeys
 RESID_PRE = "resid.pre"
 ATTN_IN = "attn.in"
 ATTN_MASK = "attn.mask"
+ATTN_Q = "attn.q"
+ATTN_K = "attn.k"
 ATTN_PROBS = "attn.probs"
 ATTN_Z = "attn.z"
 ATTN_OUT = "attn.out"
 MLP_OUT = "mlp.out"
 RESID_POST = "resid.post"
-POINTS = (RESID_PRE, ATTN_IN, ATTN_MASK, ATTN_PROBS, ATTN_Z, ATTN_OUT, MLP_OUT, RESID_POST)
+POINTS = (RESID_PRE, ATTN_IN, ATTN_MASK, ATTN_Q, ATTN_K, ATTN_PROBS, ATTN_Z, ATTN_OUT, MLP_OUT, RESID_POST)
 
 # How a batch can grow mid-forward (methods/layer_stack.py), decided at load:
 GROWTH_AT_PROJECTION = "projection"  # copies join at resid.pre and at attn.z, taken at the output projection

@@ -20,7 +20,8 @@ reads or writes `attn.probs` or edits `attn.mask` at a layer (see hooks.py), or 
 needs sinks or softcapping,
 probabilities are computed in float32 from the post-rotary query and key and the output
 is probabilities x values, as eager attention computes it. `attn.z` hooks act on the
-output here unless the registry takes them at the output projection.
+output here unless the registry takes them at the output projection. `attn.q` and `attn.k`
+hooks read the query and key this function receives (post-rotary), before anything else.
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ def introspect_attention(
     if hookset is not None and hookset.prefix is not None:
         key, value, attention_mask = hookset.prefix.attend(layer, key, value, attention_mask,
                                                            position_bias is not None)
+    if hookset is not None:  # read-only points: the post-rotary query and key as this function gets them
+        if hookset.wants(hooks.ATTN_Q, layer):
+            hookset.apply(hooks.ATTN_Q, layer, query)
+        if hookset.wants(hooks.ATTN_K, layer):
+            hookset.apply(hooks.ATTN_K, layer, key)
     reads_probabilities = hookset is not None and hookset.wants(hooks.ATTN_PROBS, layer)
     edits_mask = hookset is not None and hookset.wants(hooks.ATTN_MASK, layer)
     is_causal = kwargs.get("is_causal")

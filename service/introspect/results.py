@@ -224,3 +224,13 @@ class KnockoutResultData:
     window: int
     values: WireArray  # float32 [windows]
     change: WireArray  # float32 [windows]
+
+
+@dataclass(frozen=True)
+class QueryKeyVectorsResult:
+    """One layer's and head's normalised query and key vectors (methods/query_key.py),
+    split by rows into QueryKeyVectors messages (rpc/encode.py)."""
+
+    layer: int
+    head: int
+    vectors: WireArray  # float32 [2T, head_dim]: the queries, then the keys

@@ -80,6 +80,9 @@ VALID: dict[str, Message] = {
         model=MODEL, input=_text(), target=_next_token(), heads=[pb.HeadRef(layer=0, head=1), pb.HeadRef(layer=2, head=3)],
         max_permutations=4, seed=1,
     ),
+    "StreamQueryKeyEmbeddings": pb.StreamQueryKeyEmbeddingsRequest(
+        model=MODEL, inputs=[_text(), _text("a dog ran")], layers=[1], heads=[0, 3], include_vectors=True,
+    ),
     "StreamPatching": pb.StreamPatchingRequest(
         model=MODEL, pairs=[_token_pair()], method=pb.PATCHING_METHOD_ACTIVATION, target=_next_token(),
         points=[pb.PATCH_POINT_RESID_PRE], layers=[0], positions=[-1],

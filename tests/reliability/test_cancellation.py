@@ -54,6 +54,9 @@ CALLS: dict[str, Start] = {
     "importance": lambda c, t: c.stream_ablation(TEXT, mode="importance", timeout=t, **NORM),
     "logit_lens": lambda c, t: c.stream_logit_lens(TEXT, model="gpt2", truncate=True, timeout=t),
     "shapley_heads": lambda c, t: c.stream_shapley_heads(TEXT, heads="all", max_permutations=20000, timeout=t, **NORM),
+    # 3 x 512 tokens: a forward, then 72 (layer, head) PCA projections of 3072 points each
+    "query_key_embeddings": lambda c, t: c.stream_query_key_embeddings(
+        [TEXT, f"1 {TEXT}", f"2 {TEXT}"], truncate=True, timeout=t),
     "image_ig_4096": lambda c, t: image_integrated_gradients(c, t),
     "patching_head_position": lambda c, t: c.stream_patch(
         PATCH_CLEAN, PATCH_CORRUPTED, points=["head_position"], timeout=t, target=targets.embedding_norm()),

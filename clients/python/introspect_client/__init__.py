@@ -34,6 +34,14 @@ from .patching import (
     PatchingOptions,
     patching_request,
 )
+from .query_key import (
+    PROJECTIONS,
+    QueryKeyAssembler,
+    QueryKeyEmbeddingsResult,
+    QueryKeyOptions,
+    QueryKeyProjection,
+    query_key_request,
+)
 from .patching_results import PairPatching, PatchingAssembler, PatchingMap, PatchingResult
 from .options import CACHE_POLICIES, VALUE_DTYPES, VIEWS, AttentionOptions, attention_request
 from .results import AttentionAssembler, AttentionResult, InputAttention
@@ -101,6 +109,11 @@ __all__ = [
     "PatchingMap",
     "PatchingOptions",
     "PatchingResult",
+    "PROJECTIONS",
+    "QueryKeyAssembler",
+    "QueryKeyEmbeddingsResult",
+    "QueryKeyOptions",
+    "QueryKeyProjection",
     "Refinement",
     "SaliencyAssembler",
     "SaliencyOptions",
@@ -118,6 +131,7 @@ __all__ = [
     "make_inputs",
     "patching_request",
     "pb",
+    "query_key_request",
     "saliency_request",
     "shapley_heads_request",
     "targets",

@@ -14,6 +14,8 @@ attention, saliency and ablate take --image PATH (a PNG, JPEG or WebP file) inst
     introspect patch --clean TEXT --corrupted TEXT ...  circuits (patching, logit attribution,
                                            knockout): summary, --json, --png
     introspect shapley --text TEXT ...     Shapley head values: summary, --json, --png (bars)
+    introspect qk --text TEXT [--text TEXT ...]  query-key embeddings (AttentionViz): summary,
+                                           --json, --png, --html
 
 Client commands talk to --server (default: $INTROSPECT_SERVER, else 127.0.0.1:50051;
 the connection flags go before or after the command),
@@ -40,6 +42,7 @@ from . import __version__
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
 from .cli_attention import add_attention_command
 from .cli_lens import add_lens_command
+from .cli_query_key import add_query_key_command
 from .cli_patching import add_patch_command
 from .cli_saliency import add_saliency_command
 from .cli_shapley import add_shapley_command
@@ -104,6 +107,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     add_lens_command(commands, client_options)
     add_patch_command(commands, client_options)
     add_shapley_command(commands, client_options)
+    add_query_key_command(commands, client_options)
     return parser
 
 

@@ -29,6 +29,7 @@ from .ablation import AblationAssembler, AblationOptions, AblationResult, ablati
 from .errors import IntrospectError, translate_rpc_errors
 from .inputs import InputLike, InputsLike
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
+from .query_key import QueryKeyAssembler, QueryKeyEmbeddingsResult, QueryKeyOptions, query_key_request
 from .options import AttentionOptions, attention_request, int_list
 from .patching import PatchingOptions, patching_request
 from .patching_results import PatchingAssembler, PatchingResult
@@ -479,6 +480,40 @@ class Client(_ClientBase):
         request = logit_lens_request(input, **options)  # checks the options
         return self._assembled(self._stub.StreamLogitLens, request, timeout, LogitLensAssembler)
 
+    def stream_query_key_embeddings(
+        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[QueryKeyOptions]
+    ) -> Iterator[pb.StreamQueryKeyEmbeddingsResponse]:
+        """The raw StreamQueryKeyEmbeddings messages as they arrive: a header, the points,
+        then per (layer, head) a projection (and its vectors with include_vectors).
+
+        Takes the same arguments as `query_key_embeddings`; leaving the loop early cancels the call.
+        """
+        request = query_key_request(inputs, **options)
+        return self._stream(self._stub.StreamQueryKeyEmbeddings, request, timeout)
+
+    def query_key_embeddings(
+        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[QueryKeyOptions]
+    ) -> QueryKeyEmbeddingsResult:
+        """Query-key embeddings (AttentionViz, Yeh et al. 2023): per layer and query head,
+        the post-rotary queries and keys of every token, normalised as AttentionViz does
+        (keys translated onto the queries' mean, both scaled to one mean norm) and
+        projected jointly to 2-D on the server.
+
+        Args:
+            inputs: one input or several (texts, (text, text_pair) tuples, token ids).
+            timeout: deadline in seconds (default: the client's).
+            model: model name; "" selects the server's default.
+            layers: layers (0-based); empty means all.
+            heads: query heads (0-based); empty means all.
+            projection: "pca" (default), "umap" or "tsne" (servers with umap-learn /
+                scikit-learn only).
+            include_vectors: also return the normalised vectors (at most 16 MiB).
+            truncate: cut inputs longer than the model's limit instead of failing.
+            cache: "use", "bypass" or "refresh".
+        """
+        request = query_key_request(inputs, **options)  # checks the options
+        return self._assembled(self._stub.StreamQueryKeyEmbeddings, request, timeout, QueryKeyAssembler)
+
     def stream_patch(
         self,
         clean: InputLike | None = None,
@@ -669,6 +704,21 @@ class AsyncClient(_ClientBase):
         """The logit lens; see `Client.logit_lens` for the arguments."""
         request = logit_lens_request(input, **options)  # checks the options
         return await self._assembled(self._stub.StreamLogitLens, request, timeout, LogitLensAssembler)
+
+    def stream_query_key_embeddings(
+        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[QueryKeyOptions]
+    ) -> AsyncIterator[pb.StreamQueryKeyEmbeddingsResponse]:
+        """The raw StreamQueryKeyEmbeddings messages as they arrive (`async for`); see
+        `Client.query_key_embeddings`."""
+        request = query_key_request(inputs, **options)
+        return self._stream(self._stub.StreamQueryKeyEmbeddings, request, timeout)
+
+    async def query_key_embeddings(
+        self, inputs: InputsLike, *, timeout: float | None = None, **options: Unpack[QueryKeyOptions]
+    ) -> QueryKeyEmbeddingsResult:
+        """Query-key embeddings; see `Client.query_key_embeddings` for the arguments."""
+        request = query_key_request(inputs, **options)  # checks the options
+        return await self._assembled(self._stub.StreamQueryKeyEmbeddings, request, timeout, QueryKeyAssembler)
 
     def stream_patch(
         self,

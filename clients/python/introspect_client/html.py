@@ -22,6 +22,9 @@ What each result becomes:
   value and its standard error on hover.
 - logit lens: a layer x position grid of the tracked token's probability, the top token
   in each cell and the top-k on hover.
+- query-key embeddings: an SVG scatter of one (layer, head)'s joint projection (choose
+  it), queries and keys coloured apart, later positions more opaque; hover a point for
+  its token, input, position and whether it is a query or a key.
 
 Numbers in the page keep 4 significant digits of each array's largest magnitude (the
 attention probabilities 4 decimals); every shown value is in the DOM as data-value.
@@ -47,6 +50,7 @@ from .image_inputs import ImageLike
 from .image_layout import ImageLayout
 from .logit_lens import LogitLensResult
 from .patching_results import HEAD_POINTS, POSITION_POINTS, PairPatching, PatchingResult
+from .query_key import QueryKeyEmbeddingsResult
 from .results import AttentionResult, InputAttention
 from .saliency import SaliencyResult
 from .shapley import ShapleyHeadsResult
@@ -57,7 +61,7 @@ LARGE_PAGE_BYTES = 20_000_000
 """Pages larger than this warn (a long input's attention over many layers and heads)."""
 
 Result = (AttentionResult | InputAttention | SaliencyResult | AblationResult | PatchingResult | LogitLensResult
-          | ShapleyHeadsResult)
+          | ShapleyHeadsResult | QueryKeyEmbeddingsResult)
 
 
 def _rounded(values: Any, digits: int = 4, decimals: int | None = None) -> Any:
@@ -239,6 +243,19 @@ def _shapley_sections(result: ShapleyHeadsResult) -> list[dict[str, Any]]:
                   [f"H{head}" for head in range(result.num_heads)], label="Shapley value", tips=tips)]
 
 
+def _query_key_sections(result: QueryKeyEmbeddingsResult) -> list[dict[str, Any]]:
+    count = result.num_tokens
+    lengths = {index: result.input_indices.count(index) for index in set(result.input_indices)}
+    shades = [round(0.25 + 0.75 * (position + 1) / lengths[index], 3)
+              for index, position in zip(result.input_indices, result.positions)]
+    return [{
+        "type": "scatter", "title": f"{result.model}: query-key embeddings ({count} tokens, queries and keys)",
+        "tokens": result.tokens, "inputs": result.input_indices, "positions": result.positions, "shades": shades,
+        "panels": [{"title": f"layer {item.layer}, head {item.head} (key head {item.key_head}), {item.projection}",
+                    "points": _rounded(item.coordinates)} for item in result.projections],
+    }]
+
+
 def sections_of(result: Result, *, image: ImageLike | None = None, index: int = 0) -> list[dict[str, Any]]:
     """The page's sections (the JSON the page renders) for a result."""
     if isinstance(result, AttentionResult):
@@ -255,6 +272,8 @@ def sections_of(result: Result, *, image: ImageLike | None = None, index: int = 
         return _lens_sections(result)
     if isinstance(result, ShapleyHeadsResult):
         return _shapley_sections(result)
+    if isinstance(result, QueryKeyEmbeddingsResult):
+        return _query_key_sections(result)
     raise TypeError(f"no HTML view of {type(result).__name__}")
 
 
@@ -270,7 +289,7 @@ def _script_json(document: Any) -> str:
 
 def to_html(result: Result, *, title: str | None = None, image: ImageLike | None = None, index: int = 0) -> str:
     """One self-contained HTML page showing `result` (attention, saliency, ablation,
-    patching or logit lens). `image` is the image that was sent, drawn under image maps
+    patching, logit lens or query-key embeddings). `image` is the image that was sent, drawn under image maps
     (None: the maps alone); `index` picks the input of a multi-input attention result."""
     model = getattr(result, "model", "")
     heading = title or (f"introspect: {model}" if model else "introspect")
@@ -688,6 +707,57 @@ _SCRIPT = r"""
     });
   }
 
+  // ---- query-key embeddings: an SVG scatter per (layer, head) -----------------------
+  function scatterView(spec) {
+    const node = section(spec, "scatter");
+    const svgNs = "http://www.w3.org/2000/svg";
+    const controls = el("div", {"class": "controls"});
+    const select = el("select", {"class": "panel-select"});
+    spec.panels.forEach((panel, index) => select.appendChild(el("option", {value: String(index)}, panel.title)));
+    controls.appendChild(el("label", {}, "Layer and head ")).appendChild(select);
+    controls.appendChild(el("span", {}, "\u25cf query")).style.color = "#1b9e77";
+    controls.appendChild(el("span", {}, "\u25b2 key")).style.color = "#d95f02";
+    node.appendChild(controls);
+    const info = el("div", {"class": "info scatter-info"}, "hover a point for its token");
+    node.appendChild(info);
+    const size = 480, margin = 12;
+    const svg = document.createElementNS(svgNs, "svg");
+    svg.setAttribute("width", String(size)); svg.setAttribute("height", String(size));
+    svg.setAttribute("class", "scatter-plot");
+    svg.style.border = "1px solid #ccc";
+    node.appendChild(svg);
+    const count = spec.tokens.length;
+    function render() {
+      svg.textContent = "";
+      const points = spec.panels[Number(select.value)].points;
+      let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+      for (const [x, y] of points) { minX = Math.min(minX, x); maxX = Math.max(maxX, x); minY = Math.min(minY, y); maxY = Math.max(maxY, y); }
+      const span = Math.max(maxX - minX, maxY - minY) || 1;
+      const place = (value, low) => margin + (value - low) / span * (size - 2 * margin);
+      points.forEach(([x, y], index) => {
+        const isKey = index >= count, token = index % count;
+        const cx = place(x, minX), cy = size - place(y, minY);
+        const mark = isKey ? document.createElementNS(svgNs, "path") : document.createElementNS(svgNs, "circle");
+        if (isKey) mark.setAttribute("d", "M" + cx + " " + (cy - 4) + "L" + (cx + 4) + " " + (cy + 3) + "L" + (cx - 4) + " " + (cy + 3) + "Z");
+        else { mark.setAttribute("cx", String(cx)); mark.setAttribute("cy", String(cy)); mark.setAttribute("r", "3.5"); }
+        mark.setAttribute("fill", isKey ? "#d95f02" : "#1b9e77");
+        mark.setAttribute("fill-opacity", String(spec.shades[token]));
+        mark.setAttribute("data-index", String(index));
+        mark.setAttribute("data-kind", isKey ? "key" : "query");
+        const text = (isKey ? "key" : "query") + " \u201c" + spec.tokens[token] + "\u201d input " + spec.inputs[token] +
+          " position " + spec.positions[token];
+        const title = document.createElementNS(svgNs, "title");
+        title.textContent = text;
+        mark.appendChild(title);
+        mark.addEventListener("mouseenter", () => setInfo(info, text + "  (" + fmt(x) + ", " + fmt(y) + ")",
+                                                          {index: index, kind: isKey ? "key" : "query"}));
+        svg.appendChild(mark);
+      });
+    }
+    select.addEventListener("change", render);
+    render();
+  }
+
   function factsView(spec) {
     const node = section(spec, "facts");
     const list = el("ul", {"class": "facts"});
@@ -695,7 +765,8 @@ _SCRIPT = r"""
     node.appendChild(list);
   }
 
-  const views = {attention: attentionView, tokens: tokensView, grid: gridView, overlay: overlayView, facts: factsView};
+  const views = {attention: attentionView, tokens: tokensView, grid: gridView, overlay: overlayView, facts: factsView,
+                 scatter: scatterView};
   for (const spec of data.sections) views[spec.type](spec);
   document.body.setAttribute("data-ready", "true");
 })();

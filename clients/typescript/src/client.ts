@@ -175,6 +175,10 @@ export class IntrospectClient {
   streamShapleyHeads(...args: Parameters<IntrospectClient["rpc"]["streamShapleyHeads"]>) {
     return this.rpc.streamShapleyHeads(...args);
   }
+  /** The raw StreamQueryKeyEmbeddings messages: a header, the points' labels, then each (layer, head)'s projection. */
+  streamQueryKeyEmbeddings(...args: Parameters<IntrospectClient["rpc"]["streamQueryKeyEmbeddings"]>) {
+    return this.rpc.streamQueryKeyEmbeddings(...args);
+  }
 
   /** Attention maps of one input or a batch, assembled into one Float32Array per (input, layer). */
   async attention(request: MessageInitShape<typeof StreamAttentionRequestSchema>, options?: CallOptions): Promise<AttentionResult> {

@@ -93,6 +93,7 @@ PATCHING_METHOD = names_of(pb.PatchingMethod.DESCRIPTOR)
 PATCH_DIRECTION = names_of(pb.PatchDirection.DESCRIPTOR)
 PATCH_POINT = names_of(pb.PatchPoint.DESCRIPTOR)
 PATCHING_METRIC = names_of(pb.PatchingMetric.DESCRIPTOR)
+PROJECTION_METHOD = names_of(pb.ProjectionMethod.DESCRIPTOR)
 
 TARGET_KINDS: tuple[str, ...] = tuple(field.name for field in pb.Target.DESCRIPTOR.oneofs_by_name["kind"].fields)
 """Names of the Target oneof cases ("next_token", ..., "embedding_norm")."""

@@ -131,6 +131,13 @@ class PatchingMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PATCHING_METRIC_UNSPECIFIED: _ClassVar[PatchingMetric]
     PATCHING_METRIC_TARGET: _ClassVar[PatchingMetric]
     PATCHING_METRIC_KL_DIVERGENCE: _ClassVar[PatchingMetric]
+
+class ProjectionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROJECTION_METHOD_UNSPECIFIED: _ClassVar[ProjectionMethod]
+    PROJECTION_METHOD_PCA: _ClassVar[ProjectionMethod]
+    PROJECTION_METHOD_UMAP: _ClassVar[ProjectionMethod]
+    PROJECTION_METHOD_TSNE: _ClassVar[ProjectionMethod]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_FLOAT32: Dtype
 DTYPE_FLOAT16: Dtype
@@ -211,6 +218,10 @@ PATCH_POINT_HEAD_POSITION: PatchPoint
 PATCHING_METRIC_UNSPECIFIED: PatchingMetric
 PATCHING_METRIC_TARGET: PatchingMetric
 PATCHING_METRIC_KL_DIVERGENCE: PatchingMetric
+PROJECTION_METHOD_UNSPECIFIED: ProjectionMethod
+PROJECTION_METHOD_PCA: ProjectionMethod
+PROJECTION_METHOD_UMAP: ProjectionMethod
+PROJECTION_METHOD_TSNE: ProjectionMethod
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -993,3 +1004,81 @@ class StreamShapleyHeadsResponse(_message.Message):
     estimate: ShapleyEstimate
     final: ShapleyFinal
     def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., baseline: _Optional[_Union[ShapleyBaseline, _Mapping]] = ..., estimate: _Optional[_Union[ShapleyEstimate, _Mapping]] = ..., final: _Optional[_Union[ShapleyFinal, _Mapping]] = ...) -> None: ...
+
+class StreamQueryKeyEmbeddingsRequest(_message.Message):
+    __slots__ = ("model", "inputs", "layers", "heads", "projection", "include_vectors", "truncate", "cache")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    projection: ProjectionMethod
+    include_vectors: bool
+    truncate: bool
+    cache: CachePolicy
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., projection: _Optional[_Union[ProjectionMethod, str]] = ..., include_vectors: _Optional[bool] = ..., truncate: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ...) -> None: ...
+
+class QueryKeyPoints(_message.Message):
+    __slots__ = ("input_indices", "positions", "tokens")
+    INPUT_INDICES_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_indices: _containers.RepeatedScalarFieldContainer[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, input_indices: _Optional[_Iterable[int]] = ..., positions: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryKeyProjection(_message.Message):
+    __slots__ = ("layer", "head", "key_head", "projection", "coordinates", "explained_variance_ratio", "query_mean_norm", "key_mean_norm", "scale")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    KEY_HEAD_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    COORDINATES_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_VARIANCE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    QUERY_MEAN_NORM_FIELD_NUMBER: _ClassVar[int]
+    KEY_MEAN_NORM_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    head: int
+    key_head: int
+    projection: ProjectionMethod
+    coordinates: Tensor
+    explained_variance_ratio: _containers.RepeatedScalarFieldContainer[float]
+    query_mean_norm: float
+    key_mean_norm: float
+    scale: float
+    def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ..., key_head: _Optional[int] = ..., projection: _Optional[_Union[ProjectionMethod, str]] = ..., coordinates: _Optional[_Union[Tensor, _Mapping]] = ..., explained_variance_ratio: _Optional[_Iterable[float]] = ..., query_mean_norm: _Optional[float] = ..., key_mean_norm: _Optional[float] = ..., scale: _Optional[float] = ...) -> None: ...
+
+class QueryKeyVectors(_message.Message):
+    __slots__ = ("layer", "head", "point_start", "point_end", "vectors")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    POINT_START_FIELD_NUMBER: _ClassVar[int]
+    POINT_END_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    head: int
+    point_start: int
+    point_end: int
+    vectors: Tensor
+    def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ..., point_start: _Optional[int] = ..., point_end: _Optional[int] = ..., vectors: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StreamQueryKeyEmbeddingsResponse(_message.Message):
+    __slots__ = ("header", "points", "projection", "vectors")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    points: QueryKeyPoints
+    projection: QueryKeyProjection
+    vectors: QueryKeyVectors
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., points: _Optional[_Union[QueryKeyPoints, _Mapping]] = ..., projection: _Optional[_Union[QueryKeyProjection, _Mapping]] = ..., vectors: _Optional[_Union[QueryKeyVectors, _Mapping]] = ...) -> None: ...

@@ -83,6 +83,11 @@ class IntrospectionStub:
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsRequest.SerializeToString,
                 response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsResponse.FromString,
                 _registered_method=True)
+        self.StreamQueryKeyEmbeddings = channel.unary_stream(
+                '/introspect.v1.Introspection/StreamQueryKeyEmbeddings',
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsResponse.FromString,
+                _registered_method=True)
 
 
 class IntrospectionServicer:
@@ -161,6 +166,15 @@ class IntrospectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamQueryKeyEmbeddings(self, request, context):
+        """Query-key embeddings (AttentionViz, Yeh et al. 2023): the post-rotary query and key
+        vectors of every token of the inputs, per chosen layer and head, normalised as
+        AttentionViz does and projected jointly to 2-D on the server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +222,11 @@ def add_IntrospectionServicer_to_server(servicer, server):
                     servicer.StreamShapleyHeads,
                     request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsRequest.FromString,
                     response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsResponse.SerializeToString,
+            ),
+            'StreamQueryKeyEmbeddings': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamQueryKeyEmbeddings,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -457,6 +476,33 @@ class Introspection:
             '/introspect.v1.Introspection/StreamShapleyHeads',
             introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsRequest.SerializeToString,
             introspect_dot_v1_dot_introspect__pb2.StreamShapleyHeadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamQueryKeyEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/introspect.v1.Introspection/StreamQueryKeyEmbeddings',
+            introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ from introspect_contract.enums import ATTENTION_VIEW, SALIENCY_METHOD, names_of
 from introspect_contract.tensors import encode_storage
 
 from ..models import ModelDescription
-from ..results import AttentionLayerResult, ImageLayout, SaliencyResult, StreamStart, WireArray
+from ..results import AttentionLayerResult, ImageLayout, QueryKeyVectorsResult, SaliencyResult, StreamStart, WireArray
 from .splice import Spliced, with_tensors
 
 # Room for a chunk's fields other than tensor bytes (indices, head lists, framing).
@@ -195,6 +195,18 @@ def saliency_chunks(result: SaliencyResult, max_message_bytes: int) -> Iterator[
         yield chunk
 
 
+def query_key_vector_chunks(result: QueryKeyVectorsResult, max_message_bytes: int) -> Iterator[Spliced]:
+    """Splits one head's normalised vectors [points, head_dim] into QueryKeyVectors of
+    consecutive points under `max_message_bytes`."""
+    values = result.vectors.values
+    count = values.shape[0]
+    rows_per_chunk = max(chunk_budget(max_message_bytes) // max(_row_bytes(result.vectors), 1), 1)
+    for start in range(0, max(count, 1), rows_per_chunk):
+        end = min(start + rows_per_chunk, count)
+        chunk = pb.QueryKeyVectors(layer=result.layer, head=result.head, point_start=start, point_end=end)
+        yield with_tensors(chunk, {"vectors": (values[start:end], result.vectors.dtype)})
+
+
 PayloadEncoder = Callable[[Any, int], Iterable[Message | Spliced]]
 """(result, max message bytes) -> the payloads of the response messages that carry it."""
 
@@ -227,7 +239,8 @@ class StreamEncoding:
         raise TypeError(f"unexpected result {type(result).__name__}")  # pragma: no cover - not this RPC's kind
 
 
-CHUNKERS: Mapping[type, PayloadEncoder] = {AttentionLayerResult: attention_chunks, SaliencyResult: saliency_chunks}
+CHUNKERS: Mapping[type, PayloadEncoder] = {AttentionLayerResult: attention_chunks, SaliencyResult: saliency_chunks,
+                                           QueryKeyVectorsResult: query_key_vector_chunks}
 """Result types that can outgrow one message, and their chunkers; every other result
 type is one message, encoded by field name."""
 
