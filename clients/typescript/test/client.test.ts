@@ -60,7 +60,7 @@ const RPCS: { name: string; rpc: string; schema: DescMessage; request: JsonObjec
     request: { model: "gpt2", input: { text: { text: "The cat sat on the" } }, target: { nextToken: {} },
       heads: [{ layer: 0, head: 1 }, { layer: 1, head: 2 }, { layer: 2, head: 0 }] } },
   { name: "query_key", rpc: "StreamQueryKeyEmbeddings", schema: pb.StreamQueryKeyEmbeddingsRequestSchema,
-    request: { model: "gpt2", inputs: [text(SHORT), { text: { text: "The cat sat on the" } }], layers: [1], heads: [0, 2], includeVectors: true } },
+    request: { model: "gpt2", inputs: [{ text: { text: SHORT } }, { text: { text: "The cat sat on the" } }], layers: [1], heads: [0, 2], includeVectors: true } },
 ];
 
 /** An AttentionResult as the plain JSON test/reference.py makes of the Python client's. */
