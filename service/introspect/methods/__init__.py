@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from . import attention, head_ablation, logit_lens, patching, saliency
+from . import attention, head_ablation, head_statistics, logit_lens, patching, saliency
 from . import knockout, logit_attribution, patching_activation, patching_attribution  # register the circuit techniques
 from .registry import Method
 
 METHODS: tuple[Method, ...] = (attention.METHOD, saliency.METHOD, head_ablation.METHOD, logit_lens.METHOD,
-                              patching.METHOD)
+                              patching.METHOD, head_statistics.METHOD)
 """Every method the server serves, one per streaming RPC."""
 _BY_QUERY_TYPE = MappingProxyType({method.query_type: method for method in METHODS})
 

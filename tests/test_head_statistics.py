@@ -1,0 +1,187 @@
+"""StreamHeadStatistics through the session server and the real client, against direct
+computations: every statistic recomputed with numpy from transformers' eager attention
+(`output_attentions=True`) and `output_hidden_states`, one input at a time (the server
+pads them into batches); induction from the repeated sequences the header reports;
+retrieval from a direct greedy loop with eager attention. On these random-weight models
+the values mean nothing: only the computation is checked."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import reference_model, reference_tokenizer
+from introspect_client import Client, IntrospectError
+
+TOLERANCE = 2e-5
+TEXTS = ["The cat sat on the mat, then slept.", "Hello world!", "A dog; a cat: two pets (maybe three)."]
+ATTENTION = ("entropy", "first_token", "special_tokens", "delimiters", "mean_distance", "previous_token", "same_token")
+
+
+def punctuation(token: str) -> bool:
+    text = token.removeprefix("##").replace("Ġ", "").replace("▁", "").strip()
+    return bool(text) and all(unicodedata.category(character).startswith("P") for character in text)
+
+
+def direct_statistics(model_dirs: dict[str, Path], name: str, ids: list[int], tokens: list[str]) -> dict[str, np.ndarray]:
+    """Every statistic of one input from eager attention maps, with numpy."""
+    model = reference_model(model_dirs, name)
+    special_ids = set(reference_tokenizer(model_dirs, name).all_special_ids)
+    with torch.no_grad():
+        output = model(torch.tensor([ids]), output_attentions=True, output_hidden_states=True,
+                       **({"use_cache": False} if name in ("gpt2", "llama") else {}))
+    maps = np.stack([layer[0].double().numpy() for layer in output.attentions])  # [layers, heads, q, k]
+    n = len(ids)
+    special = np.array([token in special_ids for token in ids])
+    delimiters = special | np.array([punctuation(token) for token in tokens])
+    distance = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(maps > 0, maps * np.log(maps), 0.0).sum(-1).mean(-1)
+    result = {
+        "entropy": entropy,
+        "first_token": maps[..., 0].mean(-1),
+        "special_tokens": maps[..., special].sum(-1).mean(-1),
+        "delimiters": maps[..., delimiters].sum(-1).mean(-1),
+        "mean_distance": (maps * distance).sum(-1).mean(-1),
+        "previous_token": np.stack([[np.mean([head[q, q - 1] for q in range(1, n)]) for head in layer] for layer in maps]),
+        "same_token": np.stack([[np.mean([head[q, q] for q in range(n)]) for head in layer] for layer in maps]),
+    }
+    if name not in ("gpt2", "llama"):  # BERT's hidden states are its blocks' outputs (GPT-2's last one is normed)
+        norms = np.stack([state[0].norm(dim=-1).numpy() for state in output.hidden_states[1:]])  # [layers, tokens]
+        result["hidden_norms"] = norms
+        result["hidden_norm"] = np.stack([norms[:, 0], norms[:, 1:].mean(1), norms[:, 1:].max(1)], axis=1)
+    return result
+
+
+@pytest.mark.parametrize("name", ["minilm", "gpt2", "llama"])
+def test_statistics_over_several_inputs_equal_numpy_on_eager_attention(
+    client: Client, model_dirs: dict[str, Path], name: str
+) -> None:
+    stats = client.head_statistics(TEXTS, model=name)
+    assert [item.input_index for item in stats.per_input] == [0, 1, 2]
+    references = [direct_statistics(model_dirs, name, item["token_ids"], item["tokens"]) for item in stats.inputs]
+    layers, heads = references[0]["entropy"].shape
+    assert stats.layers == list(range(layers)) and stats.heads == list(range(heads))
+    assert list(stats.mean) == [*ATTENTION, "hidden_norm"]
+    for statistic in ATTENTION:
+        every = np.stack([reference[statistic] for reference in references])
+        for item, reference in zip(stats.per_input, references):
+            np.testing.assert_allclose(item.values[statistic], reference[statistic], atol=TOLERANCE, rtol=0,
+                                       err_msg=statistic)
+        np.testing.assert_allclose(stats.mean[statistic], every.mean(0), atol=TOLERANCE, rtol=0, err_msg=statistic)
+        np.testing.assert_allclose(stats.std[statistic], every.std(0), atol=TOLERANCE, rtol=0, err_msg=statistic)
+        assert stats.counts[statistic] == len(TEXTS)
+    if "hidden_norm" in references[0]:
+        for item, reference in zip(stats.per_input, references):
+            np.testing.assert_allclose(item.hidden_norms, reference["hidden_norms"], rtol=1e-5, atol=1e-4)
+        every = np.stack([reference["hidden_norm"] for reference in references])
+        np.testing.assert_allclose(stats.mean["hidden_norm"], every.mean(0), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(stats.std["hidden_norm"], every.std(0), rtol=1e-5, atol=1e-4)
+    assert stats.mean["hidden_norm"].shape == (layers, 3)
+    roles = stats.roles()
+    assert len(roles) == layers and all(role in ATTENTION for row in roles for role in row)
+
+
+def test_streamed_aggregates_grow_input_by_input(client: Client) -> None:
+    messages = list(client.stream_head_statistics(TEXTS * 2, model="gpt2", statistics=["entropy"], layers=[1],
+                                                  heads=[0, 3]))
+    kinds = [message.WhichOneof("payload") for message in messages]
+    assert kinds[0] == "header" and kinds.count("input") == 6 and kinds[-1] == "aggregate"
+    done = [message.aggregate.inputs_done for message in messages if message.WhichOneof("payload") == "aggregate"]
+    assert done == sorted(done) and done[-1] == 6
+    final = messages[-1].aggregate.values[0]
+    assert list(final.layers) == [1] and list(final.heads) == [0, 3] and final.count == 6
+
+
+def test_induction_equals_the_direct_loop_on_the_reported_sequences(client: Client, model_dirs: dict[str, Path]) -> None:
+    stats = client.head_statistics(None, model="llama", statistics=["induction"], induction_length=7,
+                                   induction_samples=3, induction_seed=5)
+    again = client.head_statistics(None, model="llama", statistics="induction", induction_length=7,
+                                   induction_samples=3, induction_seed=5, cache="bypass")
+    assert [item["token_ids"] for item in again.inputs] == [item["token_ids"] for item in stats.inputs]
+    model = reference_model(model_dirs, "llama")
+    scores = []
+    for item in stats.inputs:
+        ids = item["token_ids"]
+        assert len(ids) == 14 and ids[:7] == ids[7:]
+        with torch.no_grad():
+            maps = model(torch.tensor([ids]), output_attentions=True, use_cache=False).attentions
+        scores.append([[np.mean([float(layer[0, head, 7 + t, t + 1]) for t in range(7)]) for head in range(4)]
+                       for layer in maps])
+    scores = np.array(scores)
+    np.testing.assert_allclose(stats.mean["induction"], scores.mean(0), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(stats.std["induction"], scores.std(0), atol=TOLERANCE, rtol=0)
+    assert stats.counts == {"induction": 3}
+
+
+def greedy(model: torch.nn.Module, ids: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy continuation and, per step, the last row's attention [layers, heads, keys]."""
+    ids = list(ids)
+    rows = []
+    for _ in range(steps):
+        with torch.no_grad():
+            output = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
+        rows.append(np.stack([layer[0, :, -1].numpy() for layer in output.attentions]))
+        ids.append(int(output.logits[0, -1].argmax()))
+    return ids[-steps:], rows
+
+
+def test_retrieval_equals_a_direct_greedy_loop(client: Client, model_dirs: dict[str, Path]) -> None:
+    model = reference_model(model_dirs, "gpt2")
+    start = [1000, 1001] + [2000 + 37 * index for index in range(6)]
+    continuation, _ = greedy(model, start, 6)
+    prompt = start + continuation  # the needle holds what the model likes to generate
+    needle = (2, len(prompt) - 1)
+    steps = 6
+    generated, rows = greedy(model, prompt, steps)
+    copies = np.zeros(rows[0].shape[:2])
+    needle_tokens = set(prompt[needle[0]:needle[1]])
+    for token, row in zip(generated, rows):
+        if token in needle_tokens:
+            top = row.argmax(-1)  # [layers, heads]
+            copies += np.vectorize(lambda key: needle[0] <= key < needle[1] and prompt[key] == token)(top)
+    expected = copies / (needle[1] - needle[0])
+    stats = client.head_statistics([prompt], model="gpt2", statistics=["retrieval", "first_token"],
+                                   retrieval_steps=steps, needle_start=needle[0], needle_end=-1)
+    assert stats.per_input[0].generated_token_ids == generated and len(stats.per_input[0].generated_tokens) == steps
+    assert any(token in needle_tokens for token in generated)
+    np.testing.assert_allclose(stats.mean["retrieval"], expected, atol=0, rtol=1e-6)
+    assert expected.max() > 0  # some head copied
+    assert list(stats.per_input[0].values) == ["retrieval", "first_token"]
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "options", "field", "fragment"),
+    [
+        ("minilm", None, {"statistics": ["induction"]}, "statistics", "needs a causal model"),
+        ("minilm", TEXTS, {"statistics": ["retrieval"]}, "statistics", "needs a causal model"),
+        ("classifier", TEXTS, {"statistics": ["entropy", "induction"]}, "statistics", "needs a causal model"),
+        ("gpt2", None, {}, "inputs", "at least one input"),
+        ("gpt2", TEXTS, {"statistics": ["induction"]}, "inputs", "send no inputs"),
+        ("gpt2", TEXTS, {"layers": [3]}, "layers", "out of range"),
+        ("gpt2", TEXTS, {"heads": [4]}, "heads", "out of range"),
+        ("gpt2", None, {"statistics": ["induction"], "induction_length": 1}, "induction_length", "must be in"),
+        ("gpt2", None, {"statistics": ["induction"], "induction_samples": 65}, "induction_samples", "must be in"),
+        ("gpt2", TEXTS, {"statistics": ["retrieval"], "retrieval_steps": 65}, "retrieval_steps", "must be in"),
+        ("gpt2", TEXTS, {"statistics": ["retrieval"], "needle_start": 99}, "needle_start", "outside a prompt"),
+        ("gpt2", TEXTS, {"statistics": ["retrieval"], "needle_start": 2, "needle_end": 1}, "needle_end", "must end"),
+    ],
+)
+def test_invalid_requests_name_the_field(client: Client, model: str, inputs: object, options: dict[str, object],
+                                         field: str, fragment: str) -> None:
+    with pytest.raises(IntrospectError) as raised:
+        client.head_statistics(inputs, model=model, **options)  # type: ignore[arg-type]
+    assert raised.value.code.name == "INVALID_ARGUMENT"
+    assert [violation for violation, _ in raised.value.field_violations] == [field]
+    assert fragment in raised.value.message
+
+
+def test_more_inputs_than_the_server_takes_is_refused_naming_inputs(client: Client) -> None:
+    with pytest.raises(IntrospectError) as raised:
+        client.head_statistics(["a"] * 65, model="gpt2")
+    assert raised.value.code.name == "RESOURCE_EXHAUSTED"
+    assert [violation for violation, _ in raised.value.field_violations] == ["inputs"]
+    assert "--max-inputs" in raised.value.message
