@@ -185,3 +185,26 @@ def test_more_inputs_than_the_server_takes_is_refused_naming_inputs(client: Clie
     assert raised.value.code.name == "RESOURCE_EXHAUSTED"
     assert [violation for violation, _ in raised.value.field_violations] == ["inputs"]
     assert "--max-inputs" in raised.value.message
+
+
+def test_cli_heads_json_equals_the_client_and_png_draws_every_statistic(
+    client: Client, address: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+
+    from introspect_client.cli import main
+
+    expected = client.head_statistics(TEXTS[:2], model="gpt2", statistics=["previous_token", "first_token"])
+    arguments = ["heads", "--server", address, "--model", "gpt2", "--text", TEXTS[0], "--text", TEXTS[1],
+                 "--statistic", "previous_token", "--statistic", "first_token"]
+    assert main([*arguments, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["mean"]["previous_token"] == expected.mean["previous_token"].tolist()
+    assert document["roles"] == expected.roles() and document["counts"] == {"previous_token": 2, "first_token": 2}
+    png = tmp_path / "heads.png"
+    assert main([*arguments, "--png", str(png)]) == 0
+    assert png.read_bytes().startswith(b"\x89PNG") and f"wrote {png}" in capsys.readouterr().out
+    assert main(arguments) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[0] == "layer" and len(table) == 2 + len(expected.layers)
+    assert set(" ".join(table[2:]).split()) <= {"prev", "sink", *map(str, expected.layers)}

@@ -54,6 +54,8 @@ CALLS: dict[str, Start] = {
     "importance": lambda c, t: c.stream_ablation(TEXT, mode="importance", timeout=t, **NORM),
     "logit_lens": lambda c, t: c.stream_logit_lens(TEXT, model="gpt2", truncate=True, timeout=t),
     "image_ig_4096": lambda c, t: image_integrated_gradients(c, t),
+    "head_statistics": lambda c, t: c.stream_head_statistics([TEXT, f"1 {TEXT}", f"2 {TEXT}"] * 4, truncate=True,
+                                                             timeout=t),
     "patching_head_position": lambda c, t: c.stream_patch(
         PATCH_CLEAN, PATCH_CORRUPTED, points=["head_position"], timeout=t, target=targets.embedding_norm()),
 }
