@@ -61,7 +61,8 @@ def test_statistics_over_several_inputs_equal_numpy_on_eager_attention(
     client: Client, model_dirs: dict[str, Path], name: str
 ) -> None:
     stats = client.head_statistics(TEXTS, model=name)
-    assert [item.input_index for item in stats.per_input] == [0, 1, 2]
+    assert sorted(item.input_index for item in stats.per_input) == [0, 1, 2]  # shortest first
+    stats.per_input.sort(key=lambda item: item.input_index)
     references = [direct_statistics(model_dirs, name, item["token_ids"], item["tokens"]) for item in stats.inputs]
     layers, heads = references[0]["entropy"].shape
     assert stats.layers == list(range(layers)) and stats.heads == list(range(heads))
@@ -208,3 +209,25 @@ def test_cli_heads_json_equals_the_client_and_png_draws_every_statistic(
     table = capsys.readouterr().out.splitlines()
     assert table[1].split()[0] == "layer" and len(table) == 2 + len(expected.layers)
     assert set(" ".join(table[2:]).split()) <= {"prev", "sink", *map(str, expected.layers)}
+
+
+def test_image_statistics_measure_distance_in_pixels_and_count_cls_as_special(vision_client,  # type: ignore[no-untyped-def]
+                                                                             vision_dirs: dict[str, Path]) -> None:
+    import vision
+    from conftest import reference_pixel_values, reference_vision_model
+    from introspect_client.image_inputs import make_image_input
+
+    image = vision.draw_image(5, size=(60, 40))  # a 4 x 6 patch grid of 8 pixels after [CLS]
+    stats = vision_client.head_statistics([make_image_input(image)], model="vit-classifier",
+                                          statistics=["mean_distance", "special_tokens", "previous_token"])
+    with torch.no_grad():
+        maps = reference_vision_model(vision_dirs, "vit-classifier")(
+            pixel_values=reference_pixel_values(vision_dirs, "vit-classifier", image), output_attentions=True).attentions
+    maps = np.stack([layer[0].double().numpy() for layer in maps])  # [layers, heads, 25, 25]
+    centres = np.array([((r + 0.5) * 8, (c + 0.5) * 8) for r in range(4) for c in range(6)])
+    distance = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
+    expected = (maps[:, :, 1:, 1:] * distance).sum(-1).mean(-1)
+    np.testing.assert_allclose(stats.mean["mean_distance"], expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(stats.mean["special_tokens"], maps[..., 0].mean(-1), atol=TOLERANCE, rtol=0)
+    previous = np.diagonal(maps, offset=-1, axis1=2, axis2=3).mean(-1)
+    np.testing.assert_allclose(stats.mean["previous_token"], previous, atol=TOLERANCE, rtol=0)

@@ -302,6 +302,46 @@ def _head_values(name: str, maps: torch.Tensor, item: EncodedInput, masks: dict[
     raise AssertionError(name)
 
 
+def _batch_values(names: tuple[str, ...], maps: torch.Tensor, lengths: torch.Tensor,
+                  key_masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every statistic [rows, heads] of a padded batch of text inputs' maps [rows, heads,
+    width, width] at once (the same values as `_head_values` row by row): per query row,
+    then the mean over each row's real query tokens. `lengths` [rows]; `key_masks` name
+    -> [rows, width]."""
+    width = maps.shape[-1]
+    positions = torch.arange(width, device=maps.device)
+    real = (positions[None, :] < lengths[:, None])[:, None, :]  # [rows, 1, queries]
+
+    def mean_over_queries(per_query: torch.Tensor, valid: torch.Tensor = real, count: torch.Tensor | None = None
+                          ) -> torch.Tensor:
+        total = torch.where(valid, per_query, 0.0).sum(dim=-1)
+        return total / (lengths if count is None else count).to(total.dtype)[:, None]
+
+    values = {}
+    for name in names:
+        if name == "entropy":
+            values[name] = mean_over_queries(torch.special.entr(maps).sum(dim=-1))
+        elif name == "first_token":
+            values[name] = mean_over_queries(maps[..., 0])
+        elif name in ("special_tokens", "delimiters"):
+            values[name] = mean_over_queries(torch.where(key_masks[name][:, None, None, :], maps, 0.0).sum(dim=-1))
+        elif name == "mean_distance":
+            distances = (positions[:, None] - positions[None, :]).abs().to(maps.dtype)
+            values[name] = mean_over_queries((maps * distances).sum(dim=-1))
+        elif name == "previous_token":
+            previous = maps.diagonal(offset=-1, dim1=2, dim2=3)  # [rows, heads, width - 1]: queries 1..width-1
+            mean = mean_over_queries(previous, real[..., 1:], (lengths - 1).clamp(min=1))
+            values[name] = torch.where((lengths > 1)[:, None], mean, 0.0)
+        elif name == "same_token":
+            values[name] = mean_over_queries(maps.diagonal(dim1=2, dim2=3))
+        elif name == INDUCTION:  # repeated sequences of one length: no padding
+            half = width // 2
+            values[name] = maps.diagonal(offset=1 - half, dim1=2, dim2=3)[..., 1:].mean(dim=-1)
+        else:
+            raise AssertionError(name)
+    return values
+
+
 def _masks(model: LoadedModel, item: EncodedInput) -> dict[str, torch.Tensor]:
     """Key masks [tokens] of an input's special tokens and delimiters."""
     if item.image is not None:
@@ -341,10 +381,11 @@ def footprint(description: ModelDescription, count: int, width: int) -> Footprin
 
 def _statistics_forward(work: _Work, items: Sequence[tuple[int, EncodedInput]], names: tuple[str, ...],
                         hidden: bool) -> None:
-    """Runs the inputs `items` ((header index, encoded)) in padded batches, reading each
-    layer's probabilities (and residual stream), and emits each input's values, then the
-    running statistics after each batch."""
+    """Runs the inputs `items` ((header index, encoded)) in padded batches of inputs of
+    similar lengths (shortest first), reading each layer's probabilities (and residual
+    stream), and emits each input's values, then the running statistics after each batch."""
     model, options = work.model, work.options
+    items = sorted(items, key=lambda numbered: numbered[1].length)  # batches of similar lengths: less padding
     width = max(item.length for _, item in items)
     batch_size = model.budget.fit(footprint(model.description, len(items), width))
     batch_size = max(1, min(batch_size, model.budget.batch_tokens // width))
@@ -360,13 +401,27 @@ def _statistics_forward(work: _Work, items: Sequence[tuple[int, EncodedInput]], 
         centres = [None if item.image is None else patch_centres(item.image.grid_rows, item.image.grid_columns,
                                                                  item.image.patch_height, item.image.patch_width)
                    for item in encoded]
+        batch_width = max(item.length for item in encoded)
         heads_values = {name: torch.zeros(len(chunk), len(options.layers), len(options.heads),
                                           device=model.device) for name in names}
         norms = [np.zeros((len(options.layers), item.length), dtype=np.float32) for item in encoded]
 
+        text = all(item.image is None for item in encoded)
+        lengths = torch.tensor([item.length for item in encoded], device=model.device)
+        key_masks = {name: torch.stack([torch.nn.functional.pad(mask[name], (0, batch_width - mask[name].shape[0]))
+                                        for mask in masks]) for name in ("special_tokens", "delimiters")
+                     if masks and name in masks[0]} if text else {}
+
         def on_probabilities(layer: int, probabilities: torch.Tensor) -> None:
             # probabilities: [rows, heads, tokens, tokens] float32, padded to the batch's width
             selected = probabilities.index_select(1, head_index)
+            if text:  # every row at once, padding masked
+                values = _batch_values(names, selected, lengths, key_masks)
+                for name in names:
+                    heads_values[name][:, layer_row[layer]] = values[name]
+                if layer == last_layer and not hidden:
+                    raise hooks.StopForward()
+                return
             for row, item in enumerate(encoded):
                 maps = selected[row, :, :item.length, :item.length]
                 for name in names:
