@@ -26,7 +26,8 @@ def punctuation(token: str) -> bool:
     return bool(text) and all(unicodedata.category(character).startswith("P") for character in text)
 
 
-def direct_statistics(model_dirs: dict[str, Path], name: str, ids: list[int], tokens: list[str]) -> dict[str, np.ndarray]:
+def direct_statistics(model_dirs: dict[str, Path], name: str, ids: list[int],
+                      tokens: list[str]) -> dict[str, np.ndarray]:
     """Every statistic of one input from eager attention maps, with numpy."""
     model = reference_model(model_dirs, name)
     special_ids = set(reference_tokenizer(model_dirs, name).all_special_ids)
@@ -46,7 +47,8 @@ def direct_statistics(model_dirs: dict[str, Path], name: str, ids: list[int], to
         "special_tokens": maps[..., special].sum(-1).mean(-1),
         "delimiters": maps[..., delimiters].sum(-1).mean(-1),
         "mean_distance": (maps * distance).sum(-1).mean(-1),
-        "previous_token": np.stack([[np.mean([head[q, q - 1] for q in range(1, n)]) for head in layer] for layer in maps]),
+        "previous_token": np.stack([[np.mean([head[q, q - 1] for q in range(1, n)]) for head in layer]
+                                    for layer in maps]),
         "same_token": np.stack([[np.mean([head[q, q] for q in range(n)]) for head in layer] for layer in maps]),
     }
     if name not in ("gpt2", "llama"):  # BERT's hidden states are its blocks' outputs (GPT-2's last one is normed)
@@ -97,7 +99,8 @@ def test_streamed_aggregates_grow_input_by_input(client: Client) -> None:
     assert list(final.layers) == [1] and list(final.heads) == [0, 3] and final.count == 6
 
 
-def test_induction_equals_the_direct_loop_on_the_reported_sequences(client: Client, model_dirs: dict[str, Path]) -> None:
+def test_induction_equals_the_direct_loop_on_the_reported_sequences(client: Client,
+                                                                    model_dirs: dict[str, Path]) -> None:
     stats = client.head_statistics(None, model="llama", statistics=["induction"], induction_length=7,
                                    induction_samples=3, induction_seed=5)
     again = client.head_statistics(None, model="llama", statistics="induction", induction_length=7,
@@ -221,8 +224,9 @@ def test_image_statistics_measure_distance_in_pixels_and_count_cls_as_special(vi
     stats = vision_client.head_statistics([make_image_input(image)], model="vit-classifier",
                                           statistics=["mean_distance", "special_tokens", "previous_token"])
     with torch.no_grad():
-        maps = reference_vision_model(vision_dirs, "vit-classifier")(
-            pixel_values=reference_pixel_values(vision_dirs, "vit-classifier", image), output_attentions=True).attentions
+        pixels = reference_pixel_values(vision_dirs, "vit-classifier", image)
+        model = reference_vision_model(vision_dirs, "vit-classifier")
+        maps = model(pixel_values=pixels, output_attentions=True).attentions
     maps = np.stack([layer[0].double().numpy() for layer in maps])  # [layers, heads, 25, 25]
     centres = np.array([((r + 0.5) * 8, (c + 0.5) * 8) for r in range(4) for c in range(6)])
     distance = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
@@ -231,3 +235,21 @@ def test_image_statistics_measure_distance_in_pixels_and_count_cls_as_special(vi
     np.testing.assert_allclose(stats.mean["special_tokens"], maps[..., 0].mean(-1), atol=TOLERANCE, rtol=0)
     previous = np.diagonal(maps, offset=-1, axis1=2, axis2=3).mean(-1)
     np.testing.assert_allclose(stats.mean["previous_token"], previous, atol=TOLERANCE, rtol=0)
+
+
+async def test_the_async_client_gives_the_same_statistics(client: Client, address: str) -> None:
+    from introspect_client import AsyncClient
+
+    expected = client.head_statistics(TEXTS[1:], model="gpt2", statistics=["same_token"], heads=[2])
+    async with AsyncClient(address) as async_client:
+        result = await async_client.head_statistics(TEXTS[1:], model="gpt2", statistics=["same_token"], heads=[2])
+        kinds = [message.WhichOneof("payload") async for message in
+                 async_client.stream_head_statistics(TEXTS[1:], model="gpt2", statistics=["same_token"], heads=[2])]
+    np.testing.assert_array_equal(result.mean["same_token"], expected.mean["same_token"])
+    assert result.heads == [2] and kinds[0] == "header" and kinds[-1] == "aggregate"
+
+
+def test_the_readme_needle_example_runs(client: Client) -> None:
+    needle = client.head_statistics(["... The secret word is kumquat. ... The secret word is"], model="gpt2",
+                                    statistics=["retrieval"], retrieval_steps=4, needle_start=1, needle_end=-5)
+    assert len(needle.per_input[0].generated_tokens) == 4 and needle.mean["retrieval"].shape == (3, 4)

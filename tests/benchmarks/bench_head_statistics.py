@@ -1,7 +1,8 @@
 """Head statistics over many inputs: the server against eager attention + numpy, side by
 side in one run.
 
-    python tests/benchmarks/bench_head_statistics.py [--inputs 100] [--repeats 3] [--device auto] [--threads N] [--model-dir DIR]
+    python tests/benchmarks/bench_head_statistics.py [--inputs 100] [--repeats 3] [--device auto]
+        [--threads N] [--model-dir DIR]
 
 For MiniLM (6 layers x 12 heads) on `--inputs` texts of 8 to 60 tokens, the seven
 attention statistics (entropy, first-token, special-token and delimiter mass, mean
@@ -33,11 +34,10 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from conftest import start_server  # noqa: E402
-from timing import markdown_table, measure_interleaved, median_ms, model_dir, model_label  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
-
 from introspect.models import resolve_device  # noqa: E402
 from introspect_client import Client  # noqa: E402
+from timing import markdown_table, measure_interleaved, median_ms, model_dir, model_label  # noqa: E402
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 STATISTICS = ("entropy", "first_token", "special_tokens", "delimiters", "mean_distance", "previous_token",
               "same_token")

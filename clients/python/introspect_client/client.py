@@ -27,8 +27,13 @@ from introspect_contract import pb
 from introspect_contract import pb_grpc
 from .ablation import AblationAssembler, AblationOptions, AblationResult, ablation_request
 from .errors import IntrospectError, translate_rpc_errors
+from .head_statistics import (
+    HeadStatisticsAssembler,
+    HeadStatisticsOptions,
+    HeadStatisticsResult,
+    head_statistics_request,
+)
 from .inputs import InputLike, InputsLike
-from .head_statistics import HeadStatisticsAssembler, HeadStatisticsOptions, HeadStatisticsResult, head_statistics_request
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .options import AttentionOptions, attention_request, int_list
 from .patching import PatchingOptions, patching_request

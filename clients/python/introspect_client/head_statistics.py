@@ -159,7 +159,10 @@ class HeadStatisticsResult:
         return [[names[int(best[row, column])] for column in range(best.shape[1])] for row in range(best.shape[0])]
 
 
-def _values(messages: Iterable[pb.HeadStatisticValues]) -> dict[str, tuple[pb.HeadStatisticValues, np.ndarray, np.ndarray]]:
+Values = tuple[pb.HeadStatisticValues, np.ndarray, np.ndarray]  # the message, its mean and its std
+
+
+def _values(messages: Iterable[pb.HeadStatisticValues]) -> dict[str, Values]:
     return {HEAD_STATISTIC.name_of(item.statistic) or "unspecified": (item, decode_tensor(item.mean),
                                                                      decode_tensor(item.std)) for item in messages}
 

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from .ablation import AblationResult
+from .head_statistics import HIDDEN_NORM_COLUMNS, HeadStatisticsResult
 from .image_inputs import ImageLike
 from .image_layout import ImageLayout
-from .head_statistics import HIDDEN_NORM_COLUMNS, HeadStatisticsResult
 from .logit_lens import LogitLensResult
 from .patching_results import HEAD_POINTS, POSITION_POINTS, PairPatching, PatchingResult
 from .results import AttentionResult, InputAttention

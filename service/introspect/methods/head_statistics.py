@@ -171,7 +171,8 @@ def prepare(description: ModelDescription, query: HeadStatisticsQuery) -> HeadSt
         require(0 <= query.induction_seed < 2**63, "induction_seed", "must be >= 0")
     if RETRIEVAL in statistics:
         require(0 < steps <= MAX_RETRIEVAL_STEPS, "retrieval_steps",
-                f"must be in [0, {MAX_RETRIEVAL_STEPS}] (0 means {DEFAULT_RETRIEVAL_STEPS}), got {query.retrieval_steps}")
+                f"must be in [0, {MAX_RETRIEVAL_STEPS}] (0 means {DEFAULT_RETRIEVAL_STEPS}), "
+                f"got {query.retrieval_steps}")
     return HeadStatisticsOptions(statistics=statistics, layers=tuple(sorted(layers)), heads=heads,
                                  induction_length=length, induction_samples=samples, retrieval_steps=steps)
 
@@ -500,8 +501,9 @@ def run(model: LoadedModel, query: HeadStatisticsQuery, options: HeadStatisticsO
         for item in inputs:
             needles.append(needle_range(query.needle_start, query.needle_end, item.length))
             if item.length + options.retrieval_steps > model.description.max_tokens:
-                raise InvalidInput("retrieval_steps", f"a prompt of {item.length} tokens and {options.retrieval_steps} "
-                                                      f"generated ones exceed the model's {model.description.max_tokens}")
+                raise InvalidInput("retrieval_steps",
+                                   f"a prompt of {item.length} tokens and {options.retrieval_steps} generated "
+                                   f"ones exceed the model's {model.description.max_tokens}")
     induction = induction_inputs(model, options, query.induction_seed) if INDUCTION in statistics else []
     everything = inputs + induction
     if everything:
