@@ -253,3 +253,13 @@ def test_the_readme_needle_example_runs(client: Client) -> None:
     needle = client.head_statistics(["... The secret word is kumquat. ... The secret word is"], model="gpt2",
                                     statistics=["retrieval"], retrieval_steps=4, needle_start=1, needle_end=-5)
     assert len(needle.per_input[0].generated_tokens) == 4 and needle.mean["retrieval"].shape == (3, 4)
+
+
+def test_roles_compare_disjoint_shares_of_attention() -> None:
+    from introspect_client import HeadStatisticsResult
+
+    # nested: delimiters >= special tokens >= first token; head 0 a sink, head 1 on [SEP], head 2 on punctuation
+    mean = {"first_token": np.array([[0.6, 0.1, 0.1]]), "special_tokens": np.array([[0.7, 0.5, 0.15]]),
+            "delimiters": np.array([[0.8, 0.6, 0.55]]), "previous_token": np.array([[0.05, 0.2, 0.3]])}
+    result = HeadStatisticsResult("m", "", False, [], [0], [0, 1, 2], mean, mean, {}, [])
+    assert result.roles() == [["first_token", "special_tokens", "delimiters"]]

@@ -14,7 +14,7 @@ from . import cli_flags as flags
 from .client import Client
 from .head_statistics import HIDDEN_NORM_COLUMNS, ROLE_STATISTICS, STATISTICS, HeadStatisticsResult
 
-ROLE_ABBREVIATIONS = {"first_token": "sink", "special_tokens": "spec", "delimiters": "delim",
+ROLE_ABBREVIATIONS = {"first_token": "sink", "special_tokens": "spec", "delimiters": "punct",
                       "previous_token": "prev", "same_token": "self", "induction": "ind", "retrieval": "retr"}
 """Short names of the roles in the pictures and the table."""
 
@@ -116,7 +116,7 @@ def figure(result: HeadStatisticsResult) -> Any:
         axes.set_xticks(range(len(result.heads)), [str(head) for head in result.heads])
         axes.set_xlabel("head")
         axes.set_ylabel("layer")
-        axes.set_title("dominant role (largest share of attention)", fontsize=10)
+        axes.set_title("dominant role (largest disjoint share of attention)", fontsize=10)
     return canvas
 
 

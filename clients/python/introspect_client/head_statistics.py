@@ -149,14 +149,29 @@ class HeadStatisticsResult:
     per_input: list[InputStatistics]
 
     def roles(self) -> list[list[str]]:
-        """[layers][heads]: the share-of-attention statistic (ROLE_STATISTICS) each head
-        scores highest on, by its mean; "" when none was computed."""
-        names = [name for name in ROLE_STATISTICS if name in self.mean]
-        if not names:
+        """[layers][heads]: each head's dominant role, the largest of its shares of attention
+        by their means, made disjoint: "first_token" (the sink), "special_tokens" beyond the
+        first token (special_tokens - first_token, at least 0: exact where the first token is
+        special, as [CLS] or BOS), "delimiters" beyond the special tokens (the punctuation:
+        delimiters - special_tokens), "previous_token", "same_token", "induction" and
+        "retrieval"; "" when none was computed."""
+        shares = role_shares(self.mean)
+        if not shares:
             return [["" for _ in self.heads] for _ in self.layers]
-        stacked = np.stack([self.mean[name] for name in names])  # [statistics, layers, heads]
-        best = stacked.argmax(axis=0)
+        names = list(shares)
+        best = np.stack([shares[name] for name in names]).argmax(axis=0)  # [layers, heads]
         return [[names[int(best[row, column])] for column in range(best.shape[1])] for row in range(best.shape[0])]
+
+
+def role_shares(mean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The disjoint shares of attention `HeadStatisticsResult.roles` compares, from the
+    means of the statistics (those computed)."""
+    shares = {name: mean[name] for name in ROLE_STATISTICS if name in mean}
+    if "special_tokens" in shares and "first_token" in shares:
+        shares["special_tokens"] = np.maximum(mean["special_tokens"] - mean["first_token"], 0.0)
+    if "delimiters" in shares and "special_tokens" in mean:
+        shares["delimiters"] = np.maximum(mean["delimiters"] - mean["special_tokens"], 0.0)
+    return shares
 
 
 Values = tuple[pb.HeadStatisticValues, np.ndarray, np.ndarray]  # the message, its mean and its std
