@@ -371,3 +371,20 @@ def test_write_html_writes_one_self_contained_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="no HTML view"):
         to_html(object())  # type: ignore[arg-type]
     json.loads(page.split('id="introspect-data">')[1].split("</script>")[0])
+
+
+def test_head_statistics_grids_hold_the_means_with_the_rest_on_hover() -> None:
+    from introspect_client import HeadStatisticsResult
+
+    mean = {"entropy": np.array([[1.5, 0.25]], np.float32), "previous_token": np.array([[0.75, 0.125]], np.float32),
+            "hidden_norm": np.array([[9.0, 2.0, 3.0]], np.float32)}
+    std = {name: values / 10 for name, values in mean.items()}
+    result = HeadStatisticsResult("m", "", False, [], [3], [0, 2], mean, std,
+                                  {"entropy": 4, "previous_token": 4, "hidden_norm": 4}, [])
+    page = to_html(result)
+    sections = json.loads(page.split('id="introspect-data">')[1].split("</script>")[0])["sections"]
+    assert [section["name"] for section in sections] == ["entropy", "previous_token", "hidden_norm"]
+    assert sections[0]["values"] == [[1.5, 0.25]] and sections[0]["rows"] == ["L3"]
+    assert sections[0]["columns"] == ["H0", "H2"] and sections[2]["columns"] == ["first_token", "others_mean",
+                                                                                 "others_max"]
+    assert "std 0.15 over 4 inputs; dominant role: previous_token" in sections[0]["tips"][0][0]

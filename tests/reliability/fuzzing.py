@@ -96,6 +96,14 @@ VALID: dict[str, Message] = {
         model=MODEL, pairs=[pb.InputPair(clean=_token_pair().clean)], method=pb.PATCHING_METHOD_ATTENTION_KNOCKOUT,
         target=_next_token(), knockout=pb.KnockoutOptions(query_positions=[-1], key_positions=[0], window=2),
     ),
+    "StreamHeadStatistics": pb.StreamHeadStatisticsRequest(
+        model=MODEL, inputs=[_text()], layers=[0], heads=[1],
+        statistics=[pb.HEAD_STATISTIC_ENTROPY, pb.HEAD_STATISTIC_HIDDEN_NORM, pb.HEAD_STATISTIC_INDUCTION],
+        induction_length=4, induction_samples=1,
+    ),
+    "StreamHeadStatistics/retrieval": pb.StreamHeadStatisticsRequest(
+        model=MODEL, inputs=[_text()], statistics=[pb.HEAD_STATISTIC_RETRIEVAL], retrieval_steps=2, needle_end=-1,
+    ),
     "StreamAttention/image": pb.StreamAttentionRequest(
         model=IMAGE_MODEL, inputs=[_png()], layers=[1], view=pb.ATTENTION_VIEW_HEAD_MEAN, patch_grid=True,
     ),

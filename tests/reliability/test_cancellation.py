@@ -58,6 +58,8 @@ CALLS: dict[str, Start] = {
     "query_key_embeddings": lambda c, t: c.stream_query_key_embeddings(
         [TEXT, f"1 {TEXT}", f"2 {TEXT}"], truncate=True, timeout=t),
     "image_ig_4096": lambda c, t: image_integrated_gradients(c, t),
+    "head_statistics": lambda c, t: c.stream_head_statistics([TEXT, f"1 {TEXT}", f"2 {TEXT}"] * 4, truncate=True,
+                                                             timeout=t),
     "patching_head_position": lambda c, t: c.stream_patch(
         PATCH_CLEAN, PATCH_CORRUPTED, points=["head_position"], timeout=t, target=targets.embedding_norm()),
 }

@@ -25,6 +25,13 @@ from .html import to_html, write_html
 from .image_inputs import ImageLike, make_image_input
 from .image_layout import ImageLayout, bilinear_resize
 from .inputs import InputLike, InputsLike, make_input, make_inputs
+from .head_statistics import (
+    HeadStatisticsAssembler,
+    HeadStatisticsOptions,
+    HeadStatisticsResult,
+    InputStatistics,
+    head_statistics_request,
+)
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .patching import (
     PATCH_DIRECTIONS,
@@ -101,6 +108,10 @@ __all__ = [
     "InputsLike",
     "IntrospectError",
     "JointAblationResult",
+    "HeadStatisticsAssembler",
+    "HeadStatisticsOptions",
+    "HeadStatisticsResult",
+    "InputStatistics",
     "LogitLensAssembler",
     "LogitLensOptions",
     "LogitLensResult",
@@ -125,6 +136,7 @@ __all__ = [
     "ablation_request",
     "attention_request",
     "bilinear_resize",
+    "head_statistics_request",
     "logit_lens_request",
     "make_image_input",
     "make_input",

@@ -11,6 +11,8 @@
 attention, saliency and ablate take --image PATH (a PNG, JPEG or WebP file) instead of
 --text for models that take images.
     introspect lens --text TEXT ...        the logit lens (LM heads): table, --json
+    introspect heads --text TEXT ...       head statistics (entropy, sinks, induction, ...):
+                                           roles table, --json, --png, --html
     introspect patch --clean TEXT --corrupted TEXT ...  circuits (patching, logit attribution,
                                            knockout): summary, --json, --png
     introspect shapley --text TEXT ...     Shapley head values: summary, --json, --png (bars)
@@ -41,6 +43,7 @@ from introspect_contract import CONTRACT_VERSION, pb
 from . import __version__
 from .ablation import ABLATION_MODES, ABLATION_VALUES, AblationResult
 from .cli_attention import add_attention_command
+from .cli_head_statistics import add_heads_command
 from .cli_lens import add_lens_command
 from .cli_query_key import add_query_key_command
 from .cli_patching import add_patch_command
@@ -105,6 +108,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     add_saliency_command(commands, client_options)
     _add_ablate_parser(commands, client_options)
     add_lens_command(commands, client_options)
+    add_heads_command(commands, client_options)
     add_patch_command(commands, client_options)
     add_shapley_command(commands, client_options)
     add_query_key_command(commands, client_options)

@@ -27,6 +27,12 @@ from introspect_contract import pb
 from introspect_contract import pb_grpc
 from .ablation import AblationAssembler, AblationOptions, AblationResult, ablation_request
 from .errors import IntrospectError, translate_rpc_errors
+from .head_statistics import (
+    HeadStatisticsAssembler,
+    HeadStatisticsOptions,
+    HeadStatisticsResult,
+    head_statistics_request,
+)
 from .inputs import InputLike, InputsLike
 from .logit_lens import LogitLensAssembler, LogitLensOptions, LogitLensResult, logit_lens_request
 from .query_key import QueryKeyAssembler, QueryKeyEmbeddingsResult, QueryKeyOptions, query_key_request
@@ -514,6 +520,37 @@ class Client(_ClientBase):
         request = query_key_request(inputs, **options)  # checks the options
         return self._assembled(self._stub.StreamQueryKeyEmbeddings, request, timeout, QueryKeyAssembler)
 
+    def stream_head_statistics(
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None,
+        **options: Unpack[HeadStatisticsOptions]
+    ) -> Iterator[pb.StreamHeadStatisticsResponse]:
+        """The raw StreamHeadStatistics messages as they arrive: a header, then per batch
+        one message per input and the running aggregate.
+
+        Takes the same arguments as `head_statistics`; leaving the loop early cancels the call.
+        """
+        request = head_statistics_request(inputs, **options)
+        return self._stream(self._stub.StreamHeadStatistics, request, timeout)
+
+    def head_statistics(
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None,
+        **options: Unpack[HeadStatisticsOptions]
+    ) -> HeadStatisticsResult:
+        """Statistics of every attention head over the inputs, mean and standard deviation
+        per layer and head (entropy, attention sinks, delimiters, mean distance,
+        previous- and same-token scores, hidden-state norms; induction and retrieval
+        scores for causal LMs).
+
+        Args:
+            inputs: one input or several; None for induction alone.
+            timeout: deadline in seconds (default: the client's).
+            model, statistics, layers, heads, induction_length, induction_samples,
+            induction_seed, retrieval_steps, needle_start, needle_end, truncate, cache:
+                see `head_statistics_request`.
+        """
+        request = head_statistics_request(inputs, **options)  # checks the options
+        return self._assembled(self._stub.StreamHeadStatistics, request, timeout, HeadStatisticsAssembler)
+
     def stream_patch(
         self,
         clean: InputLike | None = None,
@@ -719,6 +756,23 @@ class AsyncClient(_ClientBase):
         """Query-key embeddings; see `Client.query_key_embeddings` for the arguments."""
         request = query_key_request(inputs, **options)  # checks the options
         return await self._assembled(self._stub.StreamQueryKeyEmbeddings, request, timeout, QueryKeyAssembler)
+
+    def stream_head_statistics(
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None,
+        **options: Unpack[HeadStatisticsOptions]
+    ) -> AsyncIterator[pb.StreamHeadStatisticsResponse]:
+        """The raw StreamHeadStatistics messages as they arrive (`async for`); see
+        `Client.head_statistics`."""
+        request = head_statistics_request(inputs, **options)
+        return self._stream(self._stub.StreamHeadStatistics, request, timeout)
+
+    async def head_statistics(
+        self, inputs: InputsLike | None = None, *, timeout: float | None = None,
+        **options: Unpack[HeadStatisticsOptions]
+    ) -> HeadStatisticsResult:
+        """Head statistics; see `Client.head_statistics` for the arguments."""
+        request = head_statistics_request(inputs, **options)  # checks the options
+        return await self._assembled(self._stub.StreamHeadStatistics, request, timeout, HeadStatisticsAssembler)
 
     def stream_patch(
         self,

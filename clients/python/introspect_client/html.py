@@ -20,6 +20,9 @@ What each result becomes:
   (head_position: layer x head at a chosen position).
 - Shapley head values: a layer x head grid of the values (heads not chosen blank), the
   value and its standard error on hover.
+- head statistics: a layer x head grid per statistic (the mean over the inputs; the
+  standard deviation, the count and the head's dominant role on hover), layer x 3 for
+  the hidden-state norms.
 - logit lens: a layer x position grid of the tracked token's probability, the top token
   in each cell and the top-k on hover.
 - query-key embeddings: an SVG scatter of one (layer, head)'s joint projection (choose
@@ -46,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from .ablation import AblationResult
+from .head_statistics import HIDDEN_NORM_COLUMNS, HeadStatisticsResult
 from .image_inputs import ImageLike
 from .image_layout import ImageLayout
 from .logit_lens import LogitLensResult
@@ -61,7 +65,7 @@ LARGE_PAGE_BYTES = 20_000_000
 """Pages larger than this warn (a long input's attention over many layers and heads)."""
 
 Result = (AttentionResult | InputAttention | SaliencyResult | AblationResult | PatchingResult | LogitLensResult
-          | ShapleyHeadsResult | QueryKeyEmbeddingsResult)
+          | ShapleyHeadsResult | QueryKeyEmbeddingsResult | HeadStatisticsResult)
 
 
 def _rounded(values: Any, digits: int = 4, decimals: int | None = None) -> Any:
@@ -256,6 +260,21 @@ def _query_key_sections(result: QueryKeyEmbeddingsResult) -> list[dict[str, Any]
     }]
 
 
+def _head_statistics_sections(result: HeadStatisticsResult) -> list[dict[str, Any]]:
+    roles = result.roles()
+    sections: list[dict[str, Any]] = []
+    for name, mean in result.mean.items():
+        std = result.std[name]
+        hidden = name == "hidden_norm"
+        columns = list(HIDDEN_NORM_COLUMNS) if hidden else [f"H{head}" for head in result.heads]
+        tips = [[f"mean {float(mean[row, column]):.4g}, std {float(std[row, column]):.3g} over "
+                 f"{result.counts[name]} inputs" + ("" if hidden else f"; dominant role: {roles[row][column]}")
+                 for column in range(mean.shape[1])] for row in range(mean.shape[0])]
+        sections.append(_grid(f"{result.model}: {name.replace('_', ' ')} (mean over {result.counts[name]} inputs)",
+                              name, mean, [f"L{layer}" for layer in result.layers], columns, label=name, tips=tips))
+    return sections
+
+
 def sections_of(result: Result, *, image: ImageLike | None = None, index: int = 0) -> list[dict[str, Any]]:
     """The page's sections (the JSON the page renders) for a result."""
     if isinstance(result, AttentionResult):
@@ -274,6 +293,8 @@ def sections_of(result: Result, *, image: ImageLike | None = None, index: int = 
         return _shapley_sections(result)
     if isinstance(result, QueryKeyEmbeddingsResult):
         return _query_key_sections(result)
+    if isinstance(result, HeadStatisticsResult):
+        return _head_statistics_sections(result)
     raise TypeError(f"no HTML view of {type(result).__name__}")
 
 

@@ -179,6 +179,10 @@ export class IntrospectClient {
   streamQueryKeyEmbeddings(...args: Parameters<IntrospectClient["rpc"]["streamQueryKeyEmbeddings"]>) {
     return this.rpc.streamQueryKeyEmbeddings(...args);
   }
+  /** The raw StreamHeadStatistics messages: a header, then per batch each input's statistics and the running aggregate. */
+  streamHeadStatistics(...args: Parameters<IntrospectClient["rpc"]["streamHeadStatistics"]>) {
+    return this.rpc.streamHeadStatistics(...args);
+  }
 
   /** Attention maps of one input or a batch, assembled into one Float32Array per (input, layer). */
   async attention(request: MessageInitShape<typeof StreamAttentionRequestSchema>, options?: CallOptions): Promise<AttentionResult> {

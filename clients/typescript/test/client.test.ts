@@ -61,6 +61,9 @@ const RPCS: { name: string; rpc: string; schema: DescMessage; request: JsonObjec
       heads: [{ layer: 0, head: 1 }, { layer: 1, head: 2 }, { layer: 2, head: 0 }] } },
   { name: "query_key", rpc: "StreamQueryKeyEmbeddings", schema: pb.StreamQueryKeyEmbeddingsRequestSchema,
     request: { model: "gpt2", inputs: [{ text: { text: SHORT } }, { text: { text: "The cat sat on the" } }], layers: [1], heads: [0, 2], includeVectors: true } },
+  { name: "head_statistics", rpc: "StreamHeadStatistics", schema: pb.StreamHeadStatisticsRequestSchema,
+    request: { model: "gpt2", inputs: [{ text: { text: SHORT } }, { text: { text: "The cat sat on the" } }],
+      statistics: ["HEAD_STATISTIC_ENTROPY", "HEAD_STATISTIC_PREVIOUS_TOKEN", "HEAD_STATISTIC_INDUCTION"], inductionLength: 6, inductionSamples: 2 } },
 ];
 
 /** An AttentionResult as the plain JSON test/reference.py makes of the Python client's. */

@@ -138,6 +138,20 @@ class ProjectionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROJECTION_METHOD_PCA: _ClassVar[ProjectionMethod]
     PROJECTION_METHOD_UMAP: _ClassVar[ProjectionMethod]
     PROJECTION_METHOD_TSNE: _ClassVar[ProjectionMethod]
+
+class HeadStatistic(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEAD_STATISTIC_UNSPECIFIED: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_ENTROPY: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_FIRST_TOKEN: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_SPECIAL_TOKENS: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_DELIMITERS: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_MEAN_DISTANCE: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_PREVIOUS_TOKEN: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_SAME_TOKEN: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_HIDDEN_NORM: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_INDUCTION: _ClassVar[HeadStatistic]
+    HEAD_STATISTIC_RETRIEVAL: _ClassVar[HeadStatistic]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_FLOAT32: Dtype
 DTYPE_FLOAT16: Dtype
@@ -222,6 +236,17 @@ PROJECTION_METHOD_UNSPECIFIED: ProjectionMethod
 PROJECTION_METHOD_PCA: ProjectionMethod
 PROJECTION_METHOD_UMAP: ProjectionMethod
 PROJECTION_METHOD_TSNE: ProjectionMethod
+HEAD_STATISTIC_UNSPECIFIED: HeadStatistic
+HEAD_STATISTIC_ENTROPY: HeadStatistic
+HEAD_STATISTIC_FIRST_TOKEN: HeadStatistic
+HEAD_STATISTIC_SPECIAL_TOKENS: HeadStatistic
+HEAD_STATISTIC_DELIMITERS: HeadStatistic
+HEAD_STATISTIC_MEAN_DISTANCE: HeadStatistic
+HEAD_STATISTIC_PREVIOUS_TOKEN: HeadStatistic
+HEAD_STATISTIC_SAME_TOKEN: HeadStatistic
+HEAD_STATISTIC_HIDDEN_NORM: HeadStatistic
+HEAD_STATISTIC_INDUCTION: HeadStatistic
+HEAD_STATISTIC_RETRIEVAL: HeadStatistic
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -1082,3 +1107,83 @@ class StreamQueryKeyEmbeddingsResponse(_message.Message):
     projection: QueryKeyProjection
     vectors: QueryKeyVectors
     def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., points: _Optional[_Union[QueryKeyPoints, _Mapping]] = ..., projection: _Optional[_Union[QueryKeyProjection, _Mapping]] = ..., vectors: _Optional[_Union[QueryKeyVectors, _Mapping]] = ...) -> None: ...
+
+class StreamHeadStatisticsRequest(_message.Message):
+    __slots__ = ("model", "inputs", "truncate", "cache", "statistics", "layers", "heads", "induction_length", "induction_samples", "induction_seed", "retrieval_steps", "needle_start", "needle_end")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    INDUCTION_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    INDUCTION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INDUCTION_SEED_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    NEEDLE_START_FIELD_NUMBER: _ClassVar[int]
+    NEEDLE_END_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    truncate: bool
+    cache: CachePolicy
+    statistics: _containers.RepeatedScalarFieldContainer[HeadStatistic]
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    induction_length: int
+    induction_samples: int
+    induction_seed: int
+    retrieval_steps: int
+    needle_start: int
+    needle_end: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., truncate: _Optional[bool] = ..., cache: _Optional[_Union[CachePolicy, str]] = ..., statistics: _Optional[_Iterable[_Union[HeadStatistic, str]]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., induction_length: _Optional[int] = ..., induction_samples: _Optional[int] = ..., induction_seed: _Optional[int] = ..., retrieval_steps: _Optional[int] = ..., needle_start: _Optional[int] = ..., needle_end: _Optional[int] = ...) -> None: ...
+
+class HeadStatisticValues(_message.Message):
+    __slots__ = ("statistic", "count", "layers", "heads", "mean", "std")
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    statistic: HeadStatistic
+    count: int
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    mean: Tensor
+    std: Tensor
+    def __init__(self, statistic: _Optional[_Union[HeadStatistic, str]] = ..., count: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class HeadStatisticsInput(_message.Message):
+    __slots__ = ("input_index", "values", "hidden_norms", "generated_token_ids", "generated_tokens")
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_NORMS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_index: int
+    values: _containers.RepeatedCompositeFieldContainer[HeadStatisticValues]
+    hidden_norms: Tensor
+    generated_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    generated_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, input_index: _Optional[int] = ..., values: _Optional[_Iterable[_Union[HeadStatisticValues, _Mapping]]] = ..., hidden_norms: _Optional[_Union[Tensor, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ..., generated_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeadStatisticsAggregate(_message.Message):
+    __slots__ = ("inputs_done", "inputs_total", "values")
+    INPUTS_DONE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    inputs_done: int
+    inputs_total: int
+    values: _containers.RepeatedCompositeFieldContainer[HeadStatisticValues]
+    def __init__(self, inputs_done: _Optional[int] = ..., inputs_total: _Optional[int] = ..., values: _Optional[_Iterable[_Union[HeadStatisticValues, _Mapping]]] = ...) -> None: ...
+
+class StreamHeadStatisticsResponse(_message.Message):
+    __slots__ = ("header", "input", "aggregate")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    header: StreamHeader
+    input: HeadStatisticsInput
+    aggregate: HeadStatisticsAggregate
+    def __init__(self, header: _Optional[_Union[StreamHeader, _Mapping]] = ..., input: _Optional[_Union[HeadStatisticsInput, _Mapping]] = ..., aggregate: _Optional[_Union[HeadStatisticsAggregate, _Mapping]] = ...) -> None: ...

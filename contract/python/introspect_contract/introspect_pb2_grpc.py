@@ -88,6 +88,11 @@ class IntrospectionStub:
                 request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsRequest.SerializeToString,
                 response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsResponse.FromString,
                 _registered_method=True)
+        self.StreamHeadStatistics = channel.unary_stream(
+                '/introspect.v1.Introspection/StreamHeadStatistics',
+                request_serializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadStatisticsRequest.SerializeToString,
+                response_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class IntrospectionServicer:
@@ -175,6 +180,16 @@ class IntrospectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamHeadStatistics(self, request, context):
+        """Statistics of every attention head over one input or many (entropy, attention sinks,
+        mean distance, previous-token, delimiters, hidden-state norms; induction and
+        retrieval scores for causal LMs), streamed per input with running means and standard
+        deviations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +242,11 @@ def add_IntrospectionServicer_to_server(servicer, server):
                     servicer.StreamQueryKeyEmbeddings,
                     request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsRequest.FromString,
                     response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsResponse.SerializeToString,
+            ),
+            'StreamHeadStatistics': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamHeadStatistics,
+                    request_deserializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadStatisticsRequest.FromString,
+                    response_serializer=introspect_dot_v1_dot_introspect__pb2.StreamHeadStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -503,6 +523,33 @@ class Introspection:
             '/introspect.v1.Introspection/StreamQueryKeyEmbeddings',
             introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsRequest.SerializeToString,
             introspect_dot_v1_dot_introspect__pb2.StreamQueryKeyEmbeddingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamHeadStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/introspect.v1.Introspection/StreamHeadStatistics',
+            introspect_dot_v1_dot_introspect__pb2.StreamHeadStatisticsRequest.SerializeToString,
+            introspect_dot_v1_dot_introspect__pb2.StreamHeadStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from . import attention, head_ablation, logit_lens, patching, query_key, saliency, shapley_heads
+from . import attention, head_ablation, head_statistics, logit_lens, patching, query_key, saliency, shapley_heads
 from . import knockout, logit_attribution, patching_activation, patching_attribution  # register the circuit techniques
 from .registry import Method
 
 METHODS: tuple[Method, ...] = (attention.METHOD, saliency.METHOD, head_ablation.METHOD, logit_lens.METHOD,
-                              patching.METHOD, shapley_heads.METHOD, query_key.METHOD)
+                              patching.METHOD, shapley_heads.METHOD, query_key.METHOD, head_statistics.METHOD)
 """Every method the server serves, one per streaming RPC."""
 _BY_QUERY_TYPE = MappingProxyType({method.query_type: method for method in METHODS})
 
