@@ -251,6 +251,17 @@ def test_reassembly_of_chunks_split_by_heads_and_rows_and_interleaved() -> None:
         np.testing.assert_array_equal(unordered.result()[i].layers[layer], expected[order])
 
 
+def test_a_layer_missing_a_requested_head_is_refused() -> None:
+    """A layer whose chunks (the last marked complete) carry only some of the requested
+    heads is an error naming both sets, not a smaller array."""
+    values = np.random.default_rng(5).random((2, 4, 4), dtype=np.float32)
+    assembler = AttentionAssembler("heads", [3, 1, 7])
+    assembler.add(_header([4]))
+    with pytest.raises(ValueError, match=r"heads \[1, 3\], but heads \[1, 3, 7\] were requested"):
+        for message in _chunks_of(values, 0, 0, [3, 1], rows_per_chunk=2, heads_per_chunk=1):
+            assembler.add(message)
+
+
 def test_reassembly_of_reduced_top_k_and_float16_chunks() -> None:
     rng = np.random.default_rng(3)
     values = rng.random((1, 9, 4)).astype(np.float16)

@@ -320,3 +320,35 @@ def test_the_points_give_eager_attention_on_other_position_schemes(tmp_path: Pat
         probabilities = np.exp(scores - scores.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(probabilities, attentions[item.layer][0, item.head].double().numpy(), atol=1e-4)
+
+
+def test_the_assembler_refuses_vectors_with_a_gap_or_overlap() -> None:
+    """Vector chunks must cover the points 0..2T once each, in order of point_start."""
+    from introspect_client.query_key import QueryKeyAssembler
+    from introspect_contract.tensors import encode_tensor
+
+    def stream(spans: list[tuple[int, int]]) -> list[pb.StreamQueryKeyEmbeddingsResponse]:
+        coordinates = np.zeros((6, 2), dtype=np.float32)
+        messages = [pb.StreamQueryKeyEmbeddingsResponse(header=pb.StreamHeader(model="m")),
+                    pb.StreamQueryKeyEmbeddingsResponse(points=pb.QueryKeyPoints(input_indices=[0, 0, 0],
+                                                                                  positions=[0, 1, 2],
+                                                                                  tokens=["a", "b", "c"])),
+                    pb.StreamQueryKeyEmbeddingsResponse(projection=pb.QueryKeyProjection(
+                        layer=0, head=0, coordinates=encode_tensor(coordinates)))]
+        for start, end in spans:
+            rows = np.full((end - start, 4), start, dtype=np.float32)
+            messages.append(pb.StreamQueryKeyEmbeddingsResponse(vectors=pb.QueryKeyVectors(
+                layer=0, head=0, point_start=start, point_end=end, vectors=encode_tensor(rows))))
+        return messages
+
+    def assembled(spans: list[tuple[int, int]]) -> object:
+        assembler = QueryKeyAssembler()
+        for message in stream(spans):
+            assembler.add(message)
+        return assembler.result()
+
+    whole = assembled([(3, 6), (0, 3)])  # any arrival order
+    np.testing.assert_array_equal(whole.projections[0].vectors[:, 0], [0, 0, 0, 3, 3, 3])  # type: ignore[attr-defined]
+    for broken in ([(0, 2), (3, 6)], [(0, 4), (3, 6)], [(1, 6)], [(0, 3)]):
+        with pytest.raises(ValueError, match="vectors of layer 0 head 0"):
+            assembled(broken)

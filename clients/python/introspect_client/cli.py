@@ -318,7 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:
         return _serve(arguments[1:])
-    args = build_parser().parse_args(arguments)
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    if args.command == "serve":  # client flags first: `serve` takes only the server's own
+        parser.error("`serve` must come first: introspect serve [server flags]; --server, --token and the TLS "
+                     "flags are for the client commands")
     try:
         with client_of(args) as client:
             if args.progress or (args.progress is None and sys.stderr.isatty()):

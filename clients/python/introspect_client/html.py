@@ -42,6 +42,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -315,9 +316,10 @@ def to_html(result: Result, *, title: str | None = None, image: ImageLike | None
     model = getattr(result, "model", "")
     heading = title or (f"introspect: {model}" if model else "introspect")
     document = {"title": heading, "sections": sections_of(result, image=image, index=index)}
-    page = (_TEMPLATE.replace("__TITLE__", html_escape.escape(heading))
-            .replace("__STYLE__", _STYLE).replace("__SCRIPT__", _SCRIPT)
-            .replace("__DATA__", _script_json(document)))
+    parts = {"__TITLE__": html_escape.escape(heading), "__STYLE__": _STYLE, "__SCRIPT__": _SCRIPT,
+             "__DATA__": _script_json(document)}
+    # one pass: a placeholder inside a substituted title or token is left as it is
+    page = re.sub("|".join(parts), lambda match: parts[match.group(0)], _TEMPLATE)
     if len(page) > LARGE_PAGE_BYTES:
         warnings.warn(f"the HTML page is {len(page) / 1e6:.0f} MB: ask for fewer layers or query rows",
                       stacklevel=2)

@@ -178,9 +178,16 @@ class QueryKeyAssembler(HeaderFirst):
         for projection in self._projections:
             chunks = sorted(self._vectors.get((projection.layer, projection.head), []), key=lambda c: c.point_start)
             if chunks:
-                if chunks[-1].point_end != projection.coordinates.shape[0]:
-                    raise ValueError(f"the vectors of layer {projection.layer} head {projection.head} are incomplete")
-                projection.vectors = np.concatenate([decode_tensor(chunk.vectors) for chunk in chunks])
+                spans = [(chunk.point_start, chunk.point_end) for chunk in chunks]
+                starts = [0] + [end for _, end in spans[:-1]]
+                if [start for start, _ in spans] != starts or spans[-1][1] != projection.coordinates.shape[0]:
+                    raise ValueError(f"the vectors of layer {projection.layer} head {projection.head} do not cover "
+                                     f"points 0..{projection.coordinates.shape[0]} once each: chunks {spans}")
+                vectors = np.concatenate([decode_tensor(chunk.vectors) for chunk in chunks])
+                if vectors.shape[0] != projection.coordinates.shape[0]:
+                    raise ValueError(f"the vectors of layer {projection.layer} head {projection.head} have "
+                                     f"{vectors.shape[0]} rows for {projection.coordinates.shape[0]} points")
+                projection.vectors = vectors
         points = self._points
         return QueryKeyEmbeddingsResult(
             **stream_fields(self._header),

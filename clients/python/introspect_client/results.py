@@ -158,6 +158,8 @@ def _assemble_pieces(
     if not pieces:
         raise ValueError(f"{where}: no chunks")
     seen = {head for piece in pieces for head in piece.heads}
+    if seen and head_order and seen != set(head_order):
+        raise ValueError(f"{where}: chunks for heads {sorted(seen)}, but heads {sorted(set(head_order))} were requested")
     heads = [head for head in dict.fromkeys(head_order) if head in seen]
     heads += sorted(seen.difference(heads))
     if heads and any(not piece.heads for piece in pieces):

@@ -200,6 +200,11 @@ export class AttentionAssembler {
     const rows = end - start;
 
     const seen = new Set(pieces.flatMap((piece) => piece.heads));
+    const requested = new Set(this.headOrder);
+    if (seen.size && requested.size && (seen.size !== requested.size || [...seen].some((head) => !requested.has(head)))) {
+      throw new AssemblyError(`${where}: chunks for heads ${[...seen].sort((a, b) => a - b)}, but heads ` +
+        `${[...requested].sort((a, b) => a - b)} were requested`);
+    }
     const heads = [...new Set(this.headOrder)].filter((head) => seen.has(head));
     heads.push(...[...seen].filter((head) => !heads.includes(head)).sort((a, b) => a - b));
     if (heads.length && pieces.some((piece) => !piece.heads.length)) {

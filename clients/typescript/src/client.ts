@@ -207,10 +207,16 @@ export class IntrospectClient {
       return (request: object = {}, options?: CallOptions) =>
         new Promise((resolve, reject) => {
           const [metadata, callOptions] = this.callArguments(options);
+          const signal = options?.signal;
+          const abort = () => call.cancel();
           const call = this.channel.makeUnaryRequest(path, serialize, deserialize, request, metadata, callOptions,
-            (error, response) => (error ? reject(toIntrospectError(error)) : resolve(response)));
-          if (options?.signal?.aborted) call.cancel();
-          else options?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
+            (error, response) => {
+              signal?.removeEventListener("abort", abort); // a long-lived signal keeps no listener per call
+              if (error) reject(toIntrospectError(error));
+              else resolve(response);
+            });
+          if (signal?.aborted) call.cancel();
+          else signal?.addEventListener("abort", abort, { once: true });
         });
     }
     if (method.methodKind === "server_streaming") {
