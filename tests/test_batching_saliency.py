@@ -59,10 +59,12 @@ ENCODER: list[dict[str, Any]] = [
     {"input": TEXTS[1], "method": "gradient", "target": targets.embedding_similarity(TEXTS[4])},
     {"input": (TEXTS[3], TEXTS[4]), "method": "gradient_x_input", "target": targets.embedding_norm()},
 ]
+# Class scores share a pass only at one length (a sequence classifier given embeddings
+# cannot find a padded row's last token): one text, three targets.
 CLASSIFIER: list[dict[str, Any]] = [
     {"input": TEXTS[2], "method": "gradient", "target": targets.class_score()},
-    {"input": TEXTS[0], "method": "gradient_x_input", "target": targets.class_score(1, probability=True)},
-    {"input": TEXTS[1], "method": "gradient", "per_dimension": True, "target": targets.class_score(2)},
+    {"input": TEXTS[2], "method": "gradient_x_input", "target": targets.class_score(1, probability=True)},
+    {"input": TEXTS[2], "method": "gradient", "per_dimension": True, "target": targets.class_score(2)},
 ]
 CASES = {"gpt2": CAUSAL, "llama": CAUSAL, "minilm": ENCODER, "classifier": CLASSIFIER}
 @pytest.fixture(scope="module")
@@ -121,6 +123,19 @@ def test_a_padded_mix_of_gradient_calls_runs_as_one_batch_with_each_result_as_al
     # a causal LM's tokens after a call's own target position score 0, padding or not
     if model in ("gpt2", "llama"):
         assert results[2] is not None and not np.any(results[2].scores[4:])
+
+
+def test_class_scores_of_different_lengths_run_in_separate_passes(servers: tuple[str, str, int]) -> None:
+    """Three class-score calls of three lengths: three passes of one call each, every
+    result equal to the call alone."""
+    batching, plain, port = servers
+    requests = [dict(request, input=text) for request, text in zip(CLASSIFIER, (TEXTS[2], TEXTS[0], TEXTS[1]))]
+    before = batch_sizes(port)
+    results = asyncio.run(while_blocked(batching, requests, model="classifier", method="saliency"))
+    after = batch_sizes(port)
+    assert batches_of(before, after, 1) == len(requests) + 1, (before, after)  # and the blocker
+    for result, alone in zip(results, plain_results(plain, requests, "classifier", method="saliency")):
+        assert_same_saliency(result, alone)
 
 
 def test_cancelling_one_gradient_caller_leaves_the_others_intact(servers: tuple[str, str, int]) -> None:

@@ -145,16 +145,19 @@ def port_problem(address: str) -> str:
         infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, ValueError) as error:
         return str(error)
+    reasons, bound = [], False
     for family, kind, protocol, _, sockaddr in infos:
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
-            try:
+        try:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
                 probe.bind(sockaddr)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    return "the port is in use (another server listens there?)"
-                return error.strerror or str(error)
-    return ""
+            bound = True
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return "the port is in use (another server listens there?)"
+            reasons.append(error.strerror or str(error))
+    # gRPC serves when any of the host's addresses binds (an IPv6-less host's ::1 need not)
+    return "" if bound or not reasons else reasons[0]
 
 
 def check_ports_free(settings: Settings) -> None:

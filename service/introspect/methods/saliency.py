@@ -133,10 +133,15 @@ def prepare_part(model: LoadedModel, query: SaliencyQuery, plan: SaliencyPlan, o
 
 def parts_fit(model: LoadedModel, parts: Sequence[_Part]) -> bool:
     """Whether one pass of every part fits: images of one size (they are stacked, not
-    padded), --max-batch-tokens and the memory budget (each part's own fixed bytes, and
+    padded), class scores of one length (not padded), --max-batch-tokens and the memory budget (each part's own fixed bytes, and
     every row at the longest part's per-row bytes)."""
     problems = [part.problem for part in parts]
     if problems[0].image is not None and len({problem.embeddings.shape for problem in problems}) > 1:
+        return False
+    # A sequence classifier given inputs_embeds cannot find a padded row's last real token
+    # (GPT-2, Llama, ... pool there): class scores share a pass only at one length.
+    if any(problem.target.kind == "class_score" for problem in problems) and len(
+            {problem.length for problem in problems}) > 1:
         return False
     width = max(problem.length for problem in problems)
     footprints = [part.technique.footprint(part.problem, part.options) for part in parts]

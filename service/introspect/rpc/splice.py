@@ -63,7 +63,8 @@ class Spliced:
 def _tensor_parts(storage: np.ndarray, dtype: str) -> tuple[bytes, memoryview]:
     """A Tensor message's bytes without its data, then its data record: storage is an
     array already in wire storage (introspect_contract.tensors.to_wire_storage)."""
-    data = memoryview(storage_array(storage, dtype)).cast("B")
+    array = storage_array(storage, dtype)
+    data = memoryview(array).cast("B") if array.size else memoryview(b"")  # a view with a 0 in its shape cannot cast
     head = pb.Tensor(shape=list(storage.shape), dtype=WIRE_DTYPES[dtype]).SerializeToString()
     return head + _record_head(_TENSOR_DATA, data.nbytes), data
 
