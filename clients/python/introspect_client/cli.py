@@ -167,17 +167,6 @@ def _run_models(args: argparse.Namespace, client: Client, out: TextIO) -> None:
         print("the server has no models loaded", file=out)
 
 
-def _head(text: str) -> tuple[int, int]:
-    """LAYER:HEAD -> (layer, head)."""
-    layer, separator, head = text.partition(":")
-    try:
-        if not separator:
-            raise ValueError
-        return int(layer), int(head)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a head is LAYER:HEAD, e.g. 3:7; got {text!r}") from None
-
-
 def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -> None:
     ablate = flags.add_client_command(
         commands, client_options, "ablate", "what attention heads do for a target score: ablation or importance",
@@ -198,7 +187,7 @@ def _add_ablate_parser(commands: Any, client_options: argparse.ArgumentParser) -
     ablate.add_argument("--mode", choices=list(ABLATION_MODES), default="per_head", help="default: per_head")
     ablate.add_argument("--value", choices=list(ABLATION_VALUES), default="zero",
                         help="zero the head, or replace it by its mean output (default: zero)")
-    ablate.add_argument("--heads", type=_head, nargs="+", default=[], metavar="LAYER:HEAD",
+    ablate.add_argument("--heads", type=flags.head_argument, nargs="+", default=[], metavar="LAYER:HEAD",
                         help="per_head: heads to ablate (default: all); joint: the set; importance: heads to report")
     ablate.add_argument("--mean-reference", action="append", default=[], metavar="TEXT",
                         help="value mean: a text to take the mean over (repeatable; default: the input)")

@@ -71,6 +71,17 @@ def array_json(values: np.ndarray | None) -> Any:
     return np.where(np.isnan(values), None, values.astype(object)).tolist()
 
 
+def head_argument(text: str) -> tuple[int, int]:
+    """LAYER:HEAD -> (layer, head): the type of --heads arguments."""
+    layer, separator, head = text.partition(":")
+    try:
+        if not separator:
+            raise ValueError
+        return int(layer), int(head)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a head is LAYER:HEAD, e.g. 3:7; got {text!r}") from None
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """--target and the flags that shape it (read by `target_of`)."""
     group = parser.add_argument_group("target (the score measured; default: the model's first)")

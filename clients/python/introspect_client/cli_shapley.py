@@ -15,17 +15,6 @@ from .client import Client
 from .shapley import ShapleyHeadsResult
 
 
-def head_argument(text: str) -> tuple[int, int]:
-    """LAYER:HEAD -> (layer, head)."""
-    layer, separator, head = text.partition(":")
-    try:
-        if not separator:
-            raise ValueError
-        return int(layer), int(head)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a head is LAYER:HEAD, e.g. 3:7; got {text!r}") from None
-
-
 def add_shapley_command(commands: Any, client_options: argparse.ArgumentParser) -> None:
     """Adds the `shapley` subcommand to the `introspect` parser's subcommands."""
     parser = flags.add_client_command(
@@ -42,7 +31,7 @@ def add_shapley_command(commands: Any, client_options: argparse.ArgumentParser) 
     )
     flags.add_input_arguments(parser, image=True)
     flags.add_target_arguments(parser)
-    parser.add_argument("--heads", type=head_argument, nargs="+", default=None, metavar="LAYER:HEAD",
+    parser.add_argument("--heads", type=flags.head_argument, nargs="+", default=None, metavar="LAYER:HEAD",
                         help="the heads valued (default: every head of the model)")
     parser.add_argument("--value", choices=list(ABLATION_VALUES), default="zero",
                         help="how a head left out is ablated (default: zero)")

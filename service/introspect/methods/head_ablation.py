@@ -40,7 +40,8 @@ from ..targets import bind_target, check_target_kind
 from ..wire import to_wire
 from .registry import Method
 from .head_importance import head_importance
-from .heads import ScoringForward, ablation_keep, forward_footprint, head_editor, head_means, rows_per_forward
+from .heads import (ScoringForward, ablation_keep, check_head_refs, forward_footprint, head_editor, head_means,
+                    rows_per_forward)
 from .layer_stack import growing_batch
 
 MAX_CONTINUATION_TOKENS = 64
@@ -68,13 +69,7 @@ def prepare(description: ModelDescription, query: HeadAblationQuery) -> HeadAbla
     check_target_kind(description, query.target)
     require(query.mode in ABLATION_MODES, "mode", f"unknown mode {query.mode!r}; use one of {ABLATION_MODES}")
     require(query.value in ABLATION_VALUES, "value", f"unknown value {query.value!r}; use one of {ABLATION_VALUES}")
-    for index, (layer, head) in enumerate(query.heads):
-        require(0 <= layer < description.num_layers, f"heads[{index}].layer",
-                f"layer {layer} out of range: the model has {description.num_layers} layers "
-                f"(0..{description.num_layers - 1})")
-        require(0 <= head < description.num_heads, f"heads[{index}].head",
-                f"head {head} out of range: the model has {description.num_heads} heads per layer "
-                f"(0..{description.num_heads - 1})")
+    check_head_refs(description, query.heads)
     if query.mode == "joint":
         require(bool(query.heads), "heads", "joint ablation needs the set of heads to knock out")
         repeated = sorted({head for head, count in Counter(query.heads).items() if count > 1})

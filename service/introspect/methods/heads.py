@@ -20,10 +20,23 @@ import torch
 from .. import hooks
 from ..budget import Footprint, activation_bytes, output_bytes
 from ..inputs import EncodedBatch
-from ..models import LoadedModel
+from ..errors import require
+from ..models import LoadedModel, ModelDescription
 from ..prefix import suffix_arguments
 from ..targets import BoundTarget
 from .layer_stack import HeadEdit
+
+
+def check_head_refs(description: ModelDescription, heads: Sequence[tuple[int, int]]) -> None:
+    """InvalidInput naming `heads[i].layer` or `heads[i].head` for the first (layer, head)
+    pair out of the model's range."""
+    for index, (layer, head) in enumerate(heads):
+        require(0 <= layer < description.num_layers, f"heads[{index}].layer",
+                f"layer {layer} out of range: the model has {description.num_layers} layers "
+                f"(0..{description.num_layers - 1})")
+        require(0 <= head < description.num_heads, f"heads[{index}].head",
+                f"head {head} out of range: the model has {description.num_heads} heads per layer "
+                f"(0..{description.num_heads - 1})")
 
 
 def head_editor(

@@ -42,7 +42,7 @@ from ..requests import ABLATION_VALUES, InputSpec, TargetSpec
 from ..results import StreamStart, WireArray
 from ..targets import bind_target, check_target_kind
 from ..wire import to_wire
-from .heads import ScoringForward, head_editor, head_means, rows_per_forward
+from .heads import ScoringForward, check_head_refs, head_editor, head_means, rows_per_forward
 from .layer_stack import growing_batch
 from .registry import Method
 
@@ -119,13 +119,7 @@ def prepare(description: ModelDescription, query: ShapleyHeadsQuery) -> ShapleyH
     """Validates the query against the model (no tokenizing)."""
     check_target_kind(description, query.target)
     require(query.value in ABLATION_VALUES, "value", f"unknown value {query.value!r}; use one of {ABLATION_VALUES}")
-    for index, (layer, head) in enumerate(query.heads):
-        require(0 <= layer < description.num_layers, f"heads[{index}].layer",
-                f"layer {layer} out of range: the model has {description.num_layers} layers "
-                f"(0..{description.num_layers - 1})")
-        require(0 <= head < description.num_heads, f"heads[{index}].head",
-                f"head {head} out of range: the model has {description.num_heads} heads per layer "
-                f"(0..{description.num_heads - 1})")
+    check_head_refs(description, query.heads)
     repeated = sorted({head for head, count in Counter(query.heads).items() if count > 1})
     require(not repeated, "heads", f"(layer, head) pairs {repeated} appear more than once")
     every = [(layer, head) for layer in range(description.num_layers) for head in range(description.num_heads)]
